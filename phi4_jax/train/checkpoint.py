@@ -1,0 +1,107 @@
+"""Orbax checkpoints under W/checkpoints: params, opt_state, run metadata and the data iterator.
+
+Each step directory holds separate items so a later stage can read `params` alone (the stage
+hand-off) and `hf import` can write a checkpoint that has nothing but params.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+CHECKPOINT_DIR = "checkpoints"  # in a workdir: the orbax CheckpointManager directory
+MODEL_CONFIG_FILE = "model_config.json"  # in a workdir: ModelConfig.to_json() of its params
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  return epath.Path(workdir) / CHECKPOINT_DIR
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The newest finished step under W/checkpoints, or None."""
+  directory = checkpoint_dir(workdir)
+  if not directory.exists():
+    return None
+  return ocp.CheckpointManager(directory).latest_step()
+
+
+def manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
+            async_save: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, meta: dict, data_iterator: Any = None,
+         force: bool = False) -> bool:
+  """Starts an (async) save of the train state; the data iterator state is written synchronously."""
+  items = {"params": ocp.args.StandardSave(state["params"]),
+           "opt_state": ocp.args.StandardSave(state["opt_state"]),
+           "meta": ocp.args.JsonSave(meta)}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: dict,
+            data_iterator: Any = None) -> tuple[dict, dict]:
+  """(params + opt_state placed by abstract_state's shardings, meta); restores data_iterator in place."""
+  items = {"params": ocp.args.StandardRestore(abstract_state["params"]),
+           "opt_state": ocp.args.StandardRestore(abstract_state["opt_state"]),
+           "meta": ocp.args.JsonRestore()}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  state = {"params": restored["params"], "opt_state": restored["opt_state"],
+           "step": restored["meta"]["step"]}
+  return state, restored["meta"]
+
+
+def _params_manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
+  """A manager that can read the `params` item alone (and its metadata) without the others."""
+  handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  handlers.add("params", ocp.args.PyTreeRestore)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), handler_registry=handlers)
+
+
+def _check_shapes(where: str, stored: Any, abstract_params: dict) -> None:
+  """Names the first parameter missing from, or shaped differently in, the checkpoint."""
+  stored_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
+                   for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    name = jax.tree_util.keystr(path)
+    if name not in stored_shapes:
+      raise ValueError(f"{where}: the checkpoint has no parameter {name}")
+    if stored_shapes[name] != tuple(leaf.shape):
+      raise ValueError(f"{where}: parameter {name} has shape {stored_shapes[name]} in the checkpoint, "
+                       f"but this model needs {tuple(leaf.shape)}")
+
+
+def restore_params(workdir: str | os.PathLike, abstract_params: dict, step: int | None = None) -> dict:
+  """Only the params of W's latest (or given) checkpoint, cast to abstract_params' dtypes.
+
+  Leaves with a `sharding` come back as jax arrays placed (resharded) on it; leaves without one
+  come back as numpy arrays on the host.
+  """
+  with _params_manager(workdir) as mngr:
+    steps = mngr.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+    step = max(steps) if step is None else int(step)
+    if step not in steps:
+      raise FileNotFoundError(f"{workdir} has no checkpoint for step {step} (has {sorted(steps)})")
+    _check_shapes(f"{checkpoint_dir(workdir)} step {step}", mngr.item_metadata(step)["params"].tree,
+                  abstract_params)
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype)
+        if getattr(a, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype),
+        abstract_params)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.PyTreeRestore(restore_args=restore_args)))
+  return restored["params"]

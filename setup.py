@@ -30,6 +30,7 @@ setup(
         "matplotlib>=3.8,<4",
         "psutil>=5.9,<8",
     ],
+    entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
         "test": ["pytest>=8,<10", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],

@@ -1,0 +1,174 @@
+"""The embedded default corpus: Table 5's five sources (plus long documents) from offline text.
+
+Built once into `<cache>/corpus/v<VERSION>/<name>.jsonl` (a few MB, never committed), from text
+any Python install has: sized in Table 5's unique-token proportions (1 MB per trillion tokens)
+where the text exists. Configs name a file as `corpus:<name>`.
+
+  web            long descriptions (PKG-INFO / METADATA) of the installed Python distributions
+  web_rewrites   a rule-based rewrite of some of those into Q&A and key points (no model involved)
+  synthetic      generated textbook exercises with worked solutions and checkable answers
+  code           the interpreter's standard-library modules under 24 KB
+  acquired       the Python reference topics shipped with pydoc, stdlib module docstrings, LICENSE
+  long           standard-library modules of 24 KB and more (midtraining's long-context stand-in)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import sys
+import sysconfig
+
+from phi4_jax.data import synthetic
+
+VERSION = 1
+BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
+                "acquired": 580_000, "long": 2_500_000}
+_LONG_BYTES = 24_000
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__",
+              "turtledemo", "_bundled"}
+_DOCSTRING = re.compile(r'\A(?:\s*#[^\n]*\n|\s*\n)*\s*[rRuU]?("""|\'\'\')(.*?)\1', re.S)
+
+
+def cache_dir(data_cfg=None) -> str:
+  """config.data.cache_dir, else $PHI4_JAX_CACHE, else ~/.cache/phi4_jax."""
+  chosen = (data_cfg.cache_dir if data_cfg is not None else "") or os.environ.get("PHI4_JAX_CACHE")
+  return os.path.expanduser(chosen or "~/.cache/phi4_jax")
+
+
+def resolve(globs: str, cache: str) -> str:
+  """Replaces each `corpus:<name>` in comma-separated globs by its file (building the corpus)."""
+  parts = [g.strip() for g in globs.split(",")]
+  names = [p[len("corpus:"):] for p in parts if p.startswith("corpus:")]
+  if not names:
+    return globs
+  for name in names:
+    if name not in BUDGET_BYTES:
+      raise ValueError(f"'corpus:{name}': the embedded corpus has no source {name!r} "
+                       f"(it has {', '.join(BUDGET_BYTES)})")
+  root = build(cache)
+  return ",".join(os.path.join(root, p[len("corpus:"):] + ".jsonl") if p.startswith("corpus:") else p
+                  for p in parts)
+
+
+def _stable_order(items: list, key) -> list:
+  return sorted(items, key=lambda x: hashlib.sha1(key(x).encode()).hexdigest())
+
+
+def _take(records: list[dict], budget: int) -> list[dict]:
+  out, size = [], 0
+  for r in records:
+    if size + len(r["text"].encode()) > budget and out:
+      continue
+    out.append(r)
+    size += len(r["text"].encode())
+  return out
+
+
+def _web() -> list[dict]:
+  seen, docs = set(), []
+  for dist in importlib.metadata.distributions():
+    meta = dist.metadata
+    name = (meta["Name"] or "").lower().replace("_", "-")
+    text = meta["Description"] or meta.get_payload() or ""
+    if name and name not in seen and len(text.strip()) >= 500:
+      seen.add(name)
+      docs.append({"text": text.strip(), "name": name, "version": meta["Version"] or ""})
+  return _stable_order(docs, lambda d: d["name"])
+
+
+def _clean(text: str) -> str:
+  text = re.sub(r"```.*?```", " ", text, flags=re.S)
+  text = re.sub(r"<[^>]+>|!\[[^\]]*\]\([^)]*\)|\[!\[.*?\]\(.*?\)\]\(.*?\)", " ", text)
+  text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
+  text = re.sub(r"^\s*([=\-~^*#`]{3,}|\.\. .*|:\w+:.*)\s*$", "", text, flags=re.M)
+  text = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", text, flags=re.M)
+  return re.sub(r"[#*`|]+", " ", text)
+
+
+def rewrite(doc: dict) -> dict:
+  """A web record restructured as questions, answers and key points (deterministic rules)."""
+  paragraphs = [re.sub(r"\s+", " ", p).strip() for p in _clean(doc["text"]).split("\n\n")]
+  sentences = [re.split(r"(?<=[.!?])\s+", p)[0] for p in paragraphs if len(p.split()) >= 8]
+  name = doc["name"]
+  answer = sentences[0] if sentences else f"{name} is a Python package."
+  points = "\n".join(f"- {s}" for s in sentences[1:41]) or "- (the description has no further prose)"
+  install = (f"With pip: pip install {name}" if "pip install" in doc["text"]
+             else "The description does not say; pip install " + name + " is the usual way.")
+  text = (f"Q: What is {name}?\nA: {answer}\n\nKey points from its documentation:\n{points}\n\n"
+          f"Q: How do I install {name}?\nA: {install}\n\nSummary: {name} {doc['version']}, "
+          f"condensed from {len(doc['text'].split())} words of its package description.")
+  return {"text": text, "name": name, "rewrite_of": "web"}
+
+
+def _stdlib_files() -> list[tuple[str, str]]:
+  root = sysconfig.get_paths()["stdlib"]
+  out = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test"))
+    for f in sorted(filenames):
+      if f.endswith(".py") and not f.startswith("test_"):
+        path = os.path.join(dirpath, f)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+          out.append((os.path.relpath(path, root), fh.read()))
+  return _stable_order(out, lambda x: x[0])
+
+
+def _acquired(stdlib: list[tuple[str, str]]) -> list[dict]:
+  import pydoc_data.topics
+  docs = [{"text": f"Python language reference: {k}\n\n{v.strip()}", "title": k}
+          for k, v in sorted(pydoc_data.topics.topics.items())]
+  for rel, src in stdlib:
+    m = _DOCSTRING.match(src)
+    if m and len(m.group(2).strip()) >= 300:
+      docs.append({"text": f"Module {rel}\n\n{m.group(2).strip()}", "title": rel})
+  license_path = os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt")
+  if os.path.exists(license_path):
+    with open(license_path, encoding="utf-8", errors="replace") as f:
+      docs.append({"text": f.read(), "title": "LICENSE.txt"})
+  return _stable_order(docs, lambda d: d["title"])
+
+
+def _synthetic(budget: int) -> list[dict]:
+  out, size, i = [], 0, 0
+  while size < budget:
+    out.append(synthetic.exercise(i))
+    size += len(out[-1]["text"].encode())
+    i += 1
+  return out
+
+
+def build(cache: str) -> str:
+  """Builds the corpus under `cache` unless a complete build of this VERSION exists; its directory."""
+  root = os.path.join(cache, "corpus", f"v{VERSION}")
+  if os.path.exists(os.path.join(root, "manifest.json")):
+    return root
+  web = _web()
+  stdlib = _stdlib_files()
+  sources = {
+      "web": web,
+      "web_rewrites": [rewrite(d) for d in reversed(web)],
+      "synthetic": _synthetic(BUDGET_BYTES["synthetic"]),
+      "code": [{"text": s, "path": p} for p, s in stdlib if len(s.encode()) < _LONG_BYTES and s.strip()],
+      "acquired": _acquired(stdlib),
+      "long": [{"text": s, "path": p} for p, s in stdlib if len(s.encode()) >= _LONG_BYTES],
+  }
+  tmp = f"{root}.tmp{os.getpid()}"
+  os.makedirs(tmp, exist_ok=True)
+  manifest = {"version": VERSION, "python": sys.version.split()[0], "files": {}}
+  for name, records in sources.items():
+    records = _take(records, BUDGET_BYTES[name])
+    with open(os.path.join(tmp, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    manifest["files"][name] = {"docs": len(records), "bytes": sum(len(r["text"].encode()) for r in records)}
+  with open(os.path.join(tmp, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+  try:
+    os.rename(tmp, root)
+  except OSError:  # another process finished first
+    shutil.rmtree(tmp, ignore_errors=True)
+  return root

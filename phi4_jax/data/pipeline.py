@@ -1,0 +1,248 @@
+"""The training data pipeline: Table-5 sources -> grain -> packed, mixed, sharded batches.
+
+The data is split into `config.data.shards` logical shards (0 = one per jax process); a process
+reads a contiguous range of them, and every batch holds global_batch_size / shards rows from each
+shard in order. So with a fixed number of shards the global batch is the same whatever the number
+of processes, and processes read disjoint rows.
+
+In a shard, per source: a grain `MapDataset` whose element b is the tokenized b-th batch of
+`docs_per_batch` documents in `EpochOrder` (shuffled anew each epoch, whole epochs covering the
+plan), sliced b = shard mod shards, read by grain threads (`read_threads`) or worker processes
+(`worker_count`, mp_prefetch). Elements are pure functions of their index, so the stream is the
+same whatever the number of threads or workers. Then: pack each source into rows (packing.py) and
+mix rows by token fraction (mixture.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags as absl_flags
+
+from phi4_jax.data import corpus, measure
+from phi4_jax.data.mixture import MixIterator
+from phi4_jax.data.order import EpochOrder
+from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS, PackedRowsIterator, make_row
+from phi4_jax.data.plan import Leaf, PlanError, leaves, make_plan
+from phi4_jax.data.sources import Skip, Source, resolve_globs
+from phi4_jax.tokenizer import Phi4Tokenizer
+
+
+class DocBatches(grain.MapDataset):
+  """Element b: documents of visits [b * D, (b + 1) * D) tokenized and concatenated.
+
+  {"tokens": int32 [n] (each document followed by <|endoftext|>), "lengths": int32 [docs],
+   "visits_end": first visit after this batch, "skipped": [(reason, "file:line")]}.
+  """
+
+  def __init__(self, source: Source, order: EpochOrder, visits: int, docs_per_batch: int,
+               tokenizer_threads: int):
+    super().__init__()
+    self.source, self.order, self.visits = source, order, visits
+    self.docs_per_batch, self.tokenizer_threads = docs_per_batch, tokenizer_threads
+    self.tokenizer = Phi4Tokenizer()
+
+  def __len__(self) -> int:
+    return -(-self.visits // self.docs_per_batch)
+
+  def __str__(self) -> str:
+    return f"DocBatches({self.source.name}, visits={self.visits})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    start = index * self.docs_per_batch
+    end = min(start + self.docs_per_batch, self.visits)
+    texts = self.source.read(self.order(start, end))
+    docs = [t for t in texts if not isinstance(t, Skip)]
+    if self.tokenizer_threads > 1:
+      ids = self.tokenizer.encode_ordinary_batch(docs, num_threads=self.tokenizer_threads)
+    else:  # no thread hand-off per document; grain's read_threads already run batches in parallel
+      ids = [self.tokenizer.encode(doc) for doc in docs]
+    lengths = np.fromiter((len(x) + 1 for x in ids), np.int32, count=len(ids))
+    eot = (self.tokenizer.endoftext_id,)
+    tokens = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(
+        (x, eot) for x in ids)), np.int32, count=int(lengths.sum()))
+    return {"tokens": tokens, "lengths": lengths, "visits_end": end,
+            "skipped": [tuple(t) for t in texts if isinstance(t, Skip)]}
+
+
+def open_source(leaf: Leaf, cache_dir: str) -> Source:
+  globs = corpus.resolve(leaf.cfg.globs, cache_dir)
+  return Source(leaf.name, resolve_globs(globs, f"{leaf.field}.globs"), leaf.cfg.format,
+                leaf.cfg.text_field, cache_dir, leaf.field)
+
+
+def documents_in_play(leaf: Leaf, source: Source,
+                      cache_dir: str) -> tuple[float, np.ndarray | None]:
+  """(unique tokens counted from the files, or 0 when declared and unfiltered; record ids passing
+  the length filter, or None = all records)."""
+  cfg = leaf.cfg
+  filtered = cfg.min_doc_tokens > 0 or cfg.max_doc_tokens > 0
+  if cfg.unique_tokens > 0 and not filtered:
+    return 0.0, None
+  lengths = measure.doc_lengths(source, cache_dir)
+  records = measure.kept_records(lengths, cfg.min_doc_tokens, cfg.max_doc_tokens) if filtered else None
+  unique = float(lengths.sum() if records is None else lengths[records].sum())
+  if filtered and not len(records):
+    raise PlanError(f"{leaf.field}: no document of source {leaf.name!r} has "
+                    f"{cfg.min_doc_tokens}..{cfg.max_doc_tokens or 'any'} tokens")
+  return unique, records
+
+
+def unique_tokens_measurer(config: ml_collections.ConfigDict) -> Callable[[Leaf], float]:
+  """For the planner: counts a source's unique tokens (cached) when the config leaves them 0."""
+  cache_dir = corpus.cache_dir(config.data)
+  return lambda leaf: documents_in_play(leaf, open_source(leaf, cache_dir), cache_dir)[0]
+
+
+def _check(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> int:
+  """Validates config.data for this process; returns the number of logical data shards."""
+  d = config.data
+  for field, low in (("docs_per_batch", 1), ("read_threads", 0), ("tokenizer_threads", 1),
+                     ("prefetch", 0), ("worker_count", 0)):
+    if int(d[field]) < low:
+      raise ValueError(f"config.data.{field}: must be >= {low}, got {d[field]}")
+  if d.epoch_margin < 0:
+    raise ValueError(f"config.data.epoch_margin: must be >= 0, got {d.epoch_margin}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  shards = int(d.shards) or process_count
+  if shards < 0 or shards % process_count:
+    raise ValueError(f"config.data.shards={d.shards} must be a multiple of the {process_count} "
+                     "jax processes (0 = one shard per process)")
+  if config.global_batch_size % shards:
+    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by "
+                     f"the {shards} data shards (config.data.shards, 0 = one per process)")
+  return shards
+
+
+def stream_epochs(planned: float, margin: float, max_epochs: float) -> float:
+  """Epochs a source's stream holds: whole epochs covering the plan plus margin, capped by
+  max_epochs. Training consumes the planned share, so its last epoch is a prefix (a deterministic
+  subset) of that epoch's shuffled order."""
+  whole = float(math.ceil(planned * (1 + margin)))
+  return min(whole, max_epochs) if max_epochs else whole
+
+
+def epoch_order(name: str, source: Source, records: np.ndarray | None, seed: int) -> EpochOrder:
+  """The visit order of a source's documents in play (parquet row groups as shuffle blocks)."""
+  blocks = source.block_starts()
+  if blocks is not None and records is not None:
+    blocks = np.unique(np.searchsorted(records, blocks))
+    blocks = blocks[blocks < len(records)]
+  return EpochOrder(len(source), seed, name, records, blocks)
+
+
+def _stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarray | None,
+            source: Source, shard: int, shards: int) -> PackedRowsIterator:
+  d = config.data
+  order = epoch_order(leaf.name, source, records, config.seed)
+  visits = math.ceil(stream_epochs(epochs, d.epoch_margin, leaf.cfg.max_epochs) * order.n)
+  batches = DocBatches(source, order, visits, d.docs_per_batch, d.tokenizer_threads)
+  ds = batches[shard::shards].to_iter_dataset(
+      grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch))
+  if d.worker_count:
+    if not absl_flags.FLAGS.is_parsed():  # grain reads its absl flags; outside absl.app use defaults
+      absl_flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
+                                                     per_worker_buffer_size=max(d.prefetch, 1)))
+  return PackedRowsIterator(iter(ds), leaf.name, source_id, config.seq_len, Phi4Tokenizer.pad_id)
+
+
+class TrainIterator(grain.DatasetIterator):
+  """Batches {tokens, segment_ids, positions, loss_mask, source_ids}: int32 [B_local, seq_len].
+
+  Rows come from this process's logical shards in order, `rows_per_shard` from each. A grain
+  DatasetIterator: get_state/set_state are JSON-able, and grain.checkpoint.CheckpointSave /
+  CheckpointRestore store it with orbax beside the model.
+  """
+
+  def __init__(self, mixers: dict[int, MixIterator], rows_per_shard: int, seq_len: int,
+               unique_tokens: dict[str, float], shards: int):
+    super().__init__(list(mixers.values()))
+    self._mixers, self._rows_per_shard, self._seq_len = mixers, rows_per_shard, seq_len
+    self.source_names = tuple(s.name for s in next(iter(mixers.values())).streams)
+    self._unique_tokens, self._shards = unique_tokens, shards
+    self._batches = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    """The next batch; a shard whose data ran out fills its rows with padding."""
+    empty = np.zeros(0, np.int32)
+    pad_row = make_row(empty, empty, self._seq_len, PAD_SOURCE_ID, Phi4Tokenizer.pad_id)
+    rows, real = [], 0
+    for mixer in self._mixers.values():
+      for _ in range(self._rows_per_shard):
+        row = next(mixer, None)
+        real += row is not None
+        rows.append(pad_row if row is None else row)
+    if not real:
+      raise StopIteration
+    self._batches += 1
+    return {k: np.stack([r[k] for r in rows]) for k in ROW_FIELDS}
+
+  def get_state(self) -> dict:
+    return {"batches": self._batches, "shards": self._shards,
+            "unique_tokens": dict(self._unique_tokens),
+            "mixers": {str(shard): m.get_state() for shard, m in self._mixers.items()}}
+
+  def set_state(self, state: dict) -> None:
+    if sorted(state["mixers"]) != sorted(map(str, self._mixers)):
+      raise ValueError(f"checkpointed data state holds shards {sorted(state['mixers'])}; this "
+                       f"process reads shards {sorted(map(str, self._mixers))} "
+                       "(config.data.shards and the process count must match the saved run)")
+    for shard, mixer in self._mixers.items():
+      mixer.set_state(state["mixers"][str(shard)])
+    self._batches = state["batches"]
+
+  def progress(self) -> dict:
+    """See progress_from_state."""
+    return progress_from_state(self.get_state())
+
+
+def progress_from_state(state: dict) -> dict:
+  """The run's data progress from a TrainIterator state (live, or a checkpoint's JSON).
+
+  Per source: `tokens` emitted by this process, `epochs` = all shards' tokens (estimated from
+  this process's) / unique tokens, the plan's unit; `docs_read` and `skipped` records (per
+  reason) by this process up to the document batch being packed; `exhausted` in all its shards.
+  """
+  mixers = list(state["mixers"].values())
+  scale = state["shards"] / len(mixers)
+  sources = {}
+  for name in mixers[0]["sources"]:
+    per_shard = [m["sources"][name] for m in mixers]
+    tokens = sum(s["tokens"] for s in per_shard)
+    skipped: dict[str, int] = {}
+    for s in per_shard:
+      for reason, n in s["counters"]["skipped"].items():
+        skipped[reason] = skipped.get(reason, 0) + n
+    sources[name] = {"tokens": tokens, "epochs": tokens * scale / state["unique_tokens"][name],
+                     "docs_read": sum(s["counters"]["docs"] for s in per_shard),
+                     "skipped": skipped, "exhausted": all(s["exhausted"] for s in per_shard)}
+  return {"batches": state["batches"], "tokens": sum(s["tokens"] for s in sources.values()),
+          "sources": sources}
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
+                        process_count: int = 1) -> TrainIterator:
+  """This jax process's batches of `config` (see module docstring); errors name config fields."""
+  shards = _check(config, process_index, process_count)
+  cache_dir = corpus.cache_dir(config.data)
+  leafs = leaves(config.data.sources)
+  opened = {leaf.name: open_source(leaf, cache_dir) for leaf in leafs}
+  in_play = {leaf.name: documents_in_play(leaf, opened[leaf.name], cache_dir) for leaf in leafs}
+  plan = make_plan(config, lambda leaf: in_play[leaf.name][0])
+  mine = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
+  mixers = {shard: MixIterator([_stream(leaf, source_id, config, p.epochs, in_play[leaf.name][1],
+                                        opened[leaf.name], shard, shards)
+                                for source_id, (leaf, p) in enumerate(zip(leafs, plan.sources))],
+                               [leaf.fraction for leaf in leafs])
+            for shard in mine}
+  return TrainIterator(mixers, config.global_batch_size // shards, config.seq_len,
+                       {p.name: p.unique_tokens for p in plan.sources}, shards)

@@ -1,0 +1,22 @@
+"""The Phi-4 recipe as one run: pretrain (4K) -> midtrain (16K, RoPE 250K, LR/10).
+
+python -m phi4_jax.main --config=experiments/recipe.py:colab --workdir=W
+Each stage runs in W/<stage> and starts from the previous stage's params; override a stage's
+field with e.g. --config.pretrain.steps=50.
+"""
+
+import os
+
+from phi4_jax import configs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STAGES = ("pretrain", "midtrain")
+
+
+def get_config(arg: str = "colab"):
+  import ml_collections
+  c = ml_collections.ConfigDict()
+  c.stages = STAGES  # run in this order; each starts from the one before
+  for stage in STAGES:
+    c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")
+  return c

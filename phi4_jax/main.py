@@ -1,0 +1,35 @@
+"""`python -m phi4_jax.main --config=experiments/<stage>.py:<preset> --workdir=W` (or `phi4-jax`)."""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from phi4_jax import distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<stage>.py:<preset>",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, TensorBoard")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0: auto-detect)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (-1: auto-detect)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from phi4_jax.train import recipe  # after jax.distributed.initialize
+  recipe.run(_CONFIG.value, _WORKDIR.value)
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

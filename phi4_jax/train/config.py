@@ -1,0 +1,115 @@
+"""The training fields every stage config shares, with defaults, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import ml_collections
+
+from phi4_jax.model import ModelConfig
+
+
+def model_fields(preset: str, **overrides) -> ml_collections.ConfigDict:
+  """Every ModelConfig field of a preset as a ConfigDict, so `--config.model.x=v` can set any."""
+  cfg = ModelConfig.preset(preset, **overrides)
+  fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "axis_rules"}
+  return ml_collections.ConfigDict(fields)
+
+
+def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
+  opt = ml_collections.ConfigDict()
+  opt.peak_lr = 3e-4  # AdamW peak learning rate (phi-4 pretraining: 3e-4)
+  opt.warmup_steps = 100  # linear warmup length; unpublished for phi-4
+  opt.end_lr_ratio = 0.0  # linear decay ends at peak_lr * end_lr_ratio on the last step
+  opt.b1 = 0.9  # Adam beta1; unpublished for phi-4
+  opt.b2 = 0.95  # Adam beta2; unpublished for phi-4
+  opt.eps = 1e-8  # Adam epsilon
+  opt.weight_decay = 0.1  # decoupled, constant (phi-4: 0.1)
+  opt.decay_embeddings = True  # apply weight decay to the embedding table too
+  opt.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  opt.update(overrides)
+  return opt
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Run fields (the model, optimizer and data sub-configs are added by each stage file)."""
+  c = ml_collections.ConfigDict()
+  c.stage = "pretrain"  # a name for logs and the recipe summary
+  c.seed = 0  # seeds parameter init and the data order
+  c.steps = 1000  # optimizer steps of this stage
+  c.seq_len = 4096  # tokens per packed row
+  c.global_batch_size = 8  # sequences per optimizer step, over all processes
+  c.microbatches = 1  # gradient accumulation: the global batch is split into this many passes
+  c.mesh_shape = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1 = the remaining devices
+  c.loss_chunk = 512  # sequence chunk of the fused output-layer + cross-entropy; 0 = unchunked
+  c.log_every = 10  # steps between metric rows
+  c.checkpoint_every = 100  # steps between checkpoints (a final one is always written)
+  c.keep_checkpoints = 3  # keep the newest k checkpoints; 0 keeps all
+  c.async_checkpointing = True  # write checkpoints in the background
+  c.init_from = ""  # a previous stage's workdir: start from its params, fresh optimizer state
+  c.init_step = -1  # which checkpoint step of init_from; -1 = its latest
+  c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up in train/metrics.py's table
+  c.tensorboard = True  # also write TensorBoard event files under W/tensorboard
+  c.min_free_disk_gb = 0.0  # refuse to start when the workdir has less free space (0: estimate)
+  c.optimizer = optimizer_fields()
+  return c
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  return ModelConfig(**config.model.to_dict())
+
+
+def _fail(field: str, message: str) -> None:
+  raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks values that would otherwise fail late; each message names the field."""
+  from phi4_jax.model.sharding import resolve_mesh_shape  # jax-free import path for configs
+  unknown = sorted(set(config) - set(base_config()) - {"model", "data"})
+  if unknown:
+    _fail(unknown[0], f"unknown field (known: {sorted(base_config())} plus model, data)")
+  for field in ("steps", "seq_len", "global_batch_size", "microbatches", "log_every", "checkpoint_every"):
+    if int(config[field]) <= 0:
+      _fail(field, f"must be positive, got {config[field]}")
+  try:
+    cfg = model_config(config)
+  except (TypeError, ValueError) as e:
+    _fail("model", str(e))
+  try:
+    data, fsdp, _ = resolve_mesh_shape(config.mesh_shape, num_devices)
+  except ValueError as e:
+    _fail("mesh_shape", str(e))
+  if config.global_batch_size % config.microbatches:
+    _fail("global_batch_size", f"{config.global_batch_size} is not divisible by "
+          f"config.microbatches={config.microbatches}")
+  per_pass = config.global_batch_size // config.microbatches
+  if per_pass % (data * fsdp):
+    _fail("global_batch_size", f"{config.global_batch_size} / {config.microbatches} microbatches = "
+          f"{per_pass} sequences per pass, not divisible by the data-parallel size data x fsdp = "
+          f"{data * fsdp}")
+  if config.seq_len > cfg.max_seq_len:
+    _fail("seq_len", f"{config.seq_len} exceeds config.model.max_seq_len={cfg.max_seq_len}")
+  if config.loss_chunk < 0:
+    _fail("loss_chunk", f"must be >= 0, got {config.loss_chunk}")
+
+
+def check_workdir(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> None:
+  """Fails before training when the workdir cannot be written or lacks space for a checkpoint."""
+  if "://" in workdir:  # gs:// and friends: the storage client reports its own errors
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir {workdir} is not writable: {e}") from e
+  free = shutil.disk_usage(workdir).free
+  need = max(need_bytes, int(min_free_gb * 2**30))
+  if free < need:
+    raise OSError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; a checkpoint of this run needs "
+                  f"about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")

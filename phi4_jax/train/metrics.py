@@ -1,0 +1,108 @@
+"""Run metrics: W/metrics.jsonl, TensorBoard event files, a terminal progress bar, and MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+
+# Dense bf16 peak FLOP/s per device (no sparsity), keyed by a substring of jax's device_kind.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
+    "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v4": 275e12,
+}
+
+
+def peak_flops_per_device(override: float = 0.0) -> float | None:
+  """The config's override if set, else the table's entry for this device kind, else None."""
+  if override > 0:
+    return float(override)
+  kind = jax.devices()[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return None
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """Rows of W/metrics.jsonl, the last row kept for a step logged twice (a resumed run)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  rows = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows[row["step"]] = row
+  return [rows[s] for s in sorted(rows)]
+
+
+class ProgressBar:
+  """`step 120/500 [#####.....] loss 3.21 | 4.1k tok/s | ETA 2m10s` on one rewritten line."""
+
+  def __init__(self, total: int, start: int, stream=sys.stderr, width: int = 24):
+    self.total, self.start, self.stream, self.width = total, start, stream, width
+    self.t0 = time.monotonic()
+
+  def update(self, step: int, text: str) -> None:
+    done = step - self.start
+    rate = done / max(time.monotonic() - self.t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else math.inf
+    filled = int(self.width * step / max(self.total, 1))
+    eta_text = "?" if math.isinf(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+    line = f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {text} | ETA {eta_text}"
+    self.stream.write(line)
+    self.stream.flush()
+
+  def close(self) -> None:
+    self.stream.write("\n")
+    self.stream.flush()
+
+
+class MetricsWriter:
+  """Writes from the primary process only; other processes get a writer that does nothing."""
+
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # imported lazily: only the primary process writes
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **scalars}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for name, value in _flatten(scalars).items():
+        self._tb.add_scalar(name, value, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "/"))
+    elif isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+      out[name] = float(value)
+  return out

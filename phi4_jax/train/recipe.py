@@ -1,0 +1,95 @@
+"""Runs a stage config, or a recipe of stages that hand their params to each other.
+
+A recipe config has `stages` (names, in order) and one full stage config per name. Stage i runs in
+W/<name>; unless its `init_from` is set, it starts from stage i-1's workdir. Rerunning skips stages
+whose final checkpoint exists and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ml_collections
+
+from phi4_jax.train import checkpoint
+from phi4_jax.train.metrics import read_metrics
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  if "stages" not in config:
+    from phi4_jax.train.loop import train  # imports jax: keep recipe summaries importable cheaply
+    return [train(config, workdir)]
+  results = []
+  previous = ""
+  for name in config.stages:
+    if name not in config:
+      raise ValueError(f"config.stages names {name!r}, but the recipe has no config.{name}")
+    stage = config[name]
+    stage_dir = os.path.join(workdir, name)
+    if previous and not stage.init_from:
+      with stage.unlocked():
+        stage.init_from = previous
+    if checkpoint.latest_step(stage_dir) == stage.steps:
+      logging.info("stage %s already finished in %s: skipped", name, stage_dir)
+      results.append({"stage": name, "workdir": stage_dir, "skipped": True})
+    else:
+      from phi4_jax.train.loop import train
+      result = train(stage, stage_dir)
+      results.append(result)
+      if result["preempted"]:
+        break
+    previous = stage_dir
+  import jax
+  if jax.process_index() == 0:
+    print(summary_table(workdir, config.stages))
+    write_report(workdir, config.stages)
+  return results
+
+
+def _stage_rows(workdir: str, stages) -> list[tuple[str, list[dict]]]:
+  return [(name, read_metrics(os.path.join(workdir, name))) for name in stages]
+
+
+def summary_table(workdir: str, stages) -> str:
+  """A Markdown table: one row per stage with first and last loss, tokens/s and steps."""
+  lines = ["| stage | steps | first loss | final loss | tokens/s (median) |",
+           "|---|---|---|---|---|"]
+  for name, rows in _stage_rows(workdir, stages):
+    if not rows:
+      lines.append(f"| {name} | 0 | - | - | - |")
+      continue
+    speeds = sorted(r["tokens_per_s"] for r in rows[1:] or rows)
+    lines.append(f"| {name} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
+                 f"{speeds[len(speeds) // 2]:,.0f} |")
+  return "\n".join(lines)
+
+
+def write_report(workdir: str, stages) -> str:
+  """W/report.png: overall and per-source loss curves of every stage, steps laid end to end."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_all, ax_src) = plt.subplots(1, 2, figsize=(12, 4.5))
+  offset = 0
+  for name, rows in _stage_rows(workdir, stages):
+    if not rows:
+      continue
+    steps = [offset + r["step"] for r in rows]
+    ax_all.plot(steps, [r["loss"] for r in rows], label=name)
+    for source in sorted({s for r in rows for s in r.get("loss_per_source", {})}):
+      points = [(offset + r["step"], r["loss_per_source"][source]) for r in rows
+                if source in r.get("loss_per_source", {})]
+      ax_src.plot(*zip(*points), label=f"{name}/{source}")
+    ax_all.axvline(offset, color="gray", lw=0.5)
+    offset = steps[-1]
+  for ax, title in ((ax_all, "loss"), (ax_src, "loss per source")):
+    ax.set_xlabel("step (stages end to end)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(workdir, "report.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,129 @@
+"""The training loop end to end: exact resume after kill -9, resharding, stage hand-off, guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from phi4_jax import configs, model
+from phi4_jax.train import checkpoint, loop
+from phi4_jax.train.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small and fast: the test model preset, short rows, a tiny batch.
+FAST = {"seq_len": 128, "global_batch_size": 4, "log_every": 1, "optimizer.warmup_steps": 2,
+        "loss_chunk": 64, "tensorboard": False}
+
+
+def _config(stage="pretrain", **overrides):
+  """In this process: 8 fake devices as fsdp=4 x tensor=2."""
+  overrides = {**FAST, "mesh_shape": (1, 4, 2), **overrides}
+  return configs.load(os.path.join(ROOT, f"experiments/{stage}.py:test"), overrides)
+
+
+def _cli(workdir, devices, **overrides):
+  args = [f"--config.{k}={v}" for k, v in {**FAST, **overrides}.items()]
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  cmd = [sys.executable, "-m", "phi4_jax.main", f"--config={ROOT}/experiments/pretrain.py:test",
+         f"--workdir={workdir}", *args]
+  return cmd, env
+
+
+def _losses(workdir, steps):
+  rows = {r["step"]: r["loss"] for r in read_metrics(workdir)}
+  return [rows[s] for s in steps]
+
+
+def test_kill_9_after_checkpoint_resumes_exactly(tmp_path):
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  run = dict(steps=12, checkpoint_every=6, async_checkpointing=False)
+  cmd, env = _cli(straight, 1, **run)
+  subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+  cmd, env = _cli(killed, 1, **run)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  marker = os.path.join(killed, "checkpoints", "6", "commit_success.txt")
+  deadline = time.monotonic() + 300
+  while not os.path.exists(marker) and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(marker), "the run never wrote its step-6 checkpoint"
+  assert checkpoint.latest_step(killed) < 12, "killed too late to test a resume"
+  subprocess.run(cmd, env=env, check=True, capture_output=True)
+  assert _losses(killed, range(7, 13)) == _losses(straight, range(7, 13))
+
+
+def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
+  workdir = str(tmp_path / "w")
+  summary = loop.train(_config(steps=4, checkpoint_every=2), workdir)
+  assert summary["step"] == 4 and jax.device_count() == 8
+  cmd, env = _cli(workdir, 4, steps=6, checkpoint_every=2, mesh_shape="(1,2,2)")
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_midtrain_starts_from_pretrain_params_with_fresh_optimizer(tmp_path):
+  pre, mid = str(tmp_path / "pretrain"), str(tmp_path / "midtrain")
+  loop.train(_config(steps=3), pre)
+  # peak_lr 0 leaves params untouched, so the midtrain checkpoint holds exactly what it loaded.
+  mid_config = _config("midtrain", steps=1, seq_len=256, init_from=pre, **{"optimizer.peak_lr": 0.0})
+  assert mid_config.model.rope_theta == 250_000.0
+  loop.train(mid_config, mid)
+  cfg = model.ModelConfig.from_dict(json.load(open(os.path.join(pre, "model_config.json"))))
+  pre_params = checkpoint.restore_params(pre, model.abstract_params(cfg))
+  mid_params = checkpoint.restore_params(mid, model.abstract_params(cfg))
+  jax.tree.map(np.testing.assert_array_equal, pre_params, mid_params)
+  mid_cfg = json.load(open(os.path.join(mid, "model_config.json")))
+  assert mid_cfg["rope_theta"] == 250_000.0 and cfg.rope_theta != 250_000.0
+  meta = checkpoint.manager(mid).restore(1, args=checkpoint.ocp.args.Composite(
+      meta=checkpoint.ocp.args.JsonRestore()))["meta"]
+  assert meta["step"] == 1  # the optimizer (and step) restarted at 0 in the new stage
+
+
+def test_init_from_errors_name_the_workdir_and_parameter(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint under .*nowhere"):
+    loop.train(_config(steps=1, init_from=str(tmp_path / "nowhere")), str(tmp_path / "a"))
+  pre = str(tmp_path / "pre")
+  loop.train(_config(steps=1), pre)
+  with pytest.raises(ValueError, match=r"\['embed'\]\['embedding'\] has shape \(100352, 64\)"):
+    loop.train(_config(steps=1, init_from=pre, **{"model.d_model": 32}), str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"global_batch_size": 6}, "global_batch_size"),
+    ({"seq_len": 4096}, "seq_len"),
+    ({"mesh_shape": (3, -1, 1)}, "mesh_shape"),
+    ({"microbatches": 3}, "global_batch_size"),
+])
+def test_bad_config_names_the_field(tmp_path, overrides, field):
+  with pytest.raises(ValueError, match=f"config.{field}"):
+    loop.train(_config(**overrides), str(tmp_path / "w"))
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(OSError, match="not writable"):
+    loop.train(_config(steps=1), str(blocker / "w"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "w")
+  config = _config(steps=30, checkpoint_every=1, async_checkpointing=False,
+                   **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0,
+                      "optimizer.grad_clip_norm": 0.0})
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite loss") as err:
+    loop.train(config, workdir)
+  bad_step = int(str(err.value).split(" at step ")[1].split()[0])
+  assert checkpoint.latest_step(workdir) == bad_step - 1

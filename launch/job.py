@@ -1,0 +1,85 @@
+"""The command every process of a job runs: `python -m phi4_jax.main` flags, checked before launch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+COORDINATION_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """phi4_jax.main's flags, e.g. ("--config=experiments/pretrain.py:1b", "--workdir=/nfs/run")."""
+
+  args: tuple[str, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "args", tuple(self.args))
+    if not any(a.startswith("--config=") for a in self.args):
+      raise ValueError(f"training flags need --config=experiments/<stage>.py:<preset>, got {list(self.args)}")
+    if not self.workdir:
+      raise ValueError(f"training flags need --workdir=DIR, got {list(self.args)}")
+    for a in self.args:
+      if a.split("=", 1)[0] in COORDINATION_FLAGS:
+        raise ValueError(f"{a}: the launcher sets {', '.join(COORDINATION_FLAGS)} for each process")
+
+  @property
+  def workdir(self) -> str:
+    values = [a.split("=", 1)[1] for a in self.args if a.startswith("--workdir=")]
+    return values[-1] if values else ""
+
+
+def flag_value(value) -> str:
+  """A Python value as ml_collections' config_flags parses it back (`--config.key=<this>`)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  return value if isinstance(value, str) else repr(value)
+
+
+def make(config: str, overrides: dict | None, workdir: str) -> Job:
+  """The flags for `config` (a `file.py:arg` spec) with dotted-key overrides, run in workdir."""
+  args = [f"--config={config}"]
+  args += [f"--config.{key}={flag_value(value)}" for key, value in (overrides or {}).items()]
+  return Job((*args, f"--workdir={workdir}"))
+
+
+def check_shared_workdir(job: Job) -> None:
+  """Every host must see the workdir: an absolute path on shared storage (NFS, a GCS FUSE mount)."""
+  workdir = job.workdir
+  if "://" in workdir:
+    raise ValueError(f"--workdir={workdir}: metrics.jsonl and config.json are written with plain file "
+                     "I/O; mount the bucket on every host (gcsfuse) and pass the mount path instead")
+  if not os.path.isabs(workdir) and not workdir.startswith("~"):
+    raise ValueError(f"--workdir={workdir} must be an absolute path on storage every host mounts "
+                     "(NFS, Lustre, a gcsfuse mount of a GCS bucket)")
+
+
+def parse(job: Job) -> ml_collections.ConfigDict:
+  """The config phi4_jax.main would build from these flags (the same absl parsing)."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["phi4_jax.main", *job.args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  try:
+    flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"training flags {list(job.args)}: {e}") from e
+  return flag_values.config
+
+
+def check(job: Job, num_devices: int | None = None) -> ml_collections.ConfigDict:
+  """Parses the flags and validates every stage of the config (against num_devices, if known)."""
+  config = parse(job)
+  if num_devices:
+    from phi4_jax.train.config import validate
+    for stage in (config[name] for name in config.stages) if "stages" in config else (config,):
+      validate(stage, num_devices)
+  return config

@@ -1,0 +1,322 @@
+"""Config sweeps: one base config, overrides per point, each point a run in its own workdir.
+
+A sweep file (experiments/sweeps/<name>.py) defines `get_sweep(arg) -> Sweep`.
+
+  python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py      # locally, in runs/<name>
+  python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py --target=slurm \
+      --workdir=/nfs/sweeps/synthetic_mix --nodes=2 --gpus_per_node=8 [--submit]
+  python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py --summary
+
+Points run in W/<point> (run name <sweep>-<point> on clusters). Locally they run one after another;
+rerunning skips finished points (a final checkpoint at config.steps) and resumes an interrupted
+one from its checkpoint. W/summary.md and W/summary.csv get one row per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import io
+import itertools
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import ml_collections
+
+from launch import cluster, job as job_lib, local
+from phi4_jax import configs
+
+SWEEP_FILE = "sweep.json"
+_print = functools.partial(print, flush=True)  # ordered with the points' own output
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  name: str  # its workdir under the sweep's, and its run name
+  labels: dict  # axis -> value: the summary's columns
+  overrides: dict  # dotted config key -> value
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str
+  config: str  # the base config, "experiments/<stage>.py:<preset>"
+  points: tuple[Point, ...]
+  overrides: dict = dataclasses.field(default_factory=dict)  # applied to every point first
+
+  def __post_init__(self):
+    object.__setattr__(self, "points", tuple(self.points))
+    if not self.points:
+      raise ValueError(f"sweep {self.name!r} has no points")
+    names = [p.name for p in self.points]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+      raise ValueError(f"sweep {self.name!r} has several points named {duplicates}")
+
+  def overrides_of(self, point: Point) -> dict:
+    return {**self.overrides, **point.overrides}
+
+  def point_config(self, point: Point) -> ml_collections.ConfigDict:
+    return configs.load(self.config, self.overrides_of(point))
+
+  def job(self, point: Point, root: str) -> job_lib.Job:
+    return job_lib.make(self.config, self.overrides_of(point), os.path.join(root, point.name))
+
+
+def _label(value: Any) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def axis(key: str, values: Iterable) -> dict:
+  """An axis setting one dotted config key: {value: {key: value}}."""
+  return {v: {key: v} for v in values}
+
+
+def grid(**axes: Mapping[Any, dict]) -> tuple[Point, ...]:
+  """The product of axes, each {label: overrides}; points are named like `lr=0.001_synthetic=0.4`."""
+  points = []
+  for combo in itertools.product(*(list(a.items()) for a in axes.values())):
+    labels = {name: label for name, (label, _) in zip(axes, combo)}
+    overrides = {k: v for _, o in combo for k, v in o.items()}
+    name = "_".join(f"{n}={_label(v)}" for n, v in labels.items())
+    points.append(Point(re.sub(r"[^A-Za-z0-9_.=+-]", "-", name), labels, overrides))
+  return tuple(points)
+
+
+def listed(*overrides: dict) -> tuple[Point, ...]:
+  """Points p0, p1, ... with the given overrides (also shown as the summary's columns)."""
+  return tuple(Point(f"p{i}", dict(o), dict(o)) for i, o in enumerate(overrides))
+
+
+def load(spec: str) -> Sweep:
+  """`experiments/sweeps/<name>.py[:arg]` -> its get_sweep(arg)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--sweep={spec}: {path} does not exist")
+  module = _load_module(path)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"--sweep={spec}: {path} has no get_sweep(arg) function")
+  sweep = module.get_sweep(arg) if arg else module.get_sweep()
+  if not isinstance(sweep, Sweep):
+    raise TypeError(f"--sweep={spec}: get_sweep returned {type(sweep).__name__}, not launch.sweep.Sweep")
+  return sweep
+
+
+def _load_module(path: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"_phi4_sweep_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _jsonable(value: Any) -> Any:
+  return json.loads(json.dumps(value, default=list))
+
+
+def record(sweep: Sweep, root: str) -> None:
+  """Writes W/sweep.json; refuses a sweep whose points changed since it started in W."""
+  path = os.path.join(root, SWEEP_FILE)
+  now = {"name": sweep.name, "config": sweep.config,
+         "points": {p.name: _jsonable(sweep.overrides_of(p)) for p in sweep.points}}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      before = json.load(f)
+    if before["config"] != now["config"]:
+      raise ValueError(f"{root} holds a sweep of {before['config']}, not {now['config']}; "
+                       "use another --workdir")
+    for name, overrides in now["points"].items():
+      if name in before["points"] and before["points"][name] != overrides:
+        raise ValueError(f"point {name} in {root} ran with {before['points'][name]}, but the sweep "
+                         f"now gives it {overrides}; use another --workdir or delete {root}/{name}")
+    now["points"] = {**before["points"], **now["points"]}
+  os.makedirs(root, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(now, f, indent=1)
+
+
+def check_points(sweep: Sweep, root: str) -> None:
+  """Every point's overrides name real fields and survive the trip through command-line flags."""
+  for point in sweep.points:
+    expected = sweep.point_config(point).to_dict()
+    parsed = job_lib.parse(sweep.job(point, root)).to_dict()
+    if _jsonable(parsed) != _jsonable(expected):
+      raise ValueError(f"point {point.name}: its overrides {sweep.overrides_of(point)} do not "
+                       "survive command-line flags unchanged")
+
+
+def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether the run (every stage of a recipe) has its final checkpoint."""
+  from phi4_jax.train import checkpoint
+  stages = ([(config[n], os.path.join(workdir, n)) for n in config.stages] if "stages" in config
+            else [(config, workdir)])
+  return all(checkpoint.latest_step(d) == stage.steps for stage, d in stages)
+
+
+def metrics_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the run's (last stage's) metrics.jsonl is."""
+  return os.path.join(workdir, config.stages[-1]) if "stages" in config else workdir
+
+
+class LocalRunner:
+  """Runs a point's phi4_jax.main here: one process, or several through launch.local."""
+
+  def __init__(self, num_processes: int = 1, devices_per_process: int = 0):
+    self.num_processes, self.devices_per_process = num_processes, devices_per_process
+
+  def __call__(self, job: job_lib.Job) -> int:
+    if self.num_processes > 1:
+      return local.launch(list(job.args), self.num_processes, self.devices_per_process or 1)
+    env = local.process_env(self.devices_per_process) if self.devices_per_process else None
+    return subprocess.run([sys.executable, "-m", local.DEFAULT_MODULE, *job.args], env=env).returncode
+
+
+def run_local(sweep: Sweep, root: str, runner: Callable[[job_lib.Job], int],
+              is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished,
+              log: Callable[[str], None] = _print) -> dict[str, str]:
+  """Runs the unfinished points one after another; returns each point's status."""
+  check_points(sweep, root)
+  record(sweep, root)
+  statuses = {}
+  for i, point in enumerate(sweep.points):
+    config, workdir = sweep.point_config(point), os.path.join(root, point.name)
+    if is_finished(config, workdir):
+      log(f"[sweep] {i + 1}/{len(sweep.points)} {point.name}: finished before, skipped")
+      statuses[point.name] = "done"
+      continue
+    log(f"[sweep] {i + 1}/{len(sweep.points)} {point.name}: running in {workdir}")
+    code = runner(sweep.job(point, root))
+    if code:
+      statuses[point.name] = f"failed (exit {code})"
+    else:
+      statuses[point.name] = "done" if is_finished(config, workdir) else "stopped"
+    log(f"[sweep] {point.name}: {statuses[point.name]}")
+    write_summary(summarize(sweep, root, statuses, is_finished), root)
+    if statuses[point.name] == "stopped":  # preempted: the rest would be stopped too
+      break
+  return statuses
+
+
+def summarize(sweep: Sweep, root: str, statuses: Mapping[str, str] | None = None,
+              is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished) -> list[dict]:
+  """One row per point: its labels, status, last step, final loss (overall and per source), tokens/s."""
+  from phi4_jax.train.metrics import read_metrics
+  rows = []
+  for point in sweep.points:
+    config, workdir = sweep.point_config(point), os.path.join(root, point.name)
+    metrics = read_metrics(metrics_dir(config, workdir))
+    status = (statuses or {}).get(point.name) or (
+        "done" if is_finished(config, workdir) else "partial" if metrics else "pending")
+    row = {"point": point.name, **{k: _label(v) for k, v in point.labels.items()}, "status": status}
+    last = metrics[-1] if metrics else {}
+    speeds = [m["tokens_per_s"] for m in metrics[1:] or metrics]
+    row.update({"step": last.get("step", 0), "final_loss": last.get("loss"),
+                "tokens_per_s": statistics.median(speeds) if speeds else None})
+    for source, loss in sorted(last.get("loss_per_source", {}).items()):
+      row[f"loss/{source}"] = loss
+    for source, progress in sorted(last.get("data", {}).get("sources", {}).items()):
+      row[f"epochs/{source}"] = progress["epochs"]
+    rows.append({**row, "workdir": workdir})
+  return rows
+
+
+def _cell(value: Any) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+  return str(value)
+
+
+def write_summary(rows: list[dict], root: str) -> str:
+  """W/summary.md and W/summary.csv (full precision); returns the Markdown."""
+  keys = list(dict.fromkeys(k for row in rows for k in row))
+  columns = ([k for k in keys if "/" not in k and k != "workdir"] +
+             sorted(k for k in keys if k.startswith("loss/")) +
+             sorted(k for k in keys if k.startswith("epochs/")) + ["workdir"])
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+  markdown = "\n".join(lines) + "\n"
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(markdown)
+  with open(os.path.join(root, "summary.csv"), "w", encoding="utf-8") as f:
+    f.write(buffer.getvalue())
+  return markdown
+
+
+def run_name(sweep: Sweep, point: Point) -> str:
+  return f"{sweep.name}-{point.name}"
+
+
+def emit_jobs(sweep: Sweep, root: str, target_name: str, spec: Any, jobs_dir: str,
+              submit: bool = False, is_finished=finished, log: Callable[[str], None] = _print) -> list[str]:
+  """One cluster job file per unfinished point under jobs_dir (submitted if asked); their paths."""
+  target = cluster.target(target_name)
+  check_points(sweep, root)
+  paths = []
+  for point in sweep.points:
+    if is_finished(sweep.point_config(point), os.path.join(root, point.name)):
+      log(f"[sweep] {point.name}: finished before, no job")
+      continue
+    path = os.path.join(jobs_dir, f"{point.name}{target.SUFFIX}")
+    cluster.emit(target, target.named(spec, run_name(sweep, point)), sweep.job(point, root), path,
+                 submit)
+    log(f"[sweep] {point.name}: {'submitted ' if submit else ''}{path}")
+    paths.append(path)
+  return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--sweep", required=True, help="experiments/sweeps/<name>.py[:arg]")
+  parser.add_argument("--workdir", default="", help="the sweep's directory (default: runs/<name>)")
+  parser.add_argument("--target", default="local", choices=("local", *cluster.TARGETS),
+                      help="run the points here, or write one cluster job per point")
+  parser.add_argument("--num_processes", type=int, default=1, help="local: processes per point")
+  parser.add_argument("--devices_per_process", type=int, default=0,
+                      help="local: fake CPU devices per process (0: this machine's accelerators)")
+  parser.add_argument("--jobs_dir", default="", help="cluster: where job files go "
+                      "(default: sweep_jobs/<name>)")
+  parser.add_argument("--submit", action="store_true", help="cluster: also submit each job")
+  parser.add_argument("--summary", action="store_true", help="only write the summary table")
+  flags, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  try:
+    sweep = load(flags.sweep)
+    root = flags.workdir or os.path.join("runs", sweep.name)
+    if flags.summary:
+      print(write_summary(summarize(sweep, root), root), end="")
+      return 0
+    if flags.target == "local":
+      if rest:
+        parser.error(f"unrecognized arguments for --target=local: {rest}")
+      statuses = run_local(sweep, root, LocalRunner(flags.num_processes, flags.devices_per_process))
+      print(write_summary(summarize(sweep, root, statuses), root), end="")
+      return int(any(s.startswith("failed") for s in statuses.values()))
+    target = cluster.target(flags.target)
+    target_parser = argparse.ArgumentParser(prog=f"python -m launch.sweep --target={flags.target}")
+    cluster.add_spec_flags(target_parser, target.Spec)
+    spec = cluster.spec_from_flags(target.Spec, target_parser.parse_args(rest))
+    emit_jobs(sweep, root, flags.target, spec, flags.jobs_dir or os.path.join("sweep_jobs", sweep.name),
+              flags.submit)
+    return 0
+  except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+    parser.error(str(e))
+
+
+if __name__ == "__main__":
+  from launch import sweep as _sweep  # the module sweep files import, not this __main__ copy
+  sys.exit(_sweep.main())

@@ -1,0 +1,38 @@
+"""Joining a multi-process JAX job (jax.distributed) when launched as one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+
+def should_initialize(coordinator_address: str, num_processes: int) -> bool:
+  """Explicit flags, or a cluster environment that runs more than one process."""
+  if coordinator_address or num_processes > 1:
+    return True
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
+    return True
+  return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+               cpu_collectives: str = "gloo") -> None:
+  """jax.distributed.initialize with explicit values, or JAX's own cluster auto-detection."""
+  if not should_initialize(coordinator_address, num_processes):
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  kwargs = {}
+  if coordinator_address:
+    kwargs["coordinator_address"] = coordinator_address
+  if num_processes > 0:
+    kwargs["num_processes"] = num_processes
+  if process_id >= 0:
+    kwargs["process_id"] = process_id
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())

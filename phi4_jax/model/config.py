@@ -27,7 +27,7 @@ DEFAULT_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -49,7 +49,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations and matmuls
   scan_layers: bool = True  # compile one block and lax.scan it (False unrolls; params identical)
   remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-  attention_impl: str = "auto"  # auto (cuDNN flash on GPU in 16-bit, else XLA) | xla | cudnn
+  attention_impl: str = "auto"  # auto (cuDNN on GPU in 16-bit, blocked on CPU, else XLA) | xla | cudnn | blocked
+  attention_block: int = 128  # query rows per block of the blocked attention (model/attention.py)
   init_std: float = 0.02  # std of the normal initializer of every weight matrix
   axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_AXIS_RULES  # logical -> mesh axes
 
@@ -59,7 +60,7 @@ class ModelConfig:
   def validate(self) -> None:
     """Raises ValueError naming the offending field."""
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "max_seq_len")
+                "max_seq_len", "attention_block")
     for name in positive:
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from phi4_jax.model.attention import blocked_attention
 from phi4_jax.model.config import ModelConfig
 
 
@@ -68,10 +69,13 @@ def attention_mask(segment_ids_BxT: jax.Array | None) -> jax.Array | None:
 
 
 def _attention_impl(cfg: ModelConfig) -> str:
+  """auto: cuDNN flash attention on GPU in 16-bit, blocked attention on CPU, XLA otherwise."""
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
+  backend = jax.default_backend()
+  if backend == "gpu" and cfg.dtype in ("bfloat16", "float16"):
+    return "cudnn"
+  return "blocked" if backend == "cpu" else "xla"
 
 
 class Attention(nn.Module):
@@ -93,9 +97,14 @@ class Attention(nn.Module):
     k_BxSxKxDh = apply_rope(k_BxSxKxDh, cos_BxTxDh, sin_BxTxDh)
     heads = ("activation_batch", "activation_length", "activation_heads", None)
     q_BxTxHxDh = constrain(q_BxTxHxDh, heads, cfg, self.mesh)
-    out_BxTxHxDh = jax.nn.dot_product_attention(
-        q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask_Bx1xTxS, is_causal=True,
-        scale=cfg.head_dim ** -0.5, implementation=_attention_impl(cfg))
+    impl = _attention_impl(cfg)
+    if impl == "blocked":
+      out_BxTxHxDh = blocked_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_Bx1xTxS,
+                                       cfg.head_dim ** -0.5, cfg.attention_block)
+    else:
+      out_BxTxHxDh = jax.nn.dot_product_attention(
+          q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask_Bx1xTxS, is_causal=True,
+          scale=cfg.head_dim ** -0.5, implementation=impl)
     out_BxTxHxDh = constrain(out_BxTxHxDh, heads, cfg, self.mesh)
     return dense(cfg.d_model, ("heads", "head_dim", "embed"), axis=(-2, -1), name="o")(out_BxTxHxDh)
 

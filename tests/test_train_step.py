@@ -4,9 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -14,7 +12,7 @@ from phi4_jax import model
 from phi4_jax.train import loop
 from phi4_jax.train.config import optimizer_fields
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer, weight_decay_mask
-from phi4_jax.train.step import chunked_cross_entropy, loss_sums, next_token_targets, train_step
+from phi4_jax.train.step import fused_cross_entropy, loss_sums, next_token_targets, train_step
 
 CFG = model.ModelConfig.preset("test", vocab_size=512)
 NUM_SOURCES = 3
@@ -76,14 +74,28 @@ def test_loss_equals_hand_softmax(setup):
                                (nll * weights * (sources == s)).sum(), rtol=1e-5, atol=1e-4)
 
 
-def test_chunked_cross_entropy_equals_unchunked():
+@pytest.mark.parametrize("chunk", [0, 4, 5])  # 5 does not divide 16: one chunk
+def test_fused_cross_entropy_and_its_gradients_equal_plain_autodiff(chunk):
   h = jax.random.normal(jax.random.key(2), (2, 16, 8))
   w = jax.random.normal(jax.random.key(3), (8, 50))
   y = jax.random.randint(jax.random.key(4), (2, 16), 0, 50)
-  full = chunked_cross_entropy(h, w, y, 0, jnp.float32)
-  np.testing.assert_allclose(chunked_cross_entropy(h, w, y, 4, jnp.float32), full, rtol=1e-6)
-  g = jax.grad(lambda w, c: chunked_cross_entropy(h, w, y, c, jnp.float32).sum())
-  np.testing.assert_allclose(g(w, 4), g(w, 0), rtol=1e-5, atol=1e-6)
+  weights = (jax.random.uniform(jax.random.key(5), (2, 16)) > 0.3).astype(jnp.float32)
+
+  def plain(h, w):
+    logp = jax.nn.log_softmax(h @ w, axis=-1)
+    nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+    return (nll * weights).sum(), nll
+
+  def fused(h, w):
+    return fused_cross_entropy(h, w, y, weights, chunk, jnp.float32)
+
+  (loss, nll), (ref_loss, ref_nll) = fused(h, w), plain(h, w)
+  np.testing.assert_allclose(nll, ref_nll, rtol=1e-5)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  grads = jax.grad(lambda h, w: 3.0 * fused(h, w)[0], argnums=(0, 1))(h, w)
+  ref_grads = jax.grad(lambda h, w: 3.0 * plain(h, w)[0], argnums=(0, 1))(h, w)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_sharded_step_equals_single_device(setup):

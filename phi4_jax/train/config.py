@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.global_batch_size = 8  # sequences per optimizer step, over all processes
   c.microbatches = 1  # gradient accumulation: the global batch is split into this many passes
   c.mesh_shape = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1 = the remaining devices
-  c.loss_chunk = 512  # sequence chunk of the fused output-layer + cross-entropy; 0 = unchunked
+  c.loss_chunk = 256  # sequence chunk of the fused output layer + cross-entropy; 0 = unchunked
   c.log_every = 10  # steps between metric rows
   c.checkpoint_every = 100  # steps between checkpoints (a final one is always written)
   c.keep_checkpoints = 3  # keep the newest k checkpoints; 0 keeps all

@@ -6,10 +6,12 @@ Position t predicts token t+1 when both lie in the same (non-padding) segment an
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from phi4_jax import model as model_lib
@@ -25,28 +27,74 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   return shift(tokens, 0), weights.astype(jnp.float32), shift(batch["source_ids"], -1)
 
 
-def chunked_cross_entropy(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array,
-                          chunk: int, dtype: Any) -> jax.Array:
-  """Per-token -log p(target) [B,T] in fp32, never holding more than [B, chunk, V] logits.
+def _chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:
+  """[B, T, ...] -> [T/chunk, B, chunk, ...]."""
+  b, t = x_BxTx.shape[:2]
+  return x_BxTx.reshape(b, t // chunk, chunk, *x_BxTx.shape[2:]).swapaxes(0, 1)
 
-  Each chunk's logits are recomputed in the backward pass (jax.checkpoint), so the 100K-wide output
-  layer costs memory for one chunk instead of the whole sequence.
-  """
-  b, t, d = hidden_BxTxD.shape
+
+def _unchunk(x_NxBxCx: jax.Array) -> jax.Array:
+  n, b, c = x_NxBxCx.shape[:3]
+  return x_NxBxCx.swapaxes(0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
+
+
+def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype):
+  """(sum of weights x nll, nll [B,T]) and, computed on the way, their gradients."""
+  t = hidden_BxTxD.shape[1]
   chunk = t if chunk <= 0 or t % chunk else chunk
-  h_NxBxCxD = hidden_BxTxD.reshape(b, t // chunk, chunk, d).swapaxes(0, 1)
-  y_NxBxC = targets_BxT.reshape(b, t // chunk, chunk).swapaxes(0, 1)
   kernel = kernel_DxV.astype(dtype)
 
-  @jax.checkpoint
-  def one_chunk(h_BxCxD, y_BxC):
+  def one_chunk(dkernel_DxV, xs):
+    h_BxCxD, y_BxC, w_BxC = xs
     logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel,
                               preferred_element_type=jnp.float32)
+    m = logits_BxCxV.max(axis=-1, keepdims=True)
+    e = jnp.exp(logits_BxCxV - m)
+    z = e.sum(axis=-1, keepdims=True)
     target_logit = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits_BxCxV, axis=-1) - target_logit
+    nll_BxC = (jnp.log(z) + m)[..., 0] - target_logit
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
+    w = w_BxC[..., None]
+    dlogits_BxCxV = (e * (w / z) - jnp.where(is_target, w, 0.0)).astype(dtype)
+    dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel, preferred_element_type=jnp.float32)
+    dkernel_DxV += jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
+                              preferred_element_type=jnp.float32)
+    return dkernel_DxV, (nll_BxC, dh_BxCxD)
 
-  nll_NxBxC = jax.lax.map(lambda xs: one_chunk(*xs), (h_NxBxCxD, y_NxBxC))
-  return nll_NxBxC.swapaxes(0, 1).reshape(b, t)
+  xs = (_chunks(hidden_BxTxD, chunk), _chunks(targets_BxT, chunk), _chunks(weights_BxT, chunk))
+  dkernel_DxV, (nll_NxBxC, dh_NxBxCxD) = jax.lax.scan(
+      one_chunk, jnp.zeros(kernel_DxV.shape, jnp.float32), xs)
+  nll_BxT = _unchunk(nll_NxBxC)
+  grads = (_unchunk(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype))
+  return (jnp.sum(nll_BxT * weights_BxT), nll_BxT), grads
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def fused_cross_entropy(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array,
+                        weights_BxT: jax.Array, chunk: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+  """The output layer and cross-entropy fused: (sum of weights x nll, per-token nll [B,T] fp32).
+
+  Logits live one sequence chunk at a time ([B, chunk, V], never [B, T, V]), and each chunk's
+  gradients with respect to hidden and kernel are computed in the forward pass, so the backward
+  pass only scales them: three output-layer matmuls per chunk instead of four, and no logits are
+  recomputed or kept. Only the summed loss is differentiable; nll is for metrics.
+  """
+  return _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype)[0]
+
+
+def _fused_backward(chunk, dtype, grads, cotangents):
+  (dhidden, dkernel), targets, weights = grads
+  g_loss, _ = cotangents
+  return (g_loss.astype(dhidden.dtype) * dhidden, g_loss.astype(dkernel.dtype) * dkernel,
+          np.zeros(targets.shape, jax.dtypes.float0), jnp.zeros_like(weights))
+
+
+def _fused_forward_with_residuals(hidden, kernel, targets, weights, chunk, dtype):
+  out, grads = _fused_forward(hidden, kernel, targets, weights, chunk, dtype)
+  return out, (grads, targets, weights)
+
+
+fused_cross_entropy.defvjp(_fused_forward_with_residuals, _fused_backward)
 
 
 def loss_sums(params: dict, batch: dict, cfg: ModelConfig, num_sources: int, loss_chunk: int,
@@ -55,12 +103,11 @@ def loss_sums(params: dict, batch: dict, cfg: ModelConfig, num_sources: int, los
   hidden = model_lib.forward(params, batch["tokens"], cfg, segment_ids=batch["segment_ids"],
                              positions=batch["positions"], mesh=mesh, return_hidden=True)
   targets, weights, sources = next_token_targets(batch)
-  nll_BxT = chunked_cross_entropy(hidden, params["lm_head"]["kernel"], targets, loss_chunk,
-                                  jnp.dtype(cfg.dtype))
-  weighted = nll_BxT * weights
+  loss_sum, nll_BxT = fused_cross_entropy(hidden, params["lm_head"]["kernel"], targets, weights,
+                                          loss_chunk, jnp.dtype(cfg.dtype))
   onehot_BxTxS = jax.nn.one_hot(sources, num_sources, dtype=jnp.float32) * weights[..., None]
   sums = {
-      "loss_sum": weighted.sum(),
+      "loss_sum": loss_sum,
       "tokens": weights.sum(),
       "source_loss_sum": jnp.einsum("bt,bts->s", nll_BxT, onehot_BxTxS),
       "source_tokens": onehot_BxTxS.sum(axis=(0, 1)),
@@ -73,20 +120,25 @@ def train_step(state: dict, batch_MxBxT: dict, *, optimizer: optax.GradientTrans
   """One optimizer step over M microbatches (leading axis): gradients of the token-mean loss.
 
   Gradients of summed losses are accumulated in fp32 and divided by the total target-token count
-  at the end, so M microbatches give the same update as one batch of M times the size.
+  at the end, so M microbatches give the same update as one batch of M times the size. With M = 1
+  the gradients come straight from jax.grad (no accumulator copy of the params).
   """
   params = state["params"]
   grad_fn = jax.grad(loss_sums, has_aux=True)
+  to_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
 
   def microbatch(acc, mb):
-    grads, sums = grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh)
+    grads, sums = to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
     return jax.tree.map(jnp.add, acc, (grads, sums)), None
 
-  zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  zero_sums = {"loss_sum": 0.0, "tokens": 0.0, "source_loss_sum": jnp.zeros(num_sources),
-               "source_tokens": jnp.zeros(num_sources)}
-  zero_sums = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), zero_sums)
-  (grads, sums), _ = jax.lax.scan(microbatch, (zero_grads, zero_sums), batch_MxBxT)
+  if jax.tree.leaves(batch_MxBxT)[0].shape[0] == 1:
+    mb = jax.tree.map(lambda x: x[0], batch_MxBxT)
+    grads, sums = to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
+  else:
+    zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zero_sums = to_f32({"loss_sum": 0.0, "tokens": 0.0, "source_loss_sum": jnp.zeros(num_sources),
+                        "source_tokens": jnp.zeros(num_sources)})
+    (grads, sums), _ = jax.lax.scan(microbatch, (zero_grads, zero_sums), batch_MxBxT)
   denom = jnp.maximum(sums["tokens"], 1.0)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
   updates, opt_state = optimizer.update(grads, state["opt_state"], params)

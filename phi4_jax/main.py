@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,10 +19,21 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (-1: 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+  """INFO lines of our own code pass; the libraries' (orbax logs every save) only from WARNING."""
+
+  _PATHS = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "grain", "jax", "etils"))
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(p in record.pathname for p in self._PATHS)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from phi4_jax.train import recipe  # after jax.distributed.initialize
   recipe.run(_CONFIG.value, _WORKDIR.value)

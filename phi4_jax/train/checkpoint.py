@@ -67,6 +67,10 @@ def _params_manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
   """A manager that can read the `params` item alone (and its metadata) without the others."""
   handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
   handlers.add("params", ocp.args.PyTreeRestore)
+  # Known (but not read) so that orbax does not warn about each item it cannot restore.
+  handlers.add("opt_state", ocp.args.StandardRestore)
+  handlers.add("meta", ocp.args.JsonRestore)
+  handlers.add("data", grain.checkpoint.CheckpointRestore)
   return ocp.CheckpointManager(checkpoint_dir(workdir), handler_registry=handlers)
 
 

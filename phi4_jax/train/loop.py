@@ -141,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flops = model_lib.flops_per_token(cfg, config.seq_len)
   peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=config.tensorboard)
-  bar = metrics_lib.ProgressBar(config.steps, start) if primary else None
+  bar = metrics_lib.ProgressBar(config.steps, start, tokens_per_step) if primary else None
   meta = lambda s: {"step": s, "seed": config.seed, "stage": config.stage, "source_names": source_names}
   window = {"t": time.monotonic(), "steps": 0, "loss": 0.0, "src_loss": 0.0, "src_tok": 0.0}
   last_row: dict = {}

@@ -46,17 +46,19 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 class ProgressBar:
   """`step 120/500 [#####.....] loss 3.21 | 4.1k tok/s | ETA 2m10s` on one rewritten line."""
 
-  def __init__(self, total: int, start: int, stream=sys.stderr, width: int = 24):
-    self.total, self.start, self.stream, self.width = total, start, stream, width
+  def __init__(self, total: int, start: int, tokens_per_step: int, stream=sys.stderr, width: int = 24):
+    self.total, self.start, self.tokens_per_step = total, start, tokens_per_step
+    self.stream, self.width = stream, width
     self.t0 = time.monotonic()
 
   def update(self, step: int, text: str) -> None:
     done = step - self.start
-    rate = done / max(time.monotonic() - self.t0, 1e-9)
+    rate = done / max(time.monotonic() - self.t0, 1e-9)  # steps/s since start, compile included
     eta = (self.total - step) / rate if rate > 0 else math.inf
     filled = int(self.width * step / max(self.total, 1))
     eta_text = "?" if math.isinf(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
-    line = f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {text} | ETA {eta_text}"
+    line = (f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {text} | "
+            f"{_si(rate * self.tokens_per_step)} tok/s | ETA {eta_text}")
     self.stream.write(line)
     self.stream.flush()
 
@@ -95,6 +97,14 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _si(x: float) -> str:
+  """4100.0 -> '4.1k'."""
+  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.1f}{unit}"
+  return f"{x:.0f}"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:

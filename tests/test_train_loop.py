@@ -127,3 +127,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop.train(config, workdir)
   bad_step = int(str(err.value).split(" at step ")[1].split()[0])
   assert checkpoint.latest_step(workdir) == bad_step - 1
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
+  workdir = str(tmp_path / "w")
+  cmd, env = _cli(workdir, 1, steps=400, checkpoint_every=1000, async_checkpointing=True)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.monotonic() + 300
+  while proc.poll() is None and time.monotonic() < deadline and len(read_metrics(workdir)) < 3:
+    time.sleep(0.05)
+  assert os.path.exists(metrics), "the run logged no step before the deadline"
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  saved = checkpoint.latest_step(workdir)
+  assert saved is not None and 3 <= saved < 400  # written on SIGTERM, not by checkpoint_every
+  assert "SIGTERM: saved step" in stderr
+  cmd, env = _cli(workdir, 1, steps=saved + 2, checkpoint_every=1000)
+  subprocess.run(cmd, env=env, check=True, capture_output=True)
+  assert [r["step"] for r in read_metrics(workdir)][-3:] == [saved, saved + 1, saved + 2]

@@ -8,12 +8,17 @@ import optax
 
 
 def lr_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """0 -> peak_lr over warmup_steps, then linearly to peak_lr * end_lr_ratio at total_steps."""
+  """The LR of update `count` (0-based): step count + 1 of a linear warmup to peak_lr over
+  warmup_steps, then a linear decay that reaches peak_lr * end_lr_ratio on the last step.
+
+  Counting from 1 means the first update already moves the params (peak_lr / warmup_steps).
+  """
   warmup = min(int(opt.warmup_steps), total_steps)
-  return optax.join_schedules(
+  by_step = optax.join_schedules(
       [optax.linear_schedule(0.0, opt.peak_lr, max(warmup, 1)),
        optax.linear_schedule(opt.peak_lr, opt.peak_lr * opt.end_lr_ratio, max(total_steps - warmup, 1))],
       boundaries=[warmup])
+  return lambda count: by_step(count + 1)
 
 
 def weight_decay_mask(params: dict, decay_embeddings: bool = True) -> dict:

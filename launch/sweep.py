@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -155,10 +154,10 @@ def check_points(sweep: Sweep, root: str) -> None:
 
 def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Whether the run (every stage of a recipe) has its final checkpoint."""
-  from phi4_jax.train import checkpoint
+  from phi4_jax.train import recipe
   stages = ([(config[n], os.path.join(workdir, n)) for n in config.stages] if "stages" in config
             else [(config, workdir)])
-  return all(checkpoint.latest_step(d) == stage.steps for stage, d in stages)
+  return all(recipe.finished(stage, d) for stage, d in stages)
 
 
 def metrics_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -208,7 +207,7 @@ def run_local(sweep: Sweep, root: str, runner: Callable[[job_lib.Job], int],
 def summarize(sweep: Sweep, root: str, statuses: Mapping[str, str] | None = None,
               is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished) -> list[dict]:
   """One row per point: its labels, status, last step, final loss (overall and per source), tokens/s."""
-  from phi4_jax.train.metrics import read_metrics
+  from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
   rows = []
   for point in sweep.points:
     config, workdir = sweep.point_config(point), os.path.join(root, point.name)
@@ -217,9 +216,8 @@ def summarize(sweep: Sweep, root: str, statuses: Mapping[str, str] | None = None
         "done" if is_finished(config, workdir) else "partial" if metrics else "pending")
     row = {"point": point.name, **{k: _label(v) for k, v in point.labels.items()}, "status": status}
     last = metrics[-1] if metrics else {}
-    speeds = [m["tokens_per_s"] for m in metrics[1:] or metrics]
     row.update({"step": last.get("step", 0), "final_loss": last.get("loss"),
-                "tokens_per_s": statistics.median(speeds) if speeds else None})
+                "tokens_per_s": median_tokens_per_s(metrics) if metrics else None})
     for source, loss in sorted(last.get("loss_per_source", {}).items()):
       row[f"loss/{source}"] = loss
     for source, progress in sorted(last.get("data", {}).get("sources", {}).items()):
@@ -266,6 +264,7 @@ def emit_jobs(sweep: Sweep, root: str, target_name: str, spec: Any, jobs_dir: st
   """One cluster job file per unfinished point under jobs_dir (submitted if asked); their paths."""
   target = cluster.target(target_name)
   check_points(sweep, root)
+  record(sweep, root)
   paths = []
   for point in sweep.points:
     if is_finished(sweep.point_config(point), os.path.join(root, point.name)):

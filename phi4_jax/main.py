@@ -36,7 +36,7 @@ def main(argv) -> None:
     handler.addFilter(_QuietLibraries())
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from phi4_jax.train import recipe  # after jax.distributed.initialize
-  recipe.run(_CONFIG.value, _WORKDIR.value)
+  recipe.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
 
 
 def run() -> None:

@@ -92,12 +92,14 @@ def test_midtrain_starts_from_pretrain_params_with_fresh_optimizer(tmp_path):
 
 
 def test_init_from_errors_name_the_workdir_and_parameter(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoint under .*nowhere"):
+  with pytest.raises(FileNotFoundError, match="config.init_from: no checkpoint under .*nowhere"):
     loop.train(_config(steps=1, init_from=str(tmp_path / "nowhere")), str(tmp_path / "a"))
   pre = str(tmp_path / "pre")
   loop.train(_config(steps=1), pre)
   with pytest.raises(ValueError, match=r"\['embed'\]\['embedding'\] has shape \(100352, 64\)"):
     loop.train(_config(steps=1, init_from=pre, **{"model.d_model": 32}), str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="config.seed: .* trained with seed 0"):  # resuming pre
+    loop.train(_config(steps=2, seed=1), pre)
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -105,6 +107,8 @@ def test_init_from_errors_name_the_workdir_and_parameter(tmp_path):
     ({"seq_len": 4096}, "seq_len"),
     ({"mesh_shape": (3, -1, 1)}, "mesh_shape"),
     ({"microbatches": 3}, "global_batch_size"),
+    ({"loss_chunk": 48}, "loss_chunk"),  # does not divide seq_len 128
+    ({"init_step": 3}, "init_step"),  # without init_from
 ])
 def test_bad_config_names_the_field(tmp_path, overrides, field):
   with pytest.raises(ValueError, match=f"config.{field}"):

@@ -22,7 +22,7 @@ def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
   opt = ml_collections.ConfigDict()
   opt.peak_lr = 3e-4  # AdamW peak learning rate (phi-4 pretraining: 3e-4)
   opt.warmup_steps = 100  # linear warmup length; unpublished for phi-4
-  opt.end_lr_ratio = 0.0  # linear decay ends at peak_lr * end_lr_ratio on the last step
+  opt.end_lr_ratio = 0.0  # linear decay reaches peak_lr * end_lr_ratio on the last step
   opt.b1 = 0.9  # Adam beta1; unpublished for phi-4
   opt.b2 = 0.95  # Adam beta2; unpublished for phi-4
   opt.eps = 1e-8  # Adam epsilon
@@ -65,9 +65,14 @@ def _fail(field: str, message: str) -> None:
   raise ValueError(f"config.{field}: {message}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks values that would otherwise fail late; each message names the field."""
-  from phi4_jax.model.sharding import resolve_mesh_shape  # jax-free import path for configs
+def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True) -> None:
+  """Checks values that would otherwise fail late; each message names the field.
+
+  check_init_from=False skips looking for init_from's checkpoints (a recipe checks its later stages
+  before the stage they start from has run).
+  """
+  from phi4_jax.model.sharding import resolve_mesh_shape
+  from phi4_jax.train.checkpoint import checkpoint_dir, latest_step
   unknown = sorted(set(config) - set(base_config()) - {"model", "data"})
   if unknown:
     _fail(unknown[0], f"unknown field (known: {sorted(base_config())} plus model, data)")
@@ -94,6 +99,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _fail("seq_len", f"{config.seq_len} exceeds config.model.max_seq_len={cfg.max_seq_len}")
   if config.loss_chunk < 0:
     _fail("loss_chunk", f"must be >= 0, got {config.loss_chunk}")
+  if 0 < config.loss_chunk < config.seq_len and config.seq_len % config.loss_chunk:
+    _fail("loss_chunk", f"{config.loss_chunk} does not divide config.seq_len={config.seq_len} (the "
+          "loss would fall back to [B, seq_len, vocab] logits)")
+  if config.init_step >= 0 and not config.init_from:
+    _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
+  if check_init_from and config.init_from and latest_step(config.init_from) is None:
+    raise FileNotFoundError(f"config.init_from: no checkpoint under {checkpoint_dir(config.init_from)}")
 
 
 def check_workdir(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> None:

@@ -47,25 +47,30 @@ def _state_bytes(abstract_state) -> int:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (then saves and exits)."""
+  """Turns SIGTERM (or a first Ctrl-C) into a flag the loop checks between steps (then saves and
+  exits); a second Ctrl-C interrupts at once."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+      self._previous = {}
     return self
 
-  def _handle(self, *_):
+  def _handle(self, signum, _):
     self.requested = True
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
 
   def __exit__(self, *_):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
 
   def agreed(self) -> bool:
     """True on every process once any process got SIGTERM."""
@@ -102,7 +107,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = _with_shardings(
       {"params": abstract_params, "opt_state": abstract_opt,
        "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
-  check_workdir(workdir, _state_bytes(abstract_state), config.min_free_disk_gb)
+  kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
+  check_workdir(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
@@ -114,7 +120,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing)
   resume_step = mngr.latest_step()
   if resume_step is not None:
-    state, _ = checkpoint.restore(mngr, resume_step, abstract_state, data_iter)
+    state, saved_meta = checkpoint.restore(mngr, resume_step, abstract_state, data_iter)
+    if saved_meta["seed"] != config.seed:
+      raise ValueError(f"config.seed: {workdir} was trained with seed {saved_meta['seed']}; resuming "
+                       f"with {config.seed} would change the data order (use a new workdir)")
     state["step"] = jax.device_put(jnp.int32(state["step"]), shardings["step"])
     logging.info("resumed %s from step %d", workdir, resume_step)
   else:
@@ -129,13 +138,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "step": jax.device_put(jnp.int32(0), shardings["step"])}
   start = int(state["step"])
 
+  batch_sharding = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))  # [M, B, T]
   step_fn = jax.jit(
       functools.partial(train_step, optimizer=optimizer, cfg=cfg, num_sources=len(source_names),
                         loss_chunk=config.loss_chunk, mesh=mesh),
-      in_shardings=(shardings, NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))),
+      in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
       donate_argnums=0)
-  batch_sharding = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
 
   tokens_per_step = config.global_batch_size * config.seq_len
   flops = model_lib.flops_per_token(cfg, config.seq_len)
@@ -143,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=config.tensorboard)
   bar = metrics_lib.ProgressBar(config.steps, start, tokens_per_step) if primary else None
   meta = lambda s: {"step": s, "seed": config.seed, "stage": config.stage, "source_names": source_names}
-  window = {"t": time.monotonic(), "steps": 0, "loss": 0.0, "src_loss": 0.0, "src_tok": 0.0}
+  window = _new_window()
   last_row: dict = {}
   preempted = False
   step = start
@@ -153,7 +162,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if preemption.agreed():
           preempted = True
           break
-        batch = _global_batch(next(data_iter), config.microbatches, batch_sharding, config.global_batch_size)
+        local_batch = next(data_iter, None)
+        if local_batch is None:
+          raise RuntimeError(
+              f"the data ran out before step {step + 1} of {config.steps} (every source of "
+              "config.data.sources used up its planned epochs: check their max_epochs and declared "
+              f"unique_tokens); the last checkpoint of {workdir} is step {mngr.latest_step()}")
+        batch = _global_batch(local_batch, config.microbatches, batch_sharding, config.global_batch_size)
         state, m = step_fn(state, batch)
         m = jax.device_get(m)
         step += 1
@@ -170,13 +185,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           last_row = _log_row(step, m, window, schedule, tokens_per_step, flops, peak, source_names,
                               data_iter)
           writer.write(step, last_row)
-          window = {"t": time.monotonic(), "steps": 0, "loss": 0.0, "src_loss": 0.0, "src_tok": 0.0}
+          window = _new_window()
         if bar:
           bar.update(step, f"loss {float(m['loss']):.3f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
           checkpoint.save(mngr, step, state, meta(step), data_iter)
       if preempted:
-        checkpoint.save(mngr, step, state, meta(step), data_iter, force=True)
+        if mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
+          checkpoint.save(mngr, step, state, meta(step), data_iter, force=True)
         logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, workdir)
   finally:
     mngr.wait_until_finished()
@@ -186,6 +202,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.close()
   return {"stage": config.stage, "workdir": workdir, "start_step": start, "step": step,
           "preempted": preempted, "last": last_row}
+
+
+def _new_window() -> dict:
+  """Sums over the steps since the last metrics row."""
+  return {"t": time.monotonic(), "steps": 0, "loss": 0.0, "src_loss": 0.0, "src_tok": 0.0}
 
 
 def _log_row(step, m, window, schedule, tokens_per_step, flops, peak, source_names, data_iter) -> dict:

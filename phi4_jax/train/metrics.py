@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -41,6 +42,11 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
         row = json.loads(line)
         rows[row["step"]] = row
   return [rows[s] for s in sorted(rows)]
+
+
+def median_tokens_per_s(rows: list[dict]) -> float:
+  """The median tokens/s of metric rows, leaving out the first (it includes compiling the step)."""
+  return statistics.median(r["tokens_per_s"] for r in rows[1:] or rows)
 
 
 class ProgressBar:

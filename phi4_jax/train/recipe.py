@@ -10,37 +10,48 @@ from __future__ import annotations
 import logging
 import os
 
+import jax
 import ml_collections
 
 from phi4_jax.train import checkpoint
-from phi4_jax.train.metrics import read_metrics
+from phi4_jax.train.config import validate
+from phi4_jax.train.loop import train
+from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
+
+
+def finished(stage: ml_collections.ConfigDict, stage_dir: str) -> bool:
+  """A stage is done once its workdir holds a checkpoint at (or past) its last step."""
+  step = checkpoint.latest_step(stage_dir)
+  return step is not None and step >= stage.steps
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   if "stages" not in config:
-    from phi4_jax.train.loop import train  # imports jax: keep recipe summaries importable cheaply
     return [train(config, workdir)]
+  for name in config.stages:  # every stage's config is checked before the first one trains
+    if name not in config:
+      raise ValueError(f"config.stages names {name!r}, but the recipe has no config.{name}")
+    try:
+      validate(config[name], jax.device_count(), check_init_from=name == config.stages[0])
+    except ValueError as e:
+      raise ValueError(f"stage {name}: {e}") from e
   results = []
   previous = ""
   for name in config.stages:
-    if name not in config:
-      raise ValueError(f"config.stages names {name!r}, but the recipe has no config.{name}")
     stage = config[name]
     stage_dir = os.path.join(workdir, name)
     if previous and not stage.init_from:
       with stage.unlocked():
         stage.init_from = previous
-    if checkpoint.latest_step(stage_dir) == stage.steps:
+    if finished(stage, stage_dir):
       logging.info("stage %s already finished in %s: skipped", name, stage_dir)
       results.append({"stage": name, "workdir": stage_dir, "skipped": True})
     else:
-      from phi4_jax.train.loop import train
       result = train(stage, stage_dir)
       results.append(result)
       if result["preempted"]:
         break
     previous = stage_dir
-  import jax
   if jax.process_index() == 0:
     print(summary_table(workdir, config.stages))
     write_report(workdir, config.stages)
@@ -59,9 +70,8 @@ def summary_table(workdir: str, stages) -> str:
     if not rows:
       lines.append(f"| {name} | 0 | - | - | - |")
       continue
-    speeds = sorted(r["tokens_per_s"] for r in rows[1:] or rows)
     lines.append(f"| {name} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
-                 f"{speeds[len(speeds) // 2]:,.0f} |")
+                 f"{median_tokens_per_s(rows):,.0f} |")
   return "\n".join(lines)
 
 

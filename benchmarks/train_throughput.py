@@ -130,6 +130,17 @@ def opt_config(args):
                           grad_clip_norm=args.clip)
 
 
+def warm_up(step, warmup: int) -> dict:
+  """Runs `step` (returning a loss) `warmup` times untimed but for the first; the side's record."""
+  side = {"step": step, "times": [], "losses": []}
+  t0 = time.perf_counter()
+  side["losses"].append(step())
+  side["first_step_s"] = time.perf_counter() - t0
+  for _ in range(warmup - 1):
+    side["losses"].append(step())
+  return side
+
+
 def matmul_flops(sizes, reps=5):
   import jax
   import jax.numpy as jnp
@@ -241,12 +252,7 @@ def main(argv=None):
       topt.zero_grad(set_to_none=True)
       return float(loss.detach())
 
-    torch_state = {"step": torch_step, "times": [], "losses": []}
-    t0 = time.perf_counter()
-    torch_state["losses"].append(torch_step())
-    torch_state["first_step_s"] = time.perf_counter() - t0
-    for _ in range(args.warmup - 1):
-      torch_state["losses"].append(torch_step())
+    torch_state = warm_up(torch_step, args.warmup)
     log(f"torch: first step {torch_state['first_step_s']:.2f}s, loss {torch_state['losses'][0]:.4f}, "
         f"attn {tmodel.config._attn_implementation}")
 
@@ -261,7 +267,6 @@ def main(argv=None):
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  ours = {"times": [], "losses": []}
 
   def ours_step():
     nonlocal state
@@ -269,12 +274,7 @@ def main(argv=None):
     jax.block_until_ready(state)
     return float(metrics["loss"])
 
-  ours["step"] = ours_step
-  t0 = time.perf_counter()
-  ours["losses"].append(ours_step())
-  ours["first_step_s"] = time.perf_counter() - t0
-  for _ in range(args.warmup - 1):
-    ours["losses"].append(ours_step())
+  ours = warm_up(ours_step, args.warmup)
   log(f"ours: compile {compile_s:.1f}s, first step {ours['first_step_s']:.2f}s, "
       f"loss {ours['losses'][0]:.4f}")
 

@@ -110,7 +110,8 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # The released microsoft/phi-4 shapes; bf16 compute, fp32 master params.
     "phi4_14b": ModelConfig(dtype="bfloat16", remat_policy="dots_with_no_batch_dims_saveable"),
-    # A ~1.2B model for single-host GPU/TPU runs; same ratios (GQA 4:1, d_ff = 3.5 d_model).
+    # ~1.5B (1.1B besides the embedding tables) for single-host GPU/TPU runs; same ratios
+    # (GQA 4:1, d_ff = 3.5 d_model).
     "1b": ModelConfig(d_model=2048, n_layers=20, n_heads=16, n_kv_heads=4, head_dim=128, d_ff=7168,
                       max_seq_len=4096, dtype="bfloat16", remat_policy="dots_with_no_batch_dims_saveable"),
     # Trains on a laptop CPU in minutes; full vocabulary so the real tokenizer applies.

@@ -29,7 +29,7 @@ from phi4_jax.hf_convert import (INDEX_FILE, SINGLE_FILE, HfTensor, SafetensorsR
 from phi4_jax import model
 from phi4_jax.model import ModelConfig
 from phi4_jax.train import checkpoint
-from phi4_jax.train.checkpoint import CHECKPOINT_DIR, MODEL_CONFIG_FILE
+from phi4_jax.train.checkpoint import MODEL_CONFIG_FILE
 
 CONFIG_FILE = "config.json"
 PHI4_VOCAB = 100_352
@@ -201,7 +201,7 @@ def save(cfg: ModelConfig, params: Mapping, out_dir: str, dtype=None,
 def import_checkpoint(hf_dir: str, workdir: str, dtype=None) -> ModelConfig:
   """HF folder -> W/checkpoints step 0 (`params`) and W/model_config.json, streaming the tensors."""
   cfg, reader, tensors, out_dtype = _open(hf_dir, dtype)
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  directory = str(checkpoint.checkpoint_dir(workdir))
   if os.path.isdir(directory) and ocp.CheckpointManager(directory).all_steps():
     raise ValueError(f"{directory} already holds checkpoints; import into an empty workdir")
   hf_stream.save_streaming(directory, 0, reader, tensors, param_shapes(cfg), out_dtype)

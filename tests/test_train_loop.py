@@ -151,3 +151,11 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   cmd, env = _cli(workdir, 1, steps=saved + 2, checkpoint_every=1000)
   subprocess.run(cmd, env=env, check=True, capture_output=True)
   assert [r["step"] for r in read_metrics(workdir)][-3:] == [saved, saved + 1, saved + 2]
+
+
+def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # README's command uses --workdir=runs/colab; orbax needs absolute paths
+  loop.train(_config(steps=2, checkpoint_every=1, async_checkpointing=False), "runs/w")
+  assert checkpoint.latest_step("runs/w") == 2
+  summary = loop.train(_config(steps=3, checkpoint_every=1), "runs/w")
+  assert (summary["start_step"], summary["step"]) == (2, 3)

@@ -20,7 +20,9 @@ MODEL_CONFIG_FILE = "model_config.json"  # in a workdir: ModelConfig.to_json() o
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_DIR
+  """W/checkpoints, made absolute (orbax refuses relative paths; URLs such as gs:// stay)."""
+  workdir = os.fspath(workdir)
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from phi4_jax.data.sources import Skip, Source
+from phi4_jax.data.sources import Skip, Source, atomic_write
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 _VERSION = "1"  # bump when counting changes
@@ -40,11 +40,10 @@ def doc_lengths(source: Source, cache_dir: str, threads: int = 2, batch: int = 2
   if skipped:
     logging.warning("source %s: measured %d documents, skipped %s", source.name,
                     int((lengths > 0).sum()), dict(skipped))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.save(f, lengths)
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.save(f, lengths)
+  atomic_write(path, write)
   return lengths
 
 

@@ -38,7 +38,8 @@ def _file_key(path: str, *extra: str) -> str:
   return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+  """write(tmp_path), then rename it to path: readers never see a partial file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
   write(tmp)
@@ -81,7 +82,7 @@ class JsonlFile:
         def write(tmp):
           with open(tmp, "wb") as f:
             np.save(f, offsets)
-        _atomic_write(self._index_path, write)
+        atomic_write(self._index_path, write)
       self._starts = np.load(self._index_path)
     return self._starts
 
@@ -116,7 +117,7 @@ def _gunzipped(path: str, cache_dir: str) -> str:
     def write(tmp):
       with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 24)
-    _atomic_write(target, write)
+    atomic_write(target, write)
   return target
 
 

@@ -50,7 +50,7 @@ def median_tokens_per_s(rows: list[dict]) -> float:
 
 
 class ProgressBar:
-  """`step 120/500 [#####.....] loss 3.21 | 4.1k tok/s | ETA 2m10s` on one rewritten line."""
+  """`step 120/500 [#####.....] loss 3.21 | 4,100 tok/s | ETA 2m10s` on one rewritten line."""
 
   def __init__(self, total: int, start: int, tokens_per_step: int, stream=sys.stderr, width: int = 24):
     self.total, self.start, self.tokens_per_step = total, start, tokens_per_step
@@ -64,7 +64,7 @@ class ProgressBar:
     filled = int(self.width * step / max(self.total, 1))
     eta_text = "?" if math.isinf(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
     line = (f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {text} | "
-            f"{_si(rate * self.tokens_per_step)} tok/s | ETA {eta_text}")
+            f"{rate * self.tokens_per_step:,.0f} tok/s | ETA {eta_text}")
     self.stream.write(line)
     self.stream.flush()
 
@@ -103,14 +103,6 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
-
-
-def _si(x: float) -> str:
-  """4100.0 -> '4.1k'."""
-  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-    if x >= scale:
-      return f"{x / scale:.1f}{unit}"
-  return f"{x:.0f}"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:

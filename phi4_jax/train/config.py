@@ -109,7 +109,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
 
 
 def check_workdir(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> None:
-  """Fails before training when the workdir cannot be written or lacks space for a checkpoint."""
+  """Fails before training when the workdir cannot be written or lacks need_bytes of free space."""
   if "://" in workdir:  # gs:// and friends: the storage client reports its own errors
     return
   try:
@@ -123,5 +123,5 @@ def check_workdir(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> No
   free = shutil.disk_usage(workdir).free
   need = max(need_bytes, int(min_free_gb * 2**30))
   if free < need:
-    raise OSError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; a checkpoint of this run needs "
-                  f"about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")
+    raise OSError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; the checkpoints this run keeps "
+                  f"need about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")

@@ -263,8 +263,7 @@ def emit_jobs(sweep: Sweep, root: str, target_name: str, spec: Any, jobs_dir: st
               submit: bool = False, is_finished=finished, log: Callable[[str], None] = _print) -> list[str]:
   """One cluster job file per unfinished point under jobs_dir (submitted if asked); their paths."""
   target = cluster.target(target_name)
-  check_points(sweep, root)
-  record(sweep, root)
+  check_points(sweep, root)  # (root is where the jobs run, often not mounted here: nothing is written)
   paths = []
   for point in sweep.points:
     if is_finished(sweep.point_config(point), os.path.join(root, point.name)):

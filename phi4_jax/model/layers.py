@@ -113,7 +113,7 @@ class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x)).
 
   Tokens are flattened to [B*T, D] first: XLA's CPU backward of these matmuls on [B, T, D]
-  inputs took 1.9x as long as on [B*T, D] ones (benchmarks/README.md); elsewhere it changes nothing.
+  inputs took 1.9x as long as on [B*T, D] ones (benchmarks/README.md). The math is the same.
   """
 
   cfg: ModelConfig

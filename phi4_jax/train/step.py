@@ -82,8 +82,8 @@ def fused_cross_entropy(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_
   return _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype)[0]
 
 
-def _fused_backward(chunk, dtype, grads, cotangents):
-  (dhidden, dkernel), targets, weights = grads
+def _fused_backward(chunk, dtype, residuals, cotangents):
+  (dhidden, dkernel), targets, weights = residuals
   g_loss, _ = cotangents
   return (g_loss.astype(dhidden.dtype) * dhidden, g_loss.astype(dkernel.dtype) * dkernel,
           np.zeros(targets.shape, jax.dtypes.float0), jnp.zeros_like(weights))

@@ -8,7 +8,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from phi4_jax import distributed
+from phi4_jax import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<stage>.py:<preset>",
                                           lock_config=True)
@@ -34,12 +34,14 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
+  from phi4_jax import distributed  # imports jax: after the hugepages re-exec
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from phi4_jax.train import recipe  # after jax.distributed.initialize
   recipe.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
 
 
 def run() -> None:
+  hugepages.reexec_with_hugepages()
   app.run(main)
 
 

@@ -311,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     emit_jobs(sweep, root, flags.target, spec, flags.jobs_dir or os.path.join("sweep_jobs", sweep.name),
               flags.submit)
     return 0
-  except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+  except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
     parser.error(str(e))
+  except RuntimeError as e:  # a submission failed: not a usage error
+    print(f"{parser.prog}: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

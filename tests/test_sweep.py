@@ -176,6 +176,19 @@ def test_cluster_target_writes_one_job_per_unfinished_point(base, tmp_path, monk
   assert f"--workdir={root}/lr=0.002" in text and "--config.optimizer.peak_lr=0.002" in text
 
 
+def test_failed_submission_exits_1_with_the_message_not_a_usage_error(base, monkeypatch, capsys):
+  s = sweep.Sweep("mix", base, sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3])))
+  monkeypatch.setattr(sweep, "load", lambda _: s)
+
+  def failing_submit(*args, **kwargs):
+    raise RuntimeError("sbatch (submitting the job) failed with status 1")
+
+  monkeypatch.setattr(sweep, "emit_jobs", failing_submit)
+  assert sweep.main(["--sweep=any.py", "--target=slurm", "--submit", "--nodes=1"]) == 1
+  err = capsys.readouterr().err
+  assert "sbatch (submitting the job) failed with status 1" in err and "usage:" not in err
+
+
 def test_gke_jobs_get_valid_distinct_names(base, tmp_path, monkeypatch):
   import yaml
   from launch import gke

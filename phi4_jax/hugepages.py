@@ -5,8 +5,8 @@ multi-hundred-MiB temporaries of a CPU train step (logits chunks, gradients, opt
 are faulted in 4 KiB at a time on every step: 100,353 page faults for one 392 MiB output, about
 half of that op's time. The tunable `glibc.malloc.hugetlb=1` makes malloc ask for 2 MiB pages
 on those mappings (on kernels whose THP mode is `madvise`; with `always` it is already so).
-Measured: a 392 MiB `jnp.exp` 0.19 -> 0.11 s, the benchmark's decoder fwd+bwd 5.7 -> 5.0 s, a
-whole train step ~10% faster (benchmarks/README.md).
+Measured on a 2-core VM: a 392 MiB `jnp.exp` 0.19 -> 0.11 s; the throughput benchmark's train
+step 12.3 -> 11.0 s (benchmarks/README.md).
 
 glibc reads tunables only when a process starts, so `reexec_with_hugepages` runs the current
 command again, once, with the tunable added to GLIBC_TUNABLES. Setting `glibc.malloc.hugetlb`

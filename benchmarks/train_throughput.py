@@ -173,7 +173,8 @@ def output_layer_matmul_seconds(cfg, batch: int, seq_len: int, loss_chunk: int, 
   """Median seconds of the output layer's three matmuls alone, as the fused loss runs them.
 
   Per sequence chunk: logits = h W, dh = logits W^T, dW += h^T logits (no softmax, no other
-  work). No implementation of this step on this backend can run faster than this part of it.
+  work): a lower bound for any step that runs these matmuls at these shapes. (Chunks of 1,024 or
+  4,096 rows with a [V, D] dW layout time 4.7-4.8 s at the benchmark shape, vs 5.1 here.)
   """
   import jax
   import jax.numpy as jnp

@@ -108,7 +108,7 @@ def cpu_model() -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Alternative loss implementations for our side (monkeypatched into phi4_jax.train.step).
+# Inputs, optimizer and timing helpers.
 # ------------------------------------------------------------------------------------------------
 
 def make_batch(np_tokens):
@@ -141,6 +141,17 @@ def warm_up(step, warmup: int) -> dict:
   return side
 
 
+def median_seconds(fn, reps: int) -> float:
+  """Median wall time of `reps` calls of fn (which must block until done), after one warm-up call."""
+  fn()
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return statistics.median(ts)
+
+
 def matmul_flops(sizes, reps=5):
   import jax
   import jax.numpy as jnp
@@ -151,21 +162,9 @@ def matmul_flops(sizes, reps=5):
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    ts = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      f(a, b).block_until_ready()
-      ts.append(time.perf_counter() - t0)
-    out[f"jnp_dot_{n}"] = 2 * n ** 3 / statistics.median(ts)
-    ta, tb = torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b))
-    torch.mm(ta, tb)
-    ts = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      torch.mm(ta, tb)
-      ts.append(time.perf_counter() - t0)
-    out[f"torch_mm_{n}"] = 2 * n ** 3 / statistics.median(ts)
+    out[f"jnp_dot_{n}"] = 2 * n ** 3 / median_seconds(lambda: f(a, b).block_until_ready(), reps)
+    ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
+    out[f"torch_mm_{n}"] = 2 * n ** 3 / median_seconds(lambda: torch.mm(ta, tb), reps)
   return out
 
 
@@ -190,13 +189,7 @@ def output_layer_matmul_seconds(cfg, batch: int, seq_len: int, loss_chunk: int, 
     return jax.lax.scan(one_chunk, jnp.zeros_like(w_DxV), h_NxRxD)
 
   f = jax.jit(matmuls)
-  jax.block_until_ready(f(h_NxRxD, w_DxV))
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(h_NxRxD, w_DxV))
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts)
+  return median_seconds(lambda: jax.block_until_ready(f(h_NxRxD, w_DxV)), reps)
 
 
 def main(argv=None):

@@ -142,6 +142,10 @@ class Phi4Tokenizer:
                                   allowed_special=self._allowed(allowed_special),
                                   disallowed_special=())
 
+  def encode_ordinary(self, text: str) -> list[int]:
+    """All text as plain text (no special tokens), like encode_ordinary_batch for one text."""
+    return self._enc.encode_ordinary(text)
+
   def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
     """All text as plain text (no special tokens): the data pipeline's path."""
     return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)

@@ -6,13 +6,12 @@ sum over its documents and equal the tokens one epoch puts in packed rows.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
 import numpy as np
 
-from phi4_jax.data.sources import Skip, Source, atomic_write
+from phi4_jax.data.sources import Skip, Source, count_skip, save_npy
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 _VERSION = "1"  # bump when counting changes
@@ -25,25 +24,22 @@ def doc_lengths(source: Source, cache_dir: str, threads: int = 2, batch: int = 2
     return np.load(path)
   tokenizer = Phi4Tokenizer()
   lengths = np.zeros(len(source), np.int32)
-  skipped: collections.Counter = collections.Counter()
+  skipped: dict[str, int] = {}
   for start in range(0, len(source), batch):
     indices = range(start, min(start + batch, len(source)))
-    texts = source.read(indices)
-    keep = [i for i, t in zip(indices, texts) if not isinstance(t, Skip)]
-    for t in texts:
+    keep, docs = [], []
+    for i, t in zip(indices, source.read(indices)):
       if isinstance(t, Skip):
-        skipped[t.reason] += 1
-        if sum(skipped.values()) <= 20:
-          logging.warning("source %s: skipped %s (%s)", source.name, t.where, t.reason)
-    ids = tokenizer.encode_ordinary_batch([t for t in texts if not isinstance(t, Skip)], threads)
+        count_skip(skipped, source.name, t)
+      else:
+        keep.append(i)
+        docs.append(t)
+    ids = tokenizer.encode_ordinary_batch(docs, threads)
     lengths[keep] = [len(x) + 1 for x in ids]
   if skipped:
     logging.warning("source %s: measured %d documents, skipped %s", source.name,
-                    int((lengths > 0).sum()), dict(skipped))
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      np.save(f, lengths)
-  atomic_write(path, write)
+                    int((lengths > 0).sum()), skipped)
+  save_npy(path, lengths)
   return lengths
 
 

@@ -10,14 +10,14 @@ row can be short: it is padded with segment 0, position 0, loss_mask 0 and sourc
 from __future__ import annotations
 
 import collections
-import logging
 
 import grain
 import numpy as np
 
+from phi4_jax.data.sources import Skip, count_skip
+
 ROW_FIELDS = ("tokens", "segment_ids", "positions", "loss_mask", "source_ids")
 PAD_SOURCE_ID = -1
-_LOGGED_SKIPS = 20  # per source; later skips are only counted
 
 
 def make_row(tokens: np.ndarray, doc_ids: np.ndarray, seq_len: int, source_id: int,
@@ -88,7 +88,6 @@ class PackedRowsIterator(grain.DatasetIterator):
     self._emitted_in_first = 0  # tokens of the oldest buffered batch already in emitted rows
     self._counters = self._zero_counters()
     self._tokens = 0  # real tokens in emitted rows
-    self._rows = 0
     self._exhausted = False
 
   @staticmethod
@@ -114,11 +113,8 @@ class PackedRowsIterator(grain.DatasetIterator):
     self._packer.add(batch["tokens"], batch["lengths"])
     self._counters["docs"] += len(batch["lengths"])
     self._counters["visits_end"] = int(batch["visits_end"])
-    for reason, where in batch["skipped"]:
-      skipped = self._counters["skipped"]
-      skipped[reason] = skipped.get(reason, 0) + 1
-      if sum(skipped.values()) <= _LOGGED_SKIPS:
-        logging.warning("source %s: skipped %s (%s)", self.name, where, reason)
+    for skip in batch["skipped"]:
+      count_skip(self._counters["skipped"], self.name, Skip(*skip))
     return True
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -132,7 +128,6 @@ class PackedRowsIterator(grain.DatasetIterator):
       raise StopIteration
     n = int(row["loss_mask"].sum())
     self._tokens += n
-    self._rows += 1
     self._emitted_in_first += n
     while self._batches and self._emitted_in_first >= self._batches[0][1]:
       self._emitted_in_first -= self._batches.popleft()[1]
@@ -145,14 +140,14 @@ class PackedRowsIterator(grain.DatasetIterator):
     else:
       parent, counters = self._parent.get_state(), self._counters
     return {"parent": parent, "skip_tokens": self._emitted_in_first, "counters": _copy(counters),
-            "tokens": self._tokens, "rows": self._rows, "exhausted": self._exhausted}
+            "tokens": self._tokens, "exhausted": self._exhausted}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._packer = RowPacker(self._packer.seq_len, self._packer.source_id, self._packer.pad_id)
     self._batches.clear()
     self._counters = _copy(state["counters"])
-    self._tokens, self._rows, self._exhausted = state["tokens"], state["rows"], state["exhausted"]
+    self._tokens, self._exhausted = state["tokens"], state["exhausted"]
     self._emitted_in_first = 0
     skip = state["skip_tokens"]
     if skip:

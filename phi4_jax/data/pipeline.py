@@ -63,7 +63,7 @@ class DocBatches(grain.MapDataset):
     if self.tokenizer_threads > 1:
       ids = self.tokenizer.encode_ordinary_batch(docs, num_threads=self.tokenizer_threads)
     else:  # no thread hand-off per document; grain's read_threads already run batches in parallel
-      ids = [self.tokenizer.encode(doc) for doc in docs]
+      ids = [self.tokenizer.encode_ordinary(doc) for doc in docs]
     lengths = np.fromiter((len(x) + 1 for x in ids), np.int32, count=len(ids))
     eot = (self.tokenizer.endoftext_id,)
     tokens = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(
@@ -170,17 +170,17 @@ class TrainIterator(grain.DatasetIterator):
     self.source_names = tuple(s.name for s in next(iter(mixers.values())).streams)
     self._unique_tokens, self._shards = unique_tokens, shards
     self._batches = 0
+    empty = np.zeros(0, np.int32)
+    self._pad_row = make_row(empty, empty, seq_len, PAD_SOURCE_ID, Phi4Tokenizer.pad_id)
 
   def __next__(self) -> dict[str, np.ndarray]:
     """The next batch; a shard whose data ran out fills its rows with padding."""
-    empty = np.zeros(0, np.int32)
-    pad_row = make_row(empty, empty, self._seq_len, PAD_SOURCE_ID, Phi4Tokenizer.pad_id)
     rows, real = [], 0
     for mixer in self._mixers.values():
       for _ in range(self._rows_per_shard):
         row = next(mixer, None)
         real += row is not None
-        rows.append(pad_row if row is None else row)
+        rows.append(self._pad_row if row is None else row)
     if not real:
       raise StopIteration
     self._batches += 1

@@ -13,6 +13,7 @@ import glob
 import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -32,6 +33,16 @@ class Skip(NamedTuple):
   where: str  # "path:line" (jsonl) or "path:row N" / "path:record N"
 
 
+LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, later ones only counted
+
+
+def count_skip(counts: dict[str, int], source: str, skip: Skip) -> None:
+  """Counts a skipped record by reason, and logs where it is while few have been skipped."""
+  counts[skip.reason] = counts.get(skip.reason, 0) + 1
+  if sum(counts.values()) <= LOGGED_SKIPS:
+    logging.warning("source %s: skipped %s (%s)", source, skip.where, skip.reason)
+
+
 def _file_key(path: str, *extra: str) -> str:
   st = os.stat(path)
   text = "|".join([os.path.abspath(path), str(st.st_size), str(st.st_mtime_ns), *extra])
@@ -44,6 +55,14 @@ def atomic_write(path: str, write) -> None:
   tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
   write(tmp)
   os.replace(tmp, path)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+  """np.save through atomic_write."""
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.save(f, array)
+  atomic_write(path, write)
 
 
 def _text_of(raw: bytes, text_field: str, where: str) -> str | Skip:
@@ -77,13 +96,11 @@ class JsonlFile:
   def _offsets(self) -> np.ndarray:
     """int64 [n + 1]: byte offset of each line start, then the end of the file."""
     if self._starts is None:
-      if not os.path.exists(self._index_path):
-        offsets = self._scan()
-        def write(tmp):
-          with open(tmp, "wb") as f:
-            np.save(f, offsets)
-        atomic_write(self._index_path, write)
-      self._starts = np.load(self._index_path)
+      if os.path.exists(self._index_path):
+        self._starts = np.load(self._index_path)
+      else:
+        self._starts = self._scan()
+        save_npy(self._index_path, self._starts)
     return self._starts
 
   def _scan(self) -> np.ndarray:

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from phi4_jax import hf_stream
 from phi4_jax.hf_convert import (INDEX_FILE, SINGLE_FILE, HfTensor, SafetensorsReader, flatten,
@@ -202,7 +201,7 @@ def import_checkpoint(hf_dir: str, workdir: str, dtype=None) -> ModelConfig:
   """HF folder -> W/checkpoints step 0 (`params`) and W/model_config.json, streaming the tensors."""
   cfg, reader, tensors, out_dtype = _open(hf_dir, dtype)
   directory = str(checkpoint.checkpoint_dir(workdir))
-  if os.path.isdir(directory) and ocp.CheckpointManager(directory).all_steps():
+  if checkpoint.latest_step(workdir) is not None:
     raise ValueError(f"{directory} already holds checkpoints; import into an empty workdir")
   hf_stream.save_streaming(directory, 0, reader, tensors, param_shapes(cfg), out_dtype)
   with open(os.path.join(workdir, MODEL_CONFIG_FILE), "w") as f:

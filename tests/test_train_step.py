@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from phi4_jax import model
 from phi4_jax.train import loop
@@ -111,7 +111,7 @@ def test_sharded_step_equals_single_device(setup):
   sharded_state = jax.device_put(state, shardings)
   mu = sharded_state["opt_state"][1][0].mu["layers"]["mlp"]["gate"]["kernel"]
   assert mu.sharding.spec == PartitionSpec(None, "fsdp", "tensor")  # Adam moments follow params
-  batch_sharding = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
+  batch_sharding = model.batch_sharding(mesh, microbatched=True)
   fn = functools.partial(train_step, optimizer=optimizer, cfg=CFG, num_sources=NUM_SOURCES,
                          loss_chunk=8, mesh=mesh)
   step = jax.jit(fn, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))

@@ -37,10 +37,13 @@ def _allowed(mask_Bx1xTxS, q0: int, q1: int) -> jax.Array:
   return allowed
 
 
+def _split_query_heads(x_BxTxHxD, kv_heads: int):
+  b, t, h, d = x_BxTxHxD.shape
+  return x_BxTxHxD.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+
+
 def _split_heads(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD):
-  b, t, h, d = q_BxTxHxD.shape
-  k = k_BxSxKxD.shape[2]
-  q_BxKxGxTxD = q_BxTxHxD.reshape(b, t, k, h // k, d).transpose(0, 2, 3, 1, 4)
+  q_BxKxGxTxD = _split_query_heads(q_BxTxHxD, k_BxSxKxD.shape[2])
   return q_BxKxGxTxD, k_BxSxKxD.transpose(0, 2, 1, 3), v_BxSxKxD.transpose(0, 2, 1, 3)
 
 
@@ -78,7 +81,8 @@ def blocked_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax
 def _backward(scale, block, residuals, dout_BxTxHxD):
   q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_Bx1xTxS, o_BxKxGxTxD, lse_BxKxGxT = residuals
   q_BxKxGxTxD, k_BxKxSxD, v_BxKxSxD = _split_heads(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD)
-  do_BxKxGxTxD = _split_heads(dout_BxTxHxD, k_BxSxKxD, v_BxSxKxD)[0].astype(jnp.float32)
+  do_BxKxGxTxD = _split_query_heads(dout_BxTxHxD, k_BxSxKxD.shape[2]).astype(jnp.float32)
+  k32_BxKxSxD, v32_BxKxSxD = k_BxKxSxD.astype(jnp.float32), v_BxKxSxD.astype(jnp.float32)
   delta_BxKxGxT = jnp.sum(do_BxKxGxTxD * o_BxKxGxTxD, axis=-1)
   dqs = []
   dk_BxKxSxD = jnp.zeros(k_BxKxSxD.shape, jnp.float32)
@@ -88,9 +92,9 @@ def _backward(scale, block, residuals, dout_BxTxHxD):
     s = jnp.einsum("bkgqd,bksd->bkgqs", q_i, k_BxKxSxD[:, :, :q1],
                    preferred_element_type=jnp.float32) * scale
     p = jnp.where(_allowed(mask_Bx1xTxS, q0, q1), jnp.exp(s - lse_BxKxGxT[..., q0:q1, None]), 0.0)
-    dp = jnp.einsum("bkgqd,bksd->bkgqs", do_i, v_BxKxSxD[:, :, :q1].astype(jnp.float32))
+    dp = jnp.einsum("bkgqd,bksd->bkgqs", do_i, v32_BxKxSxD[:, :, :q1])
     ds = p * (dp - delta_BxKxGxT[..., q0:q1, None]) * scale
-    dqs.append(jnp.einsum("bkgqs,bksd->bkgqd", ds, k_BxKxSxD[:, :, :q1].astype(jnp.float32)))
+    dqs.append(jnp.einsum("bkgqs,bksd->bkgqd", ds, k32_BxKxSxD[:, :, :q1]))
     dk_BxKxSxD = dk_BxKxSxD.at[:, :, :q1].add(jnp.einsum("bkgqs,bkgqd->bksd", ds, q_i.astype(jnp.float32)))
     dv_BxKxSxD = dv_BxKxSxD.at[:, :, :q1].add(jnp.einsum("bkgqs,bkgqd->bksd", p, do_i))
   dq = _merge_heads(jnp.concatenate(dqs, axis=3))
@@ -99,5 +103,4 @@ def _backward(scale, block, residuals, dout_BxTxHxD):
           dv_BxKxSxD.transpose(0, 2, 1, 3).astype(v_BxSxKxD.dtype), dmask)
 
 
-blocked_attention.defvjp(lambda q, k, v, mask, scale, block: _forward(q, k, v, mask, scale, block),
-                         _backward)
+blocked_attention.defvjp(_forward, _backward)

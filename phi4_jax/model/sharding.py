@@ -55,6 +55,7 @@ def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
   return jax.device_put(params, param_shardings(cfg, mesh))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Inputs [B, T]: batch split over data x fsdp, sequence replicated."""
-  return NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None))
+def batch_sharding(mesh: Mesh, microbatched: bool = False) -> NamedSharding:
+  """Inputs [B, T] (or [M, B, T] with microbatched): batch split over data x fsdp, the rest replicated."""
+  spec = (None, ("data", "fsdp"), None) if microbatched else (("data", "fsdp"), None)
+  return NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
+from phi4_jax.data.packing import ROW_FIELDS
 from phi4_jax.train import checkpoint, metrics as metrics_lib
 from phi4_jax.train.config import check_workdir, model_config, validate
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer
@@ -83,7 +84,7 @@ class _Preemption:
 def _global_batch(local: dict, microbatches: int, sharding: NamedSharding, global_rows: int) -> dict:
   """Process-local [B_local, T] numpy rows -> global [M, B/M, T] arrays sharded over data x fsdp."""
   out = {}
-  for name in ("tokens", "segment_ids", "positions", "loss_mask", "source_ids"):
+  for name in ROW_FIELDS:
     x = np.asarray(local[name], np.int32)
     x = x.reshape(microbatches, x.shape[0] // microbatches, x.shape[1])
     out[name] = jax.make_array_from_process_local_data(
@@ -138,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "step": jax.device_put(jnp.int32(0), shardings["step"])}
   start = int(state["step"])
 
-  batch_sharding = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))  # [M, B, T]
+  batch_sharding = model_lib.batch_sharding(mesh, microbatched=True)
   step_fn = jax.jit(
       functools.partial(train_step, optimizer=optimizer, cfg=cfg, num_sources=len(source_names),
                         loss_chunk=config.loss_chunk, mesh=mesh),

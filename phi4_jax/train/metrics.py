@@ -111,6 +111,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     name = f"{prefix}{key}"
     if isinstance(value, dict):
       out.update(_flatten(value, name + "/"))
-    elif isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+    elif isinstance(value, (int, float)) and math.isfinite(value):
       out[name] = float(value)
   return out

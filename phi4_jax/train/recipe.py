@@ -25,6 +25,13 @@ def finished(stage: ml_collections.ConfigDict, stage_dir: str) -> bool:
   return step is not None and step >= stage.steps
 
 
+def stage_dirs(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, ml_collections.ConfigDict, str]]:
+  """[(stage name, stage config, its workdir)] in order; ("", config, workdir) for a plain stage."""
+  if "stages" not in config:
+    return [("", config, workdir)]
+  return [(name, config[name], os.path.join(workdir, name)) for name in config.stages]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   if "stages" not in config:
     return [train(config, workdir)]
@@ -37,9 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       raise ValueError(f"stage {name}: {e}") from e
   results = []
   previous = ""
-  for name in config.stages:
-    stage = config[name]
-    stage_dir = os.path.join(workdir, name)
+  for name, stage, stage_dir in stage_dirs(config, workdir):
     if previous and not stage.init_from:
       with stage.unlocked():
         stage.init_from = previous
@@ -53,20 +58,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         break
     previous = stage_dir
   if jax.process_index() == 0:
-    print(summary_table(workdir, config.stages))
-    write_report(workdir, config.stages)
+    stage_rows = read_stage_metrics(workdir, config.stages)
+    print(summary_table(stage_rows))
+    write_report(workdir, stage_rows)
   return results
 
 
-def _stage_rows(workdir: str, stages) -> list[tuple[str, list[dict]]]:
+def read_stage_metrics(workdir: str, stages) -> list[tuple[str, list[dict]]]:
+  """[(stage name, its metrics.jsonl rows)] in recipe order."""
   return [(name, read_metrics(os.path.join(workdir, name))) for name in stages]
 
 
-def summary_table(workdir: str, stages) -> str:
+def summary_table(stage_rows: list[tuple[str, list[dict]]]) -> str:
   """A Markdown table: one row per stage with first and last loss, tokens/s and steps."""
   lines = ["| stage | steps | first loss | final loss | tokens/s (median) |",
            "|---|---|---|---|---|"]
-  for name, rows in _stage_rows(workdir, stages):
+  for name, rows in stage_rows:
     if not rows:
       lines.append(f"| {name} | 0 | - | - | - |")
       continue
@@ -75,7 +82,7 @@ def summary_table(workdir: str, stages) -> str:
   return "\n".join(lines)
 
 
-def write_report(workdir: str, stages) -> str:
+def write_report(workdir: str, stage_rows: list[tuple[str, list[dict]]]) -> str:
   """W/report.png: overall and per-source loss curves of every stage, steps laid end to end."""
   import matplotlib
   matplotlib.use("Agg")
@@ -83,7 +90,7 @@ def write_report(workdir: str, stages) -> str:
 
   fig, (ax_all, ax_src) = plt.subplots(1, 2, figsize=(12, 4.5))
   offset = 0
-  for name, rows in _stage_rows(workdir, stages):
+  for name, rows in stage_rows:
     if not rows:
       continue
     steps = [offset + r["step"] for r in rows]

@@ -127,13 +127,13 @@ def train_step(state: dict, batch_MxBxT: dict, *, optimizer: optax.GradientTrans
   grad_fn = jax.grad(loss_sums, has_aux=True)
   to_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
 
+  grads_and_sums = lambda mb: to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
+
   def microbatch(acc, mb):
-    grads, sums = to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
-    return jax.tree.map(jnp.add, acc, (grads, sums)), None
+    return jax.tree.map(jnp.add, acc, grads_and_sums(mb)), None
 
   if jax.tree.leaves(batch_MxBxT)[0].shape[0] == 1:
-    mb = jax.tree.map(lambda x: x[0], batch_MxBxT)
-    grads, sums = to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
+    grads, sums = grads_and_sums(jax.tree.map(lambda x: x[0], batch_MxBxT))
   else:
     zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     zero_sums = to_f32({"loss_sum": 0.0, "tokens": 0.0, "source_loss_sum": jnp.zeros(num_sources),

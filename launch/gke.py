@@ -43,13 +43,18 @@ class Spec:
 
   def __post_init__(self):
     cluster.check_positive(self, "num_nodes", "chips_per_node")
-    hostname = f"{self.name}-workers-0-{self.num_nodes - 1}"
+    hostname = _hostname(self.name, self.num_nodes - 1)
     if not _DNS_LABEL.fullmatch(self.name) or len(hostname) > 63:
       raise ValueError(f"--name={self.name!r}: use lowercase letters, digits and '-', short enough "
                        f"that pod hostnames like {hostname!r} stay within 63 characters")
     for item in self.node_selector:
       if "=" not in item:
         raise ValueError(f"--node_selector={item!r} must be key=value")
+
+
+def _hostname(name: str, index: int) -> str:
+  """The hostname JobSet gives pod `index` of replicated job "workers" in JobSet `name`."""
+  return f"{name}-workers-0-{index}"
 
 
 def devices(spec: Spec) -> int:
@@ -59,7 +64,7 @@ def devices(spec: Spec) -> int:
 def named(spec: Spec, name: str) -> Spec:
   """spec renamed to a DNS label made from name (e.g. a sweep point's run name)."""
   label = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-  room = 63 - len(f"-workers-0-{spec.num_nodes - 1}")
+  room = 63 - len(_hostname("", spec.num_nodes - 1))
   if len(label) > room:
     digest = hashlib.sha1(name.encode()).hexdigest()[:6]
     label = f"{label[:room - 7].rstrip('-')}-{digest}"
@@ -90,7 +95,7 @@ def render_job(spec: Spec, job: Job) -> str:
       "service_account": y(spec.service_account),
       "node_selector": y(dict(item.split("=", 1) for item in spec.node_selector)),
       "volumes": y(volumes), "image": y(spec.image), "repo_dir": y(spec.repo_dir),
-      "command": y(command), "coordinator_address": y(f"{spec.name}-workers-0-0.{spec.name}:{spec.port}"),
+      "command": y(command), "coordinator_address": y(f"{_hostname(spec.name, 0)}.{spec.name}:{spec.port}"),
       "limits": y({spec.resource: spec.chips_per_node}), "volume_mounts": y(mounts)})
 
 

@@ -42,6 +42,14 @@ def shell_path(path: str) -> str:
   return shlex.quote(path)
 
 
+def process_values(spec, job) -> dict[str, str]:
+  """The values every shell template's training command uses: cd repo_dir, run setup, mkdir
+  workdir, then `python -m phi4_jax.main train_args` (spec has repo_dir, setup and python)."""
+  return {"repo_dir": shell_path(spec.repo_dir), "setup": spec.setup,
+          "workdir": shell_path(job.workdir), "python": shell_path(spec.python),
+          "train_args": shell_words(list(job.args))}
+
+
 def yaml_value(value: object) -> str:
   """A YAML flow value (JSON is YAML) for any string, number, list or mapping."""
   return json.dumps(value)

@@ -50,10 +50,8 @@ def render_job(spec: Spec, job: Job) -> str:
   port = spec.port or "$(( SLURM_JOB_ID % 4096 + 61440 ))"
   return render.render("slurm.sbatch", {
       "job_name": spec.job_name, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node,
-      "time": spec.time, "log_file": spec.log_file, "sbatch_extra": "\n".join(extra),
-      "repo_dir": render.shell_path(spec.repo_dir), "setup": spec.setup,
-      "workdir": render.shell_path(job.workdir), "port": port,
-      "train_args": render.shell_words(list(job.args)), "python": render.shell_path(spec.python)})
+      "time": spec.time, "log_file": spec.log_file, "sbatch_extra": "\n".join(extra), "port": port,
+      **render.process_values(spec, job)})
 
 
 def submit_command(text: str) -> tuple[list[str], str]:

@@ -100,21 +100,13 @@ def load(spec: str) -> Sweep:
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     raise FileNotFoundError(f"--sweep={spec}: {path} does not exist")
-  module = _load_module(path)
+  module = configs.load_module(path)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"--sweep={spec}: {path} has no get_sweep(arg) function")
   sweep = module.get_sweep(arg) if arg else module.get_sweep()
   if not isinstance(sweep, Sweep):
     raise TypeError(f"--sweep={spec}: get_sweep returned {type(sweep).__name__}, not launch.sweep.Sweep")
   return sweep
-
-
-def _load_module(path: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"_phi4_sweep_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _jsonable(value: Any) -> Any:
@@ -155,14 +147,13 @@ def check_points(sweep: Sweep, root: str) -> None:
 def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Whether the run (every stage of a recipe) has its final checkpoint."""
   from phi4_jax.train import recipe
-  stages = ([(config[n], os.path.join(workdir, n)) for n in config.stages] if "stages" in config
-            else [(config, workdir)])
-  return all(recipe.finished(stage, d) for stage, d in stages)
+  return all(recipe.finished(stage, d) for _, stage, d in recipe.stage_dirs(config, workdir))
 
 
 def metrics_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the run's (last stage's) metrics.jsonl is."""
-  return os.path.join(workdir, config.stages[-1]) if "stages" in config else workdir
+  from phi4_jax.train import recipe
+  return recipe.stage_dirs(config, workdir)[-1][2]
 
 
 class LocalRunner:

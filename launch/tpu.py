@@ -42,10 +42,7 @@ def named(spec: Spec, name: str) -> Spec:
 
 def render_worker(spec: Spec, job: Job) -> str:
   """The script each worker runs."""
-  return render.render("tpu_worker.sh", {
-      "port": spec.port, "repo_dir": render.shell_path(spec.repo_dir), "setup": spec.setup,
-      "workdir": render.shell_path(job.workdir), "python": render.shell_path(spec.python),
-      "train_args": render.shell_words(list(job.args))})
+  return render.render("tpu_worker.sh", {"port": spec.port, **render.process_values(spec, job)})
 
 
 def render_job(spec: Spec, job: Job) -> str:

@@ -13,15 +13,21 @@ def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     raise FileNotFoundError(f"config file {path} (from {spec!r}) does not exist")
-  module_spec = importlib.util.spec_from_file_location(f"_phi4_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} has no get_config(arg) function")
   config = module.get_config(arg) if arg else module.get_config()
   for key, value in (overrides or {}).items():
     set_dotted(config, key, value)
   return config
+
+
+def load_module(path: str):
+  """Runs a Python file as a fresh module (not entered in sys.modules) and returns it."""
+  module_spec = importlib.util.spec_from_file_location(f"_phi4_file_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
 
 
 def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:

@@ -2,11 +2,11 @@
 
 glibc serves every allocation above 32 MiB with a fresh mmap and returns it on free, so the
 multi-hundred-MiB temporaries of a CPU train step (logits chunks, gradients, optimizer updates)
-are faulted in 4 KiB at a time on every step: 100,353 page faults for one 392 MiB output, about
-half of that op's time. The tunable `glibc.malloc.hugetlb=1` makes malloc ask for 2 MiB pages
-on those mappings (on kernels whose THP mode is `madvise`; with `always` it is already so).
-Measured on a 2-core VM: a 392 MiB `jnp.exp` 0.19 -> 0.11 s; the throughput benchmark's train
-step 12.3 -> 11.0 s (benchmarks/README.md).
+are faulted in 4 KiB at a time on every step. The tunable `glibc.malloc.hugetlb=1` makes malloc
+ask for 2 MiB pages on those mappings (on kernels whose THP mode is `madvise`; with `always` it is
+already so): writing a fresh 256 MiB malloc buffer takes 640 page faults instead of 65,537
+(tests/test_hugepages.py), and the throughput benchmark's train step went 12.3 -> 11.0 s on a
+2-core VM (benchmarks/README.md).
 
 glibc reads tunables only when a process starts, so `reexec_with_hugepages` runs the current
 command again, once, with the tunable added to GLIBC_TUNABLES. Setting `glibc.malloc.hugetlb`

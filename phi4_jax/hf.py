@@ -28,7 +28,7 @@ from phi4_jax.hf_convert import (INDEX_FILE, SINGLE_FILE, HfTensor, SafetensorsR
 from phi4_jax import model
 from phi4_jax.model import ModelConfig
 from phi4_jax.train import checkpoint
-from phi4_jax.train.checkpoint import MODEL_CONFIG_FILE
+from phi4_jax.train import workdir as workdir_lib
 
 CONFIG_FILE = "config.json"
 PHI4_VOCAB = 100_352
@@ -204,23 +204,11 @@ def import_checkpoint(hf_dir: str, workdir: str, dtype=None) -> ModelConfig:
   if checkpoint.latest_step(workdir) is not None:
     raise ValueError(f"{directory} already holds checkpoints; import into an empty workdir")
   hf_stream.save_streaming(directory, 0, reader, tensors, param_shapes(cfg), out_dtype)
-  with open(os.path.join(workdir, MODEL_CONFIG_FILE), "w") as f:
-    f.write(cfg.to_json())
+  workdir_lib.write_model_config(workdir, cfg)
   return cfg
 
 
-def restore_params(workdir: str, step: int | None = None, shardings=None) -> tuple[ModelConfig, dict]:
-  """(cfg, params) of W's latest (or given) checkpoint; numpy arrays, or jax arrays on `shardings`."""
-  config_path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{workdir}: no {MODEL_CONFIG_FILE}")
-  with open(config_path) as f:
-    cfg = ModelConfig.from_dict(json.load(f))
-  abstract = model.abstract_params(cfg)
-  if shardings is not None:
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
-  return cfg, checkpoint.restore_params(workdir, abstract, step)
+restore_params = workdir_lib.restore_params
 
 
 def export_checkpoint(workdir: str, out_dir: str, step: int | None = None, dtype=None,

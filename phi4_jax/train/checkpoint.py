@@ -15,14 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-CHECKPOINT_DIR = "checkpoints"  # in a workdir: the orbax CheckpointManager directory
-MODEL_CONFIG_FILE = "model_config.json"  # in a workdir: ModelConfig.to_json() of its params
+from phi4_jax.train import workdir as workdir_lib
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
-  """W/checkpoints, made absolute (orbax refuses relative paths; URLs such as gs:// stay)."""
-  workdir = os.fspath(workdir)
-  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
+  """W/checkpoints as an absolute path (orbax refuses relative ones)."""
+  return epath.Path(workdir_lib.path(workdir, workdir_lib.CHECKPOINTS))
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 import ml_collections
 
@@ -106,22 +104,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
     _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
   if check_init_from and config.init_from and latest_step(config.init_from) is None:
     raise FileNotFoundError(f"config.init_from: no checkpoint under {checkpoint_dir(config.init_from)}")
-
-
-def check_workdir(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> None:
-  """Fails before training when the workdir cannot be written or lacks need_bytes of free space."""
-  if "://" in workdir:  # gs:// and friends: the storage client reports its own errors
-    return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"workdir {workdir} is not writable: {e}") from e
-  free = shutil.disk_usage(workdir).free
-  need = max(need_bytes, int(min_free_gb * 2**30))
-  if free < need:
-    raise OSError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; the checkpoints this run keeps "
-                  f"need about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")

@@ -19,8 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
 from phi4_jax.data.packing import ROW_FIELDS
-from phi4_jax.train import checkpoint, metrics as metrics_lib
-from phi4_jax.train.config import check_workdir, model_config, validate
+from phi4_jax.train import checkpoint, metrics as metrics_lib, workdir as workdir_lib
+from phi4_jax.train.config import model_config, validate
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer
 from phi4_jax.train.step import train_step
 
@@ -109,12 +109,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       {"params": abstract_params, "opt_state": abstract_opt,
        "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
   kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
-  check_workdir(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
+  workdir_lib.check_writable(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
   if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-    with open(os.path.join(workdir, checkpoint.MODEL_CONFIG_FILE), "w") as f:
-      f.write(cfg.to_json())
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.write_model_config(workdir, cfg)
 
   data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
   source_names = list(data_iter.source_names)

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 
+from phi4_jax.train import workdir as workdir_lib
+
 # Dense bf16 peak FLOP/s per device (no sparsity), keyed by a substring of jax's device_kind.
 PEAK_FLOPS = {
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
@@ -32,7 +34,7 @@ def peak_flops_per_device(override: float = 0.0) -> float | None:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """Rows of W/metrics.jsonl, the last row kept for a step logged twice (a resumed run)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not os.path.exists(path):
     return []
   rows = {}
@@ -82,10 +84,10 @@ class MetricsWriter:
     self._tb = None
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._jsonl = open(workdir_lib.path(workdir, workdir_lib.METRICS), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only the primary process writes
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD))
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:

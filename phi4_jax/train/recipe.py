@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from phi4_jax.train import checkpoint
+from phi4_jax.train import checkpoint, workdir as workdir_lib
 from phi4_jax.train.config import validate
 from phi4_jax.train.loop import train
 from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
@@ -106,7 +106,7 @@ def write_report(workdir: str, stage_rows: list[tuple[str, list[dict]]]) -> str:
     ax.set_title(title)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  path = os.path.join(workdir, "report.png")
+  path = workdir_lib.path(workdir, workdir_lib.REPORT)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from phi4_jax import configs, model
-from phi4_jax.train import checkpoint, loop
+from phi4_jax import configs
+from phi4_jax.train import checkpoint, loop, workdir
 from phi4_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +34,12 @@ def _cli(workdir, devices, **overrides):
   cmd = [sys.executable, "-m", "phi4_jax.main", f"--config={ROOT}/experiments/pretrain.py:test",
          f"--workdir={workdir}", *args]
   return cmd, env
+
+
+def _logged_steps(workdir):
+  """Every step of W/metrics.jsonl in file order, repeats included (read_metrics drops them)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f if line.strip()]
 
 
 def _losses(workdir, steps):
@@ -59,6 +65,10 @@ def test_kill_9_after_checkpoint_resumes_exactly(tmp_path):
   assert checkpoint.latest_step(killed) < 12, "killed too late to test a resume"
   subprocess.run(cmd, env=env, check=True, capture_output=True)
   assert _losses(killed, range(7, 13)) == _losses(straight, range(7, 13))
+  # A restart from scratch would give the same losses; the log shows the rerun began at step 7.
+  logged = _logged_steps(killed)
+  rerun_from = next(i for i in range(1, len(logged)) if logged[i] <= logged[i - 1])
+  assert logged[rerun_from:] == list(range(7, 13)), logged
 
 
 def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
@@ -80,9 +90,8 @@ def test_midtrain_starts_from_pretrain_params_with_fresh_optimizer(tmp_path):
   mid_config = _config("midtrain", steps=1, seq_len=256, init_from=pre, **{"optimizer.peak_lr": 0.0})
   assert mid_config.model.rope_theta == 250_000.0
   loop.train(mid_config, mid)
-  cfg = model.ModelConfig.from_dict(json.load(open(os.path.join(pre, "model_config.json"))))
-  pre_params = checkpoint.restore_params(pre, model.abstract_params(cfg))
-  mid_params = checkpoint.restore_params(mid, model.abstract_params(cfg))
+  cfg, pre_params = workdir.restore_params(pre)
+  _, mid_params = workdir.restore_params(mid)
   jax.tree.map(np.testing.assert_array_equal, pre_params, mid_params)
   mid_cfg = json.load(open(os.path.join(mid, "model_config.json")))
   assert mid_cfg["rope_theta"] == 250_000.0 and cfg.rope_theta != 250_000.0
@@ -150,7 +159,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   assert "SIGTERM: saved step" in stderr
   cmd, env = _cli(workdir, 1, steps=saved + 2, checkpoint_every=1000)
   subprocess.run(cmd, env=env, check=True, capture_output=True)
-  assert [r["step"] for r in read_metrics(workdir)][-3:] == [saved, saved + 1, saved + 2]
+  assert _logged_steps(workdir) == list(range(1, saved + 3))  # resumed at saved + 1, no step twice
 
 
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):

@@ -55,6 +55,11 @@ def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
   return jax.device_put(params, param_shardings(cfg, mesh))
 
 
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs of `abstract` placed on `shardings` (a tree of the same structure)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 def batch_sharding(mesh: Mesh, microbatched: bool = False) -> NamedSharding:
   """Inputs [B, T] (or [M, B, T] with microbatched): batch split over data x fsdp, the rest replicated."""
   spec = (None, ("data", "fsdp"), None) if microbatched else (("data", "fsdp"), None)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import math
-import os
 import signal
 import time
 
@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
@@ -29,22 +31,198 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def _state_shardings(abstract_opt_state, param_shardings: dict, mesh) -> dict:
-  """Optimizer-state subtrees shaped like the params get the params' shardings; the rest replicate."""
+@dataclasses.dataclass
+class Run:
+  """What one stage's loop is built from: its config, model, mesh, optimizer, data and checkpoints."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  cfg: model_lib.ModelConfig
+  mesh: Mesh
+  optimizer: optax.GradientTransformation
+  shardings: dict  # params, opt_state, step
+  abstract_state: dict  # ShapeDtypeStructs placed on `shardings`
+  data_iter: data_lib.TrainIterator
+  mngr: ocp.CheckpointManager
+
+  @property
+  def primary(self) -> bool:
+    return jax.process_index() == 0
+
+  def meta(self, step: int) -> dict:
+    """The run metadata saved with each checkpoint."""
+    return {"step": step, "seed": self.config.seed, "stage": self.config.stage,
+            "source_names": list(self.data_iter.source_names)}
+
+
+def state_shardings(optimizer: optax.GradientTransformation, abstract_params: dict,
+                    param_shardings: dict, mesh: Mesh) -> dict:
+  """Optimizer-state leaves shaped like the params get the params' shardings; the rest replicate."""
   replicated = NamedSharding(mesh, PartitionSpec())
-  params_def = jax.tree.structure(param_shardings)
-  is_params_like = lambda x: not isinstance(x, jax.ShapeDtypeStruct) and jax.tree.structure(x) == params_def
-  opt_shardings = jax.tree.map(lambda x: param_shardings if is_params_like(x) else replicated,
-                               abstract_opt_state, is_leaf=is_params_like)
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_shardings = optax.tree_utils.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
   return {"params": param_shardings, "opt_state": opt_shardings, "step": replicated}
-
-
-def _with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def _state_bytes(abstract_state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config and the workdir, writes the workdir's config files, opens data and checkpoints."""
+  validate(config, jax.device_count())
+  workdir = workdir_lib.resolve(workdir)
+  cfg = model_config(config)
+  mesh = model_lib.make_mesh(config.mesh_shape)
+  optimizer = make_optimizer(config.optimizer, config.steps)
+  abstract_params = model_lib.abstract_params(cfg)
+  shardings = state_shardings(optimizer, abstract_params, model_lib.param_shardings(cfg, mesh), mesh)
+  abstract_state = model_lib.with_shardings(
+      {"params": abstract_params, "opt_state": jax.eval_shape(optimizer.init, abstract_params),
+       "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
+  kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
+  workdir_lib.check_writable(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
+  if jax.process_index() == 0:
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.write_model_config(workdir, cfg)
+  data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing)
+  return Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr)
+
+
+def build_or_restore_state(run: Run) -> dict:
+  """The latest checkpoint of the workdir (data iterator included), else a fresh state: params
+  from config.init_from (a previous stage) or a random init, and a new optimizer state."""
+  config, shardings = run.config, run.shardings
+  resume_step = run.mngr.latest_step()
+  if resume_step is not None:
+    state, saved_meta = checkpoint.restore(run.mngr, resume_step, run.abstract_state, run.data_iter)
+    if saved_meta["seed"] != config.seed:
+      raise ValueError(f"config.seed: {run.workdir} was trained with seed {saved_meta['seed']}; "
+                       f"resuming with {config.seed} would change the data order (use a new workdir)")
+    state["step"] = jax.device_put(jnp.int32(state["step"]), shardings["step"])
+    logging.info("resumed %s from step %d", run.workdir, resume_step)
+    return state
+  if config.init_from:
+    _, params = workdir_lib.restore_params(config.init_from, None if config.init_step < 0 else
+                                           config.init_step, shardings["params"], cfg=run.cfg)
+  else:
+    init = jax.jit(model_lib.init, static_argnums=0, out_shardings=shardings["params"])
+    params = init(run.cfg, jax.random.key(config.seed))
+  opt_state = jax.jit(run.optimizer.init, out_shardings=shardings["opt_state"])(params)
+  return {"params": params, "opt_state": opt_state,
+          "step": jax.device_put(jnp.int32(0), shardings["step"])}
+
+
+def compile_step(run: Run):
+  """The jitted train step over the run's mesh; the state is donated (updated in place)."""
+  config = run.config
+  step = functools.partial(train_step, optimizer=run.optimizer, cfg=run.cfg,
+                           num_sources=len(run.data_iter.source_names),
+                           loss_chunk=config.loss_chunk, mesh=run.mesh)
+  return jax.jit(step, in_shardings=(run.shardings, model_lib.batch_sharding(run.mesh, microbatched=True)),
+                 out_shardings=(run.shardings, NamedSharding(run.mesh, PartitionSpec())),
+                 donate_argnums=0)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) one stage in `workdir`; returns a summary of the run."""
+  run = prepare(config, workdir)
+  try:
+    state = build_or_restore_state(run)
+    return run_steps(run, state, compile_step(run))
+  finally:
+    run.mngr.wait_until_finished()
+    run.mngr.close()
+
+
+def _next_batch(run: Run, step: int) -> dict:
+  """The next global batch [M, B/M, T], sharded over data x fsdp."""
+  local = next(run.data_iter, None)
+  if local is None:
+    raise RuntimeError(
+        f"the data ran out before step {step + 1} of {run.config.steps} (every source of "
+        "config.data.sources used up its planned epochs: check their max_epochs and declared "
+        f"unique_tokens); the last checkpoint of {run.workdir} is step {run.mngr.latest_step()}")
+  return _global_batch(local, run.config.microbatches, model_lib.batch_sharding(run.mesh, True),
+                       run.config.global_batch_size)
+
+
+def _check_finite(run: Run, step: int, m: dict) -> None:
+  if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
+    raise NonFiniteLossError(
+        f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {step} of "
+        f"{run.workdir}; the last good checkpoint (step {run.mngr.latest_step()}) is kept. Lower "
+        "config.optimizer.peak_lr or raise warmup_steps, then rerun to resume.")
+
+
+def run_steps(run: Run, state: dict, step_fn) -> dict:
+  """Steps from the state's step to config.steps: log, checkpoint, stop cleanly on SIGTERM."""
+  config = run.config
+  start = step = int(state["step"])
+  logger = _Logger(run, start)
+  preempted = False
+  try:
+    with _Preemption() as preemption:
+      while step < config.steps:
+        if preemption.agreed():
+          preempted = True
+          break
+        state, m = step_fn(state, _next_batch(run, step))
+        m = jax.device_get(m)
+        step += 1
+        _check_finite(run, step, m)
+        logger.step(step, m)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+          checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter)
+      if preempted:
+        if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
+          checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter, force=True)
+        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step,
+                        run.workdir)
+  finally:
+    logger.close()
+  return {"stage": config.stage, "workdir": run.workdir, "start_step": start, "step": step,
+          "preempted": preempted, "last": logger.last_row}
+
+
+class _Logger:
+  """Metric rows every config.log_every steps (means over the steps since the last row) and the
+  progress bar, from the primary process."""
+
+  def __init__(self, run: Run, start: int):
+    config = run.config
+    self.run = run
+    self.tokens_per_step = config.global_batch_size * config.seq_len
+    self.flops = model_lib.flops_per_token(run.cfg, config.seq_len)
+    self.peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
+    self.schedule = lr_schedule(config.optimizer, config.steps)
+    self.writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.primary,
+                                            tensorboard=config.tensorboard)
+    self.bar = metrics_lib.ProgressBar(config.steps, start, self.tokens_per_step) if run.primary else None
+    self.window = _new_window()
+    self.last_row: dict = {}
+
+  def step(self, step: int, m: dict) -> None:
+    window = self.window
+    window["steps"] += 1
+    window["loss"] += float(m["loss"])
+    window["src_loss"] += m["source_loss_sum"]
+    window["src_tok"] += m["source_tokens"]
+    if step % self.run.config.log_every == 0 or step == self.run.config.steps:
+      self.last_row = _log_row(step, m, window, self.schedule, self.tokens_per_step, self.flops,
+                               self.peak, list(self.run.data_iter.source_names), self.run.data_iter)
+      self.writer.write(step, self.last_row)
+      self.window = _new_window()
+    if self.bar:
+      self.bar.update(step, f"loss {float(m['loss']):.3f}")
+
+  def close(self) -> None:
+    self.writer.close()
+    if self.bar:
+      self.bar.close()
 
 
 class _Preemption:
@@ -90,117 +268,6 @@ def _global_batch(local: dict, microbatches: int, sharding: NamedSharding, globa
     out[name] = jax.make_array_from_process_local_data(
         sharding, x, (microbatches, global_rows // microbatches, x.shape[2]))
   return out
-
-
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) one stage in `workdir`; returns a summary of the run."""
-  validate(config, jax.device_count())
-  cfg = model_config(config)
-  mesh = model_lib.make_mesh(config.mesh_shape)
-  optimizer = make_optimizer(config.optimizer, config.steps)
-  schedule = lr_schedule(config.optimizer, config.steps)
-  primary = jax.process_index() == 0
-
-  param_shardings = model_lib.param_shardings(cfg, mesh)
-  abstract_params = model_lib.abstract_params(cfg)
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-  shardings = _state_shardings(abstract_opt, param_shardings, mesh)
-  abstract_state = _with_shardings(
-      {"params": abstract_params, "opt_state": abstract_opt,
-       "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
-  kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
-  workdir_lib.check_writable(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
-  if primary:
-    workdir_lib.write_config(workdir, config)
-    workdir_lib.write_model_config(workdir, cfg)
-
-  data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
-  source_names = list(data_iter.source_names)
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing)
-  resume_step = mngr.latest_step()
-  if resume_step is not None:
-    state, saved_meta = checkpoint.restore(mngr, resume_step, abstract_state, data_iter)
-    if saved_meta["seed"] != config.seed:
-      raise ValueError(f"config.seed: {workdir} was trained with seed {saved_meta['seed']}; resuming "
-                       f"with {config.seed} would change the data order (use a new workdir)")
-    state["step"] = jax.device_put(jnp.int32(state["step"]), shardings["step"])
-    logging.info("resumed %s from step %d", workdir, resume_step)
-  else:
-    if config.init_from:
-      params = checkpoint.restore_params(config.init_from, abstract_state["params"],
-                                         None if config.init_step < 0 else config.init_step)
-    else:
-      init = jax.jit(model_lib.init, static_argnums=0, out_shardings=param_shardings)
-      params = init(cfg, jax.random.key(config.seed))
-    opt_state = jax.jit(optimizer.init, out_shardings=shardings["opt_state"])(params)
-    state = {"params": params, "opt_state": opt_state,
-             "step": jax.device_put(jnp.int32(0), shardings["step"])}
-  start = int(state["step"])
-
-  batch_sharding = model_lib.batch_sharding(mesh, microbatched=True)
-  step_fn = jax.jit(
-      functools.partial(train_step, optimizer=optimizer, cfg=cfg, num_sources=len(source_names),
-                        loss_chunk=config.loss_chunk, mesh=mesh),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-      donate_argnums=0)
-
-  tokens_per_step = config.global_batch_size * config.seq_len
-  flops = model_lib.flops_per_token(cfg, config.seq_len)
-  peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=config.tensorboard)
-  bar = metrics_lib.ProgressBar(config.steps, start, tokens_per_step) if primary else None
-  meta = lambda s: {"step": s, "seed": config.seed, "stage": config.stage, "source_names": source_names}
-  window = _new_window()
-  last_row: dict = {}
-  preempted = False
-  step = start
-  try:
-    with _Preemption() as preemption:
-      while step < config.steps:
-        if preemption.agreed():
-          preempted = True
-          break
-        local_batch = next(data_iter, None)
-        if local_batch is None:
-          raise RuntimeError(
-              f"the data ran out before step {step + 1} of {config.steps} (every source of "
-              "config.data.sources used up its planned epochs: check their max_epochs and declared "
-              f"unique_tokens); the last checkpoint of {workdir} is step {mngr.latest_step()}")
-        batch = _global_batch(local_batch, config.microbatches, batch_sharding, config.global_batch_size)
-        state, m = step_fn(state, batch)
-        m = jax.device_get(m)
-        step += 1
-        if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
-          raise NonFiniteLossError(
-              f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {step} of "
-              f"{workdir}; the last good checkpoint (step {mngr.latest_step()}) is kept. Lower "
-              "config.optimizer.peak_lr or raise warmup_steps, then rerun to resume.")
-        window["steps"] += 1
-        window["loss"] += float(m["loss"])
-        window["src_loss"] += m["source_loss_sum"]
-        window["src_tok"] += m["source_tokens"]
-        if step % config.log_every == 0 or step == config.steps:
-          last_row = _log_row(step, m, window, schedule, tokens_per_step, flops, peak, source_names,
-                              data_iter)
-          writer.write(step, last_row)
-          window = _new_window()
-        if bar:
-          bar.update(step, f"loss {float(m['loss']):.3f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-          checkpoint.save(mngr, step, state, meta(step), data_iter)
-      if preempted:
-        if mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
-          checkpoint.save(mngr, step, state, meta(step), data_iter, force=True)
-        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, workdir)
-  finally:
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-    if bar:
-      bar.close()
-  return {"stage": config.stage, "workdir": workdir, "start_step": start, "step": step,
-          "preempted": preempted, "last": last_row}
 
 
 def _new_window() -> dict:

@@ -18,9 +18,7 @@ import json
 import os
 import shutil
 
-import jax
-
-from phi4_jax.model import ModelConfig, abstract_params
+from phi4_jax.model import ModelConfig, abstract_params, with_shardings
 
 CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
@@ -96,6 +94,5 @@ def restore_params(workdir: str, step: int | None = None, shardings=None,
   cfg = read_model_config(workdir) if cfg is None else cfg
   abstract = abstract_params(cfg)
   if shardings is not None:
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
+    abstract = with_shardings(abstract, shardings)
   return cfg, checkpoint.restore_params(workdir, abstract, step)

@@ -192,34 +192,188 @@ def output_layer_matmul_seconds(cfg, batch: int, seq_len: int, loss_chunk: int, 
   return median_seconds(lambda: jax.block_until_ready(f(h_NxRxD, w_DxV)), reps)
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), args.xla_flags]).strip()
-
-  import functools
-
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
+def make_cfg(args):
   from phi4_jax import model as model_lib
-  from phi4_jax.train import step as step_lib
-  from phi4_jax.train.optimizer import make_optimizer
-
   shape = QUICK_SHAPE if args.quick else FULL_SHAPE
   cfg = model_lib.ModelConfig(**shape, max_seq_len=max(args.seq_len, 1024), param_dtype="float32",
                               dtype="float32", remat_policy=args.remat_policy,
                               scan_layers=args.scan_layers == "true", attention_impl=args.attention,
                               attention_block=args.attn_block)
+  return shape, cfg
+
+
+def torch_side(args, cfg, np_tokens):
+  """transformers' Phi3ForCausalLM (sdpa) + torch AdamW on the same shape: (warmed-up side, model)."""
+  import torch
+  from transformers import Phi3Config, Phi3ForCausalLM
+
+  from phi4_jax import model as model_lib
+  torch.manual_seed(args.seed)
+  tcfg = Phi3Config(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+                    intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
+                    num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+                    max_position_embeddings=cfg.max_seq_len,
+                    original_max_position_embeddings=cfg.max_seq_len,
+                    rms_norm_eps=cfg.norm_eps, initializer_range=cfg.init_std,
+                    rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                    tie_word_embeddings=False, use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attention_dropout=0.0, sliding_window=None, pad_token_id=None,
+                    bos_token_id=None, eos_token_id=None)
+  tmodel = Phi3ForCausalLM(tcfg).float()
+  tmodel.set_attn_implementation("sdpa")
+  tmodel.train()
+  head_dim = tcfg.hidden_size // tcfg.num_attention_heads
+  assert head_dim == cfg.head_dim, (head_dim, cfg.head_dim)
+  tparams = sum(p.numel() for p in tmodel.parameters())
+  assert tparams == model_lib.param_count(cfg), (tparams, model_lib.param_count(cfg))
+  decay = [p for n, p in tmodel.named_parameters() if "norm" not in n]
+  no_decay = [p for n, p in tmodel.named_parameters() if "norm" in n]
+  topt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=args.lr, betas=(args.b1, args.b2), eps=args.eps)
+  ids = torch.from_numpy(np_tokens)
+
+  def torch_step():
+    loss = tmodel(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(tmodel.parameters(), args.clip)
+    topt.step()
+    topt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+  side = warm_up(torch_step, args.warmup)
+  log(f"torch: first step {side['first_step_s']:.2f}s, loss {side['losses'][0]:.4f}, "
+      f"attn {tmodel.config._attn_implementation}")
+  return side, tmodel
+
+
+def ours_side(args, cfg, np_tokens):
+  """Our jitted train step on the same tokens: (warmed-up side, compile seconds)."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+
+  from phi4_jax import model as model_lib
+  from phi4_jax.train import step as step_lib
+  from phi4_jax.train.optimizer import make_optimizer
+  optimizer = make_optimizer(opt_config(args), total_steps=1_000_000)
+  params = jax.jit(model_lib.init, static_argnums=0)(cfg, jax.random.key(args.seed))
+  state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.int32(0)}
+  batch = make_batch(np_tokens)
+  step_fn = jax.jit(functools.partial(step_lib.train_step, optimizer=optimizer, cfg=cfg,
+                                      num_sources=1, loss_chunk=args.loss_chunk),
+                    donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    return float(metrics["loss"])
+
+  side = warm_up(step, args.warmup)
+  log(f"ours: compile {compile_s:.1f}s, first step {side['first_step_s']:.2f}s, "
+      f"loss {side['losses'][0]:.4f}")
+  return side, compile_s
+
+
+def timed_rounds(sides, rounds: int, steps: int) -> None:
+  """Alternating rounds (order flipped every round) so that load drifts hit both sides alike."""
+  for r in range(rounds):
+    for name, side in (sides if r % 2 == 0 else sides[::-1]):
+      for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        side["losses"].append(side["step"]())
+        side["times"].append(time.perf_counter() - t0)
+        side.setdefault("cpu", []).append(time.process_time() - c0)
+      log(f"round {r}: {name} {side['times'][-1]:.2f}s/step (load {loadavg()})")
+
+
+def matmul_report(mm_runs):
+  """(the report's matmul_fp32 entry, the reference FLOP/s) from the before/after matmul runs."""
+  if not mm_runs:
+    return None, None
+  best = {k: round(max(run[k] for run in mm_runs) / 1e9, 1) for k in mm_runs[0]}
+  ref_flops = max(v for k, v in best.items() if k.startswith("jnp_dot")) * 1e9
+  return {"gflops_best_of_before_after": best,
+          "each_run_gflops": [{k: round(v / 1e9, 1) for k, v in run.items()} for run in mm_runs],
+          "reference_gflops": round(ref_flops / 1e9, 1),
+          "reference": "best jnp.dot fp32 (median of 5 calls, best of before/after the rounds)"}, ref_flops
+
+
+def summarize(side, extra, tokens_per_step, flops_per_token, ref_flops):
+  med = statistics.median(side["times"])
+  tok_s = tokens_per_step / med
+  model_flops = flops_per_token * tok_s
+  return {**extra,
+          "step_s_median": round(med, 4),
+          "step_s_all": [round(x, 3) for x in side["times"]],
+          "process_cpu_s_median": round(statistics.median(side["cpu"]), 3),
+          "tokens_per_s": round(tok_s, 1),
+          "model_gflops_per_s": round(model_flops / 1e9, 2),
+          "fraction_of_matmul_flops": round(model_flops / ref_flops, 4) if ref_flops else None,
+          "first_step_s": round(side["first_step_s"], 2),
+          "loss_first": round(side["losses"][0], 4), "loss_last": round(side["losses"][-1], 4)}
+
+
+def compare_with_torch(result, cfg, args) -> float | None:
+  """Adds the ours/torch ratios and the output layer's matmul floor; returns the tokens/s ratio."""
+  if "torch" not in result:
+    result["ratio_ours_over_torch_tokens_per_s"] = None
+    return None
+  ratio = result["ours"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+  result["ratio_ours_over_torch_tokens_per_s"] = round(ratio, 3)
+  # load-robust secondary figure: process CPU seconds per step (both sides use every core)
+  result["ratio_by_process_cpu_time"] = round(
+      result["torch"]["process_cpu_s_median"] / result["ours"]["process_cpu_s_median"], 3)
+  if not args.skip_matmul:
+    floor_s = output_layer_matmul_seconds(cfg, args.batch, args.seq_len, args.loss_chunk)
+    budget_s = result["torch"]["step_s_median"] / 1.5
+    result["output_layer_floor"] = {
+        "matmuls_only_s": round(floor_s, 3),
+        "step_s_at_1.5x_torch": round(budget_s, 3),
+        "share_of_that_step": round(floor_s / budget_s, 3),
+        "note": "the output layer's 3 matmuls alone (shapes of the fused loss), nothing else"}
+    log(f"output layer matmuls alone: {floor_s:.2f}s of a {budget_s:.2f}s step at 1.5x torch")
+  return ratio
+
+
+def env_info(load_start) -> dict:
+  import jax
+  import torch
+  import transformers
+  return {
+      "device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu": cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "python": platform.python_version(), "jax": jax.__version__,
+      "jaxlib": __import__("jaxlib").__version__, "flax": __import__("flax").__version__,
+      "optax": __import__("optax").__version__, "torch": torch.__version__,
+      "transformers": transformers.__version__,
+      "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "xla_cpu_threads": "XLA default (one per core)",
+      "load_avg_start": load_start, "load_avg_end": loadavg(),
+  }
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), args.xla_flags]).strip()
+  import numpy as np
+
+  from phi4_jax import model as model_lib
+  shape, cfg = make_cfg(args)
   b, t = args.batch, args.seq_len
-  tokens_per_step = b * t
-  flops_per_token = model_lib.flops_per_token(cfg, t)
-  rng = np.random.default_rng(args.seed)
-  np_tokens = rng.integers(0, cfg.vocab_size, size=(b, t), dtype=np.int64)
+  tokens_per_step, flops_per_token = b * t, model_lib.flops_per_token(cfg, t)
+  np_tokens = np.random.default_rng(args.seed).integers(0, cfg.vocab_size, size=(b, t), dtype=np.int64)
   load_start = loadavg()
   log(f"load average at start: {load_start}")
-
   result = {
       "benchmark": "train_throughput",
       "command": " ".join([os.path.basename(sys.argv[0])] + (sys.argv[1:] if argv is None else argv)),
@@ -232,172 +386,39 @@ def main(argv=None):
       "timing": {"warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
                  "statistic": "median seconds per step over all timed steps"},
   }
-
-  # ------------------------------------------------------------------ torch
-  torch_state = None
   if not args.skip_torch or not args.skip_matmul:
     import torch
-    torch_threads = args.torch_threads or os.cpu_count()
-    torch.set_num_threads(torch_threads)
-  if not args.skip_torch:
-    from transformers import Phi3Config, Phi3ForCausalLM
+    torch.set_num_threads(args.torch_threads or os.cpu_count())
+  torch_state, tmodel = torch_side(args, cfg, np_tokens) if not args.skip_torch else (None, None)
+  ours, compile_s = ours_side(args, cfg, np_tokens)
 
-    torch.manual_seed(args.seed)
-    tcfg = Phi3Config(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
-                      intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
-                      num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-                      max_position_embeddings=cfg.max_seq_len,
-                      original_max_position_embeddings=cfg.max_seq_len,
-                      rms_norm_eps=cfg.norm_eps, initializer_range=cfg.init_std,
-                      rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-                      tie_word_embeddings=False, use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0,
-                      attention_dropout=0.0, sliding_window=None, pad_token_id=None,
-                      bos_token_id=None, eos_token_id=None)
-    tmodel = Phi3ForCausalLM(tcfg).float()
-    tmodel.set_attn_implementation("sdpa")
-    tmodel.train()
-    head_dim = tcfg.hidden_size // tcfg.num_attention_heads
-    assert head_dim == cfg.head_dim, (head_dim, cfg.head_dim)
-    tparams = sum(p.numel() for p in tmodel.parameters())
-    assert tparams == model_lib.param_count(cfg), (tparams, model_lib.param_count(cfg))
-    decay = [p for n, p in tmodel.named_parameters() if "norm" not in n]
-    no_decay = [p for n, p in tmodel.named_parameters() if "norm" in n]
-    topt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=args.lr, betas=(args.b1, args.b2), eps=args.eps)
-    ids = torch.from_numpy(np_tokens)
-
-    def torch_step():
-      loss = tmodel(input_ids=ids, labels=ids).loss
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(tmodel.parameters(), args.clip)
-      topt.step()
-      topt.zero_grad(set_to_none=True)
-      return float(loss.detach())
-
-    torch_state = warm_up(torch_step, args.warmup)
-    log(f"torch: first step {torch_state['first_step_s']:.2f}s, loss {torch_state['losses'][0]:.4f}, "
-        f"attn {tmodel.config._attn_implementation}")
-
-  # ------------------------------------------------------------------ ours
-  optimizer = make_optimizer(opt_config(args), total_steps=1_000_000)
-  params = jax.jit(model_lib.init, static_argnums=0)(cfg, jax.random.key(args.seed))
-  state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.int32(0)}
-  batch = make_batch(np_tokens)
-  step_fn = jax.jit(functools.partial(step_lib.train_step, optimizer=optimizer, cfg=cfg,
-                                      num_sources=1, loss_chunk=args.loss_chunk),
-                    donate_argnums=0)
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-
-  def ours_step():
-    nonlocal state
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
-    return float(metrics["loss"])
-
-  ours = warm_up(ours_step, args.warmup)
-  log(f"ours: compile {compile_s:.1f}s, first step {ours['first_step_s']:.2f}s, "
-      f"loss {ours['losses'][0]:.4f}")
-
-  # ------------------------------------------------------------------ matmul peak (before)
   mm_sizes = (256, 512) if args.quick else (2048, 4096)
-  mm_runs = []
+  mm_runs = [] if args.skip_matmul else [matmul_flops(mm_sizes)]
+  timed_rounds([("ours", ours)] + ([("torch", torch_state)] if torch_state else []),
+               args.rounds, args.steps)
   if not args.skip_matmul:
     mm_runs.append(matmul_flops(mm_sizes))
-    log("matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in mm_runs[-1].items()))
+  for run in mm_runs:
+    log("matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in run.items()))
 
-  # ------------------------------------------------------------------ alternating timed rounds
-  sides = [("ours", ours)] + ([("torch", torch_state)] if torch_state else [])
-  for r in range(args.rounds):
-    order = sides if r % 2 == 0 else sides[::-1]
-    for name, side in order:
-      for _ in range(args.steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        side["losses"].append(side["step"]())
-        side["times"].append(time.perf_counter() - t0)
-        side.setdefault("cpu", []).append(time.process_time() - c0)
-      log(f"round {r}: {name} {side['times'][-1]:.2f}s/step (load {loadavg()})")
-
-  if not args.skip_matmul:
-    mm_runs.append(matmul_flops(mm_sizes))
-    log("matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in mm_runs[-1].items()))
-
-  # ------------------------------------------------------------------ report
-  matmul = None
-  ref_flops = None
-  if mm_runs:
-    matmul = {k: round(max(run[k] for run in mm_runs) / 1e9, 1) for k in mm_runs[0]}
-    ref_flops = max(v for k, v in matmul.items() if k.startswith("jnp_dot")) * 1e9
-    matmul = {"gflops_best_of_before_after": matmul,
-              "each_run_gflops": [{k: round(v / 1e9, 1) for k, v in run.items()} for run in mm_runs],
-              "reference_gflops": round(ref_flops / 1e9, 1),
-              "reference": "best jnp.dot fp32 (median of 5 calls, best of before/after the rounds)"}
-  result["matmul_fp32"] = matmul
-
-  def summarize(side, extra):
-    med = statistics.median(side["times"])
-    tok_s = tokens_per_step / med
-    model_flops = flops_per_token * tok_s
-    return {**extra,
-            "step_s_median": round(med, 4),
-            "step_s_all": [round(x, 3) for x in side["times"]],
-            "process_cpu_s_median": round(statistics.median(side["cpu"]), 3),
-            "tokens_per_s": round(tok_s, 1),
-            "model_gflops_per_s": round(model_flops / 1e9, 2),
-            "fraction_of_matmul_flops": round(model_flops / ref_flops, 4) if ref_flops else None,
-            "first_step_s": round(side["first_step_s"], 2),
-            "loss_first": round(side["losses"][0], 4), "loss_last": round(side["losses"][-1], 4)}
-
+  result["matmul_fp32"], ref_flops = matmul_report(mm_runs)
+  per_step = (tokens_per_step, flops_per_token, ref_flops)
   result["ours"] = summarize(ours, {
       "impl": "jax.jit(phi4_jax.train.step.train_step, donate_argnums=0)",
       "loss_chunk": args.loss_chunk, "attention": f"{args.attention}/{args.attn_block}",
       "remat_policy": cfg.remat_policy, "scan_layers": cfg.scan_layers,
-      "compile_s": round(compile_s, 1)})
+      "compile_s": round(compile_s, 1)}, *per_step)
   if torch_state:
     result["torch"] = summarize(torch_state, {
         "impl": "transformers.Phi3ForCausalLM sdpa + torch.optim.AdamW",
-        "attn_implementation": tmodel.config._attn_implementation})
-    ratio = result["ours"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
-    result["ratio_ours_over_torch_tokens_per_s"] = round(ratio, 3)
-    # load-robust secondary figure: process CPU seconds per step (both sides use every core)
-    result["ratio_by_process_cpu_time"] = round(
-        result["torch"]["process_cpu_s_median"] / result["ours"]["process_cpu_s_median"], 3)
-  else:
-    ratio = None
-    result["ratio_ours_over_torch_tokens_per_s"] = None
-  if torch_state and not args.skip_matmul:
-    floor_s = output_layer_matmul_seconds(cfg, b, t, args.loss_chunk)
-    budget_s = result["torch"]["step_s_median"] / 1.5
-    result["output_layer_floor"] = {
-        "matmuls_only_s": round(floor_s, 3),
-        "step_s_at_1.5x_torch": round(budget_s, 3),
-        "share_of_that_step": round(floor_s / budget_s, 3),
-        "note": "the output layer's 3 matmuls alone (shapes of the fused loss), nothing else"}
-    log(f"output layer matmuls alone: {floor_s:.2f}s of a {budget_s:.2f}s step at 1.5x torch")
+        "attn_implementation": tmodel.config._attn_implementation}, *per_step)
+  ratio = compare_with_torch(result, cfg, args)
   frac = result["ours"]["fraction_of_matmul_flops"]
   result["targets"] = {
       "ratio_ge_1.5": None if ratio is None else bool(ratio >= 1.5),
       "fraction_of_matmul_ge_0.55": None if frac is None else bool(frac >= 0.55),
   }
-
-  import torch as _torch  # noqa: F811 (versions/threads; torch is a test dependency)
-  import transformers as _tf
-  result["env"] = {
-      "device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "python": platform.python_version(), "jax": jax.__version__,
-      "jaxlib": __import__("jaxlib").__version__, "flax": __import__("flax").__version__,
-      "optax": __import__("optax").__version__, "torch": _torch.__version__,
-      "transformers": _tf.__version__,
-      "torch_threads": _torch.get_num_threads(), "torch_interop_threads": _torch.get_num_interop_threads(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-      "xla_cpu_threads": "XLA default (one per core)",
-      "load_avg_start": load_start, "load_avg_end": loadavg(),
-  }
+  result["env"] = env_info(load_start)
   print(json.dumps(result, indent=1))
   return result
 

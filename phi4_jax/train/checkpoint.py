@@ -15,12 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from phi4_jax.train import workdir as workdir_lib
+CHECKPOINTS = "checkpoints"  # in a workdir: the orbax CheckpointManager directory
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
-  """W/checkpoints as an absolute path (orbax refuses relative ones)."""
-  return epath.Path(workdir_lib.path(workdir, workdir_lib.CHECKPOINTS))
+  """W/checkpoints as an absolute path (orbax refuses relative ones; train.workdir refuses URLs)."""
+  return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(workdir)))) / CHECKPOINTS
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:

@@ -19,12 +19,13 @@ import os
 import shutil
 
 from phi4_jax.model import ModelConfig, abstract_params, with_shardings
+from phi4_jax.train import checkpoint
 
 CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = checkpoint.CHECKPOINTS
 REPORT = "report.png"
 
 
@@ -90,7 +91,6 @@ def restore_params(workdir: str, step: int | None = None, shardings=None,
   cfg: the model the params are for (default: W/model_config.json); its param_dtype is the dtype
   they come back in, and its shapes must match the checkpoint's.
   """
-  from phi4_jax.train import checkpoint  # (orbax and grain: only for callers that restore)
   cfg = read_model_config(workdir) if cfg is None else cfg
   abstract = abstract_params(cfg)
   if shardings is not None:

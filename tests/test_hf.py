@@ -12,9 +12,12 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from phi4_jax import hf, hf_convert, model
+from phi4_jax import hf, model
+from phi4_jax.hf import mapping
+from phi4_jax.hf.__main__ import main as hf_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -72,7 +75,7 @@ def test_phi4_config():
   cfg = hf.config_from_hf(PHI4_CONFIG)
   assert cfg == model.ModelConfig(param_dtype="bfloat16")
   assert model.param_count(cfg) == 14_659_507_200
-  assert len(hf_convert.hf_tensors(cfg)) == 243
+  assert len(mapping.hf_tensors(cfg)) == 243
   back = hf.config_to_hf(cfg)
   assert {k: back[k] for k in PHI4_CONFIG if k in back} == {
       k: v for k, v in PHI4_CONFIG.items() if k in back}
@@ -84,8 +87,8 @@ def test_load_matches_transformers(hf_model, loaded):
   cfg, params = loaded
   assert (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_theta) == (8, 2, 16, 250_000.0)
   assert cfg.param_dtype == "float32"
-  shapes = {k: v.shape for k, v in hf_convert.flatten(model.abstract_params(cfg)).items()}
-  assert shapes == hf_convert.param_shapes(cfg)
+  shapes = {k: v.shape for k, v in traverse_util.flatten_dict(model.abstract_params(cfg), sep="/").items()}
+  assert shapes == mapping.param_shapes(cfg)
   tokens = _tokens((2, 24))
   diff = np.abs(_ours(params, tokens, cfg) - _hf_logits(net, tokens)).max()
   assert diff <= TOL, diff
@@ -141,9 +144,9 @@ def test_packed_segments_match_separate_documents(hf_model, loaded):
 def test_import_export_round_trip(hf_model, tmp_path):
   path, _ = hf_model
   workdir, out = str(tmp_path / "w"), str(tmp_path / "hf")
-  hf.main(["import", f"--hf_dir={path}", f"--out={workdir}"])
+  hf_main(["import", f"--hf_dir={path}", f"--out={workdir}"])
   assert json.load(open(os.path.join(workdir, "model_config.json")))["rope_theta"] == 250_000.0
-  hf.main(["export", f"--workdir={workdir}", f"--out={out}"])
+  hf_main(["export", f"--workdir={workdir}", f"--out={out}"])
   source, exported = load_file(os.path.join(path, "model.safetensors")), load_file(
       os.path.join(out, "model.safetensors"))
   assert sorted(exported) == sorted(source)
@@ -199,7 +202,7 @@ def test_streaming_import_memory(tmp_path):
   cfg = model.ModelConfig(vocab_size=100_352, d_model=256, n_layers=2, n_heads=8, n_kv_heads=2,
                           head_dim=32, d_ff=512, max_seq_len=128)
   rng = np.random.default_rng(0)
-  source = {t.name: rng.standard_normal(t.shape, dtype=np.float32) for t in hf_convert.hf_tensors(cfg)}
+  source = {t.name: rng.standard_normal(t.shape, dtype=np.float32) for t in mapping.hf_tensors(cfg)}
   total = sum(v.nbytes for v in source.values())
   largest = max(v.nbytes for v in source.values())
   assert total > 200e6
@@ -217,9 +220,9 @@ def test_streaming_import_memory(tmp_path):
 
   cfg2, params = hf.restore_params(str(workdir))
   assert cfg2 == cfg
-  flat = hf_convert.flatten(params)
+  flat = traverse_util.flatten_dict(params, sep="/")
   get = lambda path, layer: flat[path] if layer is None else flat[path][layer]
-  for t in hf_convert.hf_tensors(cfg):
+  for t in mapping.hf_tensors(cfg):
     np.testing.assert_array_equal(t.build(get), source[t.name], err_msg=t.name)
 
 

@@ -13,7 +13,9 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
+from flax import traverse_util
 
 CHECKPOINTS = "checkpoints"  # in a workdir: the orbax CheckpointManager directory
 
@@ -87,6 +89,16 @@ def _check_shapes(where: str, stored: Any, abstract_params: dict) -> None:
                        f"but this model needs {tuple(leaf.shape)}")
 
 
+def _pick_step(workdir: str | os.PathLike, steps, step: int | None) -> int:
+  """`step`, or the newest of `steps` when None; raises naming the workdir if there is none."""
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+  step = max(steps) if step is None else int(step)
+  if step not in steps:
+    raise FileNotFoundError(f"{workdir} has no checkpoint for step {step} (has {sorted(steps)})")
+  return step
+
+
 def restore_params(workdir: str | os.PathLike, abstract_params: dict, step: int | None = None) -> dict:
   """Only the params of W's latest (or given) checkpoint, cast to abstract_params' dtypes.
 
@@ -94,12 +106,7 @@ def restore_params(workdir: str | os.PathLike, abstract_params: dict, step: int 
   come back as numpy arrays on the host.
   """
   with _params_manager(workdir) as mngr:
-    steps = mngr.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-    step = max(steps) if step is None else int(step)
-    if step not in steps:
-      raise FileNotFoundError(f"{workdir} has no checkpoint for step {step} (has {sorted(steps)})")
+    step = _pick_step(workdir, mngr.all_steps(), step)
     _check_shapes(f"{checkpoint_dir(workdir)} step {step}", mngr.item_metadata(step)["params"].tree,
                   abstract_params)
     restore_args = jax.tree.map(
@@ -109,3 +116,43 @@ def restore_params(workdir: str | os.PathLike, abstract_params: dict, step: int 
     restored = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.PyTreeRestore(restore_args=restore_args)))
   return restored["params"]
+
+
+class ParamReader:
+  """The params of one checkpoint step, read one leaf, or one part of a leaf, at a time.
+
+  Nothing is restored up front: each leaf's tensorstore array is opened on first use (metadata
+  only), and `read` fetches only the storage chunks its index touches (one layer of a stacked leaf
+  that `hf import` wrote; up to a whole per-device shard of one that training wrote), so memory
+  stays near the part read instead of the param tree.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, abstract_params: dict, step: int | None = None):
+    with _params_manager(workdir) as mngr:
+      self.step = _pick_step(workdir, mngr.all_steps(), step)
+      metadata = mngr.item_metadata(self.step)["params"]
+    self.where = f"{checkpoint_dir(workdir)} step {self.step}"
+    _check_shapes(self.where, metadata.tree, abstract_params)
+    self._leaves = traverse_util.flatten_dict(metadata.tree, sep="/")
+    self.dtypes = {path: np.dtype(a.dtype)
+                   for path, a in traverse_util.flatten_dict(abstract_params, sep="/").items()}
+    self._use_zarr3 = metadata.use_zarr3
+    self._stores: dict[str, ts.TensorStore] = {}
+
+  def _store(self, path: str) -> ts.TensorStore:
+    if path not in self._stores:
+      leaf = self._leaves[path]
+      info = ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=epath.Path(leaf.directory),
+                                         use_zarr3=self._use_zarr3)
+      use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(leaf.directory)
+      spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=use_ocdbt)
+      context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
+      self._stores[path] = ts.open(spec, open=True, read=True, context=context).result()
+    return self._stores[path]
+
+  def read(self, path: str, index: tuple = ()) -> np.ndarray:
+    """Leaf `path` ("layers/attn/q/kernel") at `index` (e.g. (layer,)), in abstract_params' dtype."""
+    if path not in self.dtypes:
+      raise KeyError(f"{self.where}: no parameter {path} in this model")
+    value = self._store(path)[index].read().result()
+    return value.astype(self.dtypes[path], copy=False)

@@ -4,8 +4,9 @@ Each parameter is saved by orbax's own PyTreeCheckpointHandler (so metadata, OCD
 commit markers are the normal ones), but its leaves are `PendingLeaf` placeholders: a custom
 TypeHandler creates each leaf's tensorstore and fills it chunk by chunk straight from the
 safetensors files. Stacked leaves use one chunk per layer and are filled layer by layer; the
-embeddings and lm_head use chunks of about BLOCK_BYTES filled from row blocks of the HF tensor.
-The handler reports the type "np.ndarray", so the checkpoint is indistinguishable from a numpy save.
+embeddings and lm_head use chunks of about mapping.BLOCK_BYTES filled from row blocks of the HF
+tensor. The handler reports the type "np.ndarray", so the checkpoint is indistinguishable from a
+numpy save (and `hf export` later reads it back one chunk-sized piece at a time).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+from flax import traverse_util
 
-from phi4_jax.hf_convert import HfTensor, SafetensorsReader, unflatten
-
-# Row-block (and chunk) size for the embedding-sized leaves. Small, because glibc keeps freed
-# blocks under 32 MB in per-thread arenas: retained memory grows with the block size.
-BLOCK_BYTES = 4 * 2**20
+from phi4_jax.hf.mapping import HfTensor, block_rows, row_blocks
+from phi4_jax.hf.safetensors_io import SafetensorsReader
 
 
 class PendingLeaf:
@@ -31,14 +30,6 @@ class PendingLeaf:
   def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_shape: tuple[int, ...]):
     self.path, self.shape, self.dtype, self.chunk_shape = path, shape, np.dtype(dtype), chunk_shape
     self.nbytes = math.prod(shape) * self.dtype.itemsize
-
-
-def block_rows(t: HfTensor) -> int:
-  """Rows of HF tensor `t` read (and written) at once: all for layer tensors, else ~BLOCK_BYTES."""
-  if any(p.rows_axis is None for p in t.pieces):
-    return t.shape[0]
-  row_bytes = math.prod(t.shape[1:]) * 4  # sized for fp32 so chunks do not depend on the dtype
-  return max(1, min(t.shape[0], BLOCK_BYTES // row_bytes))
 
 
 def chunk_shapes(tensors: Sequence[HfTensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
@@ -80,16 +71,11 @@ class _StreamingHandler(ocp.type_handlers.NumpyHandler):
       stores[leaf.path] = await ts.open(ts.Spec(spec), create=True, open=True, context=info.ts_context)
       dtypes[leaf.path] = leaf.dtype
     for t in self._tensors:
-      rows = block_rows(t)
-      for start in range(0, t.shape[0], rows):
-        stop = min(start + rows, t.shape[0])
+      for start, stop in row_blocks(t):
         block = self._reader.read(t.name, start, stop)
         for p in t.pieces:
-          if p.layer is not None:
-            index = (p.layer,)
-          else:
-            index = (slice(None),) * p.rows_axis + (slice(start, stop),)
-          await stores[p.path][index].write(p.take(block).astype(dtypes[p.path], copy=False))
+          await stores[p.path][p.index(start, stop)].write(
+              p.take(block).astype(dtypes[p.path], copy=False))
         del block  # before the next read, so two blocks are never alive together
 
 
@@ -97,8 +83,8 @@ def save_streaming(directory: str, step: int, reader: SafetensorsReader, tensors
                    shapes: dict[str, tuple[int, ...]], dtype: np.dtype) -> None:
   """Writes checkpoint `step` under the CheckpointManager `directory` with one item, `params`."""
   chunks = chunk_shapes(tensors, shapes)
-  tree = unflatten({path: PendingLeaf(path, shape, dtype, chunks[path])
-                    for path, shape in shapes.items()})
+  tree = traverse_util.unflatten_dict(
+      {path: PendingLeaf(path, shape, dtype, chunks[path]) for path, shape in shapes.items()}, sep="/")
   type_registry = ocp.type_handlers.create_type_handler_registry(
       (PendingLeaf, _StreamingHandler(reader, tensors)))
   handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()

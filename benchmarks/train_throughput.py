@@ -19,7 +19,7 @@ torch.mm on square matrices) and gives each side's model FLOP/s
 Prints ONE JSON object to stdout; progress goes to stderr.
 
   python benchmarks/train_throughput.py            # project code vs torch (~6 min on 2 cores)
-  python benchmarks/train_throughput.py --quick    # tiny shape, smoke check (~40 s)
+  python benchmarks/train_throughput.py --quick    # tiny shape, smoke check
 
 Investigation flags (see benchmarks/README.md for what they showed):
   --xla_flags=STR                 appended to XLA_FLAGS before jax is imported (write it with "=")
@@ -172,8 +172,8 @@ def output_layer_matmul_seconds(cfg, batch: int, seq_len: int, loss_chunk: int, 
   """Median seconds of the output layer's three matmuls alone, as the fused loss runs them.
 
   Per sequence chunk: logits = h W, dh = logits W^T, dW += h^T logits (no softmax, no other
-  work): a lower bound for any step that runs these matmuls at these shapes. (Chunks of 1,024 or
-  4,096 rows with a [V, D] dW layout time 4.7-4.8 s at the benchmark shape, vs 5.1 here.)
+  work): a lower bound for any step that runs these matmuls at these shapes (other chunkings:
+  benchmarks/README.md).
   """
   import jax
   import jax.numpy as jnp

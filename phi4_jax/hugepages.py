@@ -4,9 +4,8 @@ glibc serves every allocation above 32 MiB with a fresh mmap and returns it on f
 multi-hundred-MiB temporaries of a CPU train step (logits chunks, gradients, optimizer updates)
 are faulted in 4 KiB at a time on every step. The tunable `glibc.malloc.hugetlb=1` makes malloc
 ask for 2 MiB pages on those mappings (on kernels whose THP mode is `madvise`; with `always` it is
-already so): writing a fresh 256 MiB malloc buffer takes 640 page faults instead of 65,537
-(tests/test_hugepages.py), and the throughput benchmark's train step went 12.3 -> 11.0 s on a
-2-core VM (benchmarks/README.md).
+already so): a fresh buffer is then faulted in 2 MiB at a time (tests/test_hugepages.py counts
+the faults; benchmarks/README.md has the train step's figures).
 
 glibc reads tunables only when a process starts, so `reexec_with_hugepages` runs the current
 command again, once, with the tunable added to GLIBC_TUNABLES. Setting `glibc.malloc.hugetlb`

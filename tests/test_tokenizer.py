@@ -1,4 +1,4 @@
-"""The Phi-4 tokenizer against PHI4.md's id table and an independently built cl100k_base."""
+"""The Phi-4 tokenizer against docs/RECIPE.md's id table and an independently built cl100k_base."""
 
 import hashlib
 import pickle
@@ -9,7 +9,7 @@ import tiktoken
 
 from phi4_jax import tokenizer
 
-# PHI4.md "Tokenizer" table, written out by hand.
+# docs/RECIPE.md "Tokenizer" table, written out by hand.
 EXPECTED_NAMED = {
     "<|dummy_0|>": 100256,
     "<|endoftext|>": 100257,

@@ -112,8 +112,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x)).
 
-  Tokens are flattened to [B*T, D] first: XLA's CPU backward of these matmuls on [B, T, D]
-  inputs took 1.9x as long as on [B*T, D] ones (benchmarks/README.md). The math is the same.
+  Tokens are flattened to [B*T, D] first: XLA's CPU backward of these matmuls is much slower on
+  [B, T, D] inputs (figures in benchmarks/README.md). The math is the same.
   """
 
   cfg: ModelConfig

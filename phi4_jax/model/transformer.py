@@ -110,8 +110,3 @@ def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, *, segment_ids: j
   """
   return Decoder(cfg, mesh).apply({"params": params}, tokens, segment_ids, positions, return_hidden)
 
-
-def lm_head(params: dict, hidden_BxTxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """The output projection alone, for losses that chunk over the vocabulary or sequence."""
-  kernel_DxV = params["lm_head"]["kernel"].astype(jnp.dtype(cfg.dtype))
-  return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(jnp.dtype(cfg.dtype)), kernel_DxV)

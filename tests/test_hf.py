@@ -184,6 +184,11 @@ def test_restore_reads_training_checkpoints(loaded, tmp_path):
                                   params["embed"]["embedding"] * expected)
   with pytest.raises(FileNotFoundError, match="step 5"):
     hf.restore_params(str(tmp_path), step=5)
+  hf.export_checkpoint(str(tmp_path), str(tmp_path / "hf"), step=3)  # read leaf by leaf
+  _, exported = hf.load(str(tmp_path / "hf"))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b * 3), exported, params)
+  with pytest.raises(FileNotFoundError, match="step 5"):
+    hf.export_checkpoint(str(tmp_path), str(tmp_path / "hf"), step=5)
 
 
 _PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
@@ -198,32 +203,35 @@ def _peak_rss_bytes(*command: str) -> int:
   return int(out.stdout.split()[-1]) * 1024
 
 
-def test_streaming_import_memory(tmp_path):
+def test_streaming_memory_both_directions(tmp_path):
+  """`import` and `export` each peak under the interpreter's baseline + 2 x the largest tensor."""
   cfg = model.ModelConfig(vocab_size=100_352, d_model=256, n_layers=2, n_heads=8, n_kv_heads=2,
                           head_dim=32, d_ff=512, max_seq_len=128)
   rng = np.random.default_rng(0)
   source = {t.name: rng.standard_normal(t.shape, dtype=np.float32) for t in mapping.hf_tensors(cfg)}
   total = sum(v.nbytes for v in source.values())
   largest = max(v.nbytes for v in source.values())
-  assert total > 200e6
-  hf_dir, workdir = tmp_path / "hf", tmp_path / "w"
+  assert total > 200e6 and largest > 100e6  # the whole model would not fit under the bound
+  hf_dir, workdir, out = tmp_path / "hf", tmp_path / "w", tmp_path / "out"
   hf_dir.mkdir()
   save_file(source, str(hf_dir / "model.safetensors"))
   (hf_dir / "config.json").write_text(json.dumps(hf.config_to_hf(cfg)))
 
-  baseline = _peak_rss_bytes(sys.executable, "-c", "import jax, orbax.checkpoint, phi4_jax.hf")
-  peak = _peak_rss_bytes(sys.executable, "-m", "phi4_jax.hf", "import", f"--hf_dir={hf_dir}",
-                         f"--out={workdir}")
-  print(f"streaming import: peak {peak / 1e6:.0f} MB, baseline {baseline / 1e6:.0f} MB, "
-        f"largest tensor {largest / 1e6:.0f} MB, model {total / 1e6:.0f} MB")
-  assert peak - baseline < 2 * largest
+  # The same modules and a started jax backend, as both conversions have, converting nothing.
+  baseline = _peak_rss_bytes(sys.executable, "-c", "import jax, phi4_jax.hf.__main__; jax.devices()")
+  cli = (sys.executable, "-m", "phi4_jax.hf")
+  peaks = {"import": _peak_rss_bytes(*cli, "import", f"--hf_dir={hf_dir}", f"--out={workdir}"),
+           "export": _peak_rss_bytes(*cli, "export", f"--workdir={workdir}", f"--out={out}")}
+  print(f"baseline {baseline / 1e6:.0f} MB, largest tensor {largest / 1e6:.0f} MB, model "
+        f"{total / 1e6:.0f} MB; peaks: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in peaks.items()))
+  for direction, peak in peaks.items():
+    assert peak <= baseline + 2 * largest, (direction, peak, baseline, largest)
 
-  cfg2, params = hf.restore_params(str(workdir))
-  assert cfg2 == cfg
-  flat = traverse_util.flatten_dict(params, sep="/")
-  get = lambda path, layer: flat[path] if layer is None else flat[path][layer]
-  for t in mapping.hf_tensors(cfg):
-    np.testing.assert_array_equal(t.build(get), source[t.name], err_msg=t.name)
+  exported = load_file(str(out / "model.safetensors"))
+  assert sorted(exported) == sorted(source)
+  for name, value in source.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  assert hf.read_config(str(out)) == cfg
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from phi4_jax import configs  # noqa: E402
-from phi4_jax.data import corpus, make_train_iterator, pipeline, plan  # noqa: E402
-from phi4_jax.data.sources import Skip  # noqa: E402
+from phi4_jax.data import corpus, make_train_iterator, measure, pipeline, planner  # noqa: E402
+from phi4_jax.data.sources import Skip, open_source  # noqa: E402
 from phi4_jax.tokenizer import Phi4Tokenizer  # noqa: E402
 
 
@@ -33,9 +33,9 @@ def _documents(config, start: dict, end: dict) -> list[str]:
   """Texts of the visits each source's stream pulled between two states."""
   cache = corpus.cache_dir(config.data)
   texts = []
-  for leaf in plan.leaves(config.data.sources):
-    source = pipeline.open_source(leaf, cache)
-    _, records = pipeline.documents_in_play(leaf, source, cache)
+  for leaf in planner.leaves(config.data.sources):
+    source = open_source(leaf, cache)
+    _, records = measure.documents_in_play(leaf, source, cache)
     order = pipeline.epoch_order(leaf.name, source, records, config.seed)
     texts += [t for t in source.read(order(start[leaf.name], end[leaf.name])) if not isinstance(t, Skip)]
   return texts

@@ -11,7 +11,8 @@ import pytest
 
 from phi4_jax import configs
 from phi4_jax.data import config as data_config
-from phi4_jax.data import make_train_iterator, pipeline, plan
+from phi4_jax.data import make_train_iterator, measure, planner
+from phi4_jax.data.sources import open_source
 from phi4_jax.data.order import EpochOrder
 from phi4_jax.tokenizer import Phi4Tokenizer
 
@@ -197,15 +198,15 @@ def test_midtraining_mixes_nested_replay_with_length_filtered_long_documents(dat
     full_rows = (ids == 0).all(axis=1)
     # documents of >= seq_len tokens: a row holds the end of one and the start of the next at most
     assert (b["segment_ids"][full_rows].max(axis=1, initial=0) <= 2).all()
-  expected = {l.name: l.fraction for l in plan.leaves(c.data.sources)}
+  expected = {l.name: l.fraction for l in planner.leaves(c.data.sources)}
   for name, count in zip(names, counts):
     assert abs(count / counts.sum() - expected[name]) < 0.01, name
   assert counts[names.index("long_full_row")] / counts.sum() == pytest.approx(0.2, abs=0.01)
   it.close()
   # the length filter, against an independent tokenization of every candidate document
   tok = Phi4Tokenizer()
-  leaf = {l.name: l for l in plan.leaves(c.data.sources)}["long_half_row"]
-  source = pipeline.open_source(leaf, data_cache)
-  _, records = pipeline.documents_in_play(leaf, source, data_cache)
+  leaf = {l.name: l for l in planner.leaves(c.data.sources)}["long_half_row"]
+  source = open_source(leaf, data_cache)
+  _, records = measure.documents_in_play(leaf, source, data_cache)
   lengths = np.array([len(tok.encode(t)) for t in source.read(range(len(source)))])
   np.testing.assert_array_equal(records, np.flatnonzero((lengths >= 512) & (lengths <= 1023)))

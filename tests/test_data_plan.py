@@ -9,7 +9,7 @@ import pytest
 
 from phi4_jax import configs
 from phi4_jax.data import config as data_config
-from phi4_jax.data import plan
+from phi4_jax.data import planner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PHI4.md Table 5, written out by hand: source -> epochs at 10T tokens.
@@ -24,7 +24,7 @@ def _config(sources, total_tokens=1000.0):
 
 def test_phi4_14b_preset_reproduces_table5_epochs():
   c = configs.load(os.path.join(REPO, "experiments/pretrain.py:phi4_14b"))
-  p = plan.make_plan(c)  # unique tokens are declared: nothing is read
+  p = planner.make_plan(c)  # unique tokens are declared: nothing is read
   assert p.total_tokens == pytest.approx(10e12, rel=1e-5)
   assert {s.name: round(s.epochs, 1) for s in p.sources} == TABLE5_EPOCHS
   assert sum(s.tokens for s in p.sources) == pytest.approx(p.total_tokens)
@@ -34,23 +34,23 @@ def test_epochs_by_hand_and_budget_from_steps():
   c = _config({"a": data_config.source("x", 0.25, unique_tokens=50.0),
                "b": data_config.source("y", 0.75, unique_tokens=300.0)}, total_tokens=0.0)
   c.steps, c.global_batch_size, c.seq_len = 10, 4, 100  # 4000 tokens
-  p = plan.make_plan(c)
+  p = planner.make_plan(c)
   assert [(s.name, s.tokens, s.epochs) for s in p.sources] == [("a", 1000.0, 20.0), ("b", 3000.0, 10.0)]
 
 
 def test_refuses_epochs_over_max_naming_the_source():
   c = _config({"web": data_config.source("x", 0.5, unique_tokens=100.0, max_epochs=4.0),
                "synthetic": data_config.source("y", 0.5, unique_tokens=100.0, max_epochs=6.0)})
-  with pytest.raises(plan.PlanError, match=r"'web'.*5\.00 times.*config\.data\.sources\.web\.max_epochs=4"):
-    plan.make_plan(c)
+  with pytest.raises(planner.PlanError, match=r"'web'.*5\.00 times.*config\.data\.sources\.web\.max_epochs=4"):
+    planner.make_plan(c)
 
 
 def test_refuses_fractions_not_summing_to_one():
   c = _config({"web": data_config.source("x", 0.5, unique_tokens=1.0),
                "code": data_config.source("y", 0.4, unique_tokens=1.0)})
   message = r"config\.data\.sources: fractions sum to 0\.9.*code=0\.4.*web=0\.5"
-  with pytest.raises(plan.PlanError, match=message):
-    plan.make_plan(c)
+  with pytest.raises(planner.PlanError, match=message):
+    planner.make_plan(c)
 
 
 def test_nested_mixture_multiplies_fractions_and_checks_each_level():
@@ -58,17 +58,17 @@ def test_nested_mixture_multiplies_fractions_and_checks_each_level():
            "code": data_config.source("y", 0.75, unique_tokens=10.0)}
   c = _config({"long": data_config.source("z", 0.3, unique_tokens=10.0),
                "replay": data_config.mixture(0.7, inner)})
-  assert {l.name: l.fraction for l in plan.leaves(c.data.sources)} == pytest.approx(
+  assert {l.name: l.fraction for l in planner.leaves(c.data.sources)} == pytest.approx(
       {"long": 0.3, "replay/code": 0.525, "replay/web": 0.175})
   c.data.sources.replay.sources.code.fraction = 0.5
   message = r"config\.data\.sources\.replay\.sources: fractions sum to 0\.75"
-  with pytest.raises(plan.PlanError, match=message):
-    plan.leaves(c.data.sources)
+  with pytest.raises(planner.PlanError, match=message):
+    planner.leaves(c.data.sources)
 
 
 def test_midtrain_preset_is_30_percent_long_70_percent_replay():
   c = configs.load(os.path.join(REPO, "experiments/midtrain.py:phi4_14b"))
-  leaves = {l.name: l for l in plan.leaves(c.data.sources)}
+  leaves = {l.name: l for l in planner.leaves(c.data.sources)}
   assert c.seq_len == 16384
   assert leaves["long_half_row"].cfg.min_doc_tokens == 8192
   assert leaves["long_full_row"].cfg.min_doc_tokens == 16384

@@ -125,7 +125,8 @@ def test_pipeline_start_errors_name_the_source(tmp_path):
     make_train_iterator(c)
   (tmp_path / "x.csv").write_text("a,b\n")
   c.data.sources.web.globs = f"{tmp_path}/*.csv"
-  with pytest.raises(ValueError, match=r"config\.data\.sources\.web: unknown format"):
+  with pytest.raises(ValueError, match=r"config\.data\.sources\.web\.format: is '' .*x\.csv has "
+                     r"none of a known format"):
     make_train_iterator(c)
   c.data.sources.web.globs = "corpus:nope"
   with pytest.raises(ValueError, match=r"embedded corpus has no source 'nope'"):

@@ -10,53 +10,47 @@ In a shard, per source: a grain `MapDataset` whose element b is the tokenized b-
 plan), sliced b = shard mod shards, read by grain threads (`read_threads`) or worker processes
 (`worker_count`, mp_prefetch). Elements are pure functions of their index, so the stream is the
 same whatever the number of threads or workers. Then: pack each source into rows (packing.py) and
-mix rows by token fraction (mixture.py).
+mix rows by token fraction (mixture.py). config.data is checked first (check.py), the documents
+in play measured where needed (measure.py) and the epochs planned (planner.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 
 import grain
 import ml_collections
 import numpy as np
 from absl import flags as absl_flags
 
-from phi4_jax.data import corpus, measure
+from phi4_jax.data import corpus
+from phi4_jax.data.check import check_config
+from phi4_jax.data.measure import documents_in_play
 from phi4_jax.data.mixture import MixIterator
 from phi4_jax.data.order import EpochOrder
 from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS, PackedRowsIterator, make_row
-from phi4_jax.data.plan import Leaf, PlanError, leaves, make_plan
-from phi4_jax.data.sources import Skip, Source, resolve_globs
+from phi4_jax.data.planner import Leaf, leaves, make_plan
+from phi4_jax.data.sources import Skip, Source, open_source
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 
-class DocBatches(grain.MapDataset):
-  """Element b: documents of visits [b * D, (b + 1) * D) tokenized and concatenated.
+class TokenizeBatch:
+  """Batch b of a source's visits -> its documents tokenized and concatenated (a grain map).
 
   {"tokens": int32 [n] (each document followed by <|endoftext|>), "lengths": int32 [docs],
-   "visits_end": first visit after this batch, "skipped": [(reason, "file:line")]}.
+   "visits_end": first visit after this batch, "skipped": [(reason, "file:line")]}. A pure
+  function of b, so the stream is the same whatever the threads or worker processes.
   """
 
   def __init__(self, source: Source, order: EpochOrder, visits: int, docs_per_batch: int,
                tokenizer_threads: int):
-    super().__init__()
     self.source, self.order, self.visits = source, order, visits
     self.docs_per_batch, self.tokenizer_threads = docs_per_batch, tokenizer_threads
     self.tokenizer = Phi4Tokenizer()
 
-  def __len__(self) -> int:
-    return -(-self.visits // self.docs_per_batch)
-
-  def __str__(self) -> str:
-    return f"DocBatches({self.source.name}, visits={self.visits})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    start = index * self.docs_per_batch
+  def __call__(self, b: int) -> dict:
+    start = b * self.docs_per_batch
     end = min(start + self.docs_per_batch, self.visits)
     texts = self.source.read(self.order(start, end))
     docs = [t for t in texts if not isinstance(t, Skip)]
@@ -72,44 +66,14 @@ class DocBatches(grain.MapDataset):
             "skipped": [tuple(t) for t in texts if isinstance(t, Skip)]}
 
 
-def open_source(leaf: Leaf, cache_dir: str) -> Source:
-  globs = corpus.resolve(leaf.cfg.globs, cache_dir)
-  return Source(leaf.name, resolve_globs(globs, f"{leaf.field}.globs"), leaf.cfg.format,
-                leaf.cfg.text_field, cache_dir, leaf.field)
+def doc_batches(tokenize: TokenizeBatch) -> grain.MapDataset:
+  """Element b: batch b of `tokenize.docs_per_batch` visits, tokenized."""
+  return grain.MapDataset.range(-(-tokenize.visits // tokenize.docs_per_batch)).map(tokenize)
 
 
-def documents_in_play(leaf: Leaf, source: Source,
-                      cache_dir: str) -> tuple[float, np.ndarray | None]:
-  """(unique tokens counted from the files, or 0 when declared and unfiltered; record ids passing
-  the length filter, or None = all records)."""
-  cfg = leaf.cfg
-  filtered = cfg.min_doc_tokens > 0 or cfg.max_doc_tokens > 0
-  if cfg.unique_tokens > 0 and not filtered:
-    return 0.0, None
-  lengths = measure.doc_lengths(source, cache_dir)
-  records = measure.kept_records(lengths, cfg.min_doc_tokens, cfg.max_doc_tokens) if filtered else None
-  unique = float(lengths.sum() if records is None else lengths[records].sum())
-  if filtered and not len(records):
-    raise PlanError(f"{leaf.field}: no document of source {leaf.name!r} has "
-                    f"{cfg.min_doc_tokens}..{cfg.max_doc_tokens or 'any'} tokens")
-  return unique, records
-
-
-def unique_tokens_measurer(config: ml_collections.ConfigDict) -> Callable[[Leaf], float]:
-  """For the planner: counts a source's unique tokens (cached) when the config leaves them 0."""
-  cache_dir = corpus.cache_dir(config.data)
-  return lambda leaf: documents_in_play(leaf, open_source(leaf, cache_dir), cache_dir)[0]
-
-
-def _check(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> int:
-  """Validates config.data for this process; returns the number of logical data shards."""
+def _shards(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> int:
+  """The number of logical data shards, checked against this run's processes and batch."""
   d = config.data
-  for field, low in (("docs_per_batch", 1), ("read_threads", 0), ("tokenizer_threads", 1),
-                     ("prefetch", 0), ("worker_count", 0)):
-    if int(d[field]) < low:
-      raise ValueError(f"config.data.{field}: must be >= {low}, got {d[field]}")
-  if d.epoch_margin < 0:
-    raise ValueError(f"config.data.epoch_margin: must be >= 0, got {d.epoch_margin}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   shards = int(d.shards) or process_count
@@ -144,11 +108,12 @@ def _stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarr
   d = config.data
   order = epoch_order(leaf.name, source, records, config.seed)
   visits = math.ceil(stream_epochs(epochs, d.epoch_margin, leaf.cfg.max_epochs) * order.n)
-  batches = DocBatches(source, order, visits, d.docs_per_batch, d.tokenizer_threads)
+  batches = doc_batches(TokenizeBatch(source, order, visits, d.docs_per_batch, d.tokenizer_threads))
   ds = batches[shard::shards].to_iter_dataset(
       grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch))
   if d.worker_count:
-    if not absl_flags.FLAGS.is_parsed():  # grain reads its absl flags; outside absl.app use defaults
+    if not absl_flags.FLAGS.is_parsed():  # grain's workers read its absl flags: outside absl.app
+      # (tests, notebooks, the benchmark) nothing parsed them, so use their defaults
       absl_flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
                                                      per_worker_buffer_size=max(d.prefetch, 1)))
@@ -166,7 +131,7 @@ class TrainIterator(grain.DatasetIterator):
   def __init__(self, mixers: dict[int, MixIterator], rows_per_shard: int, seq_len: int,
                unique_tokens: dict[str, float], shards: int):
     super().__init__(list(mixers.values()))
-    self._mixers, self._rows_per_shard, self._seq_len = mixers, rows_per_shard, seq_len
+    self._mixers, self._rows_per_shard = mixers, rows_per_shard
     self.source_names = tuple(s.name for s in next(iter(mixers.values())).streams)
     self._unique_tokens, self._shards = unique_tokens, shards
     self._batches = 0
@@ -232,12 +197,13 @@ def progress_from_state(state: dict) -> dict:
 def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
                         process_count: int = 1) -> TrainIterator:
   """This jax process's batches of `config` (see module docstring); errors name config fields."""
-  shards = _check(config, process_index, process_count)
+  check_config(config)
+  shards = _shards(config, process_index, process_count)
   cache_dir = corpus.cache_dir(config.data)
   leafs = leaves(config.data.sources)
   opened = {leaf.name: open_source(leaf, cache_dir) for leaf in leafs}
   in_play = {leaf.name: documents_in_play(leaf, opened[leaf.name], cache_dir) for leaf in leafs}
-  plan = make_plan(config, lambda leaf: in_play[leaf.name][0])
+  plan = make_plan(config, {name: unique for name, (unique, _) in in_play.items()})
   mine = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
   mixers = {shard: MixIterator([_stream(leaf, source_id, config, p.epochs, in_play[leaf.name][1],
                                         opened[leaf.name], shard, shards)

@@ -22,24 +22,26 @@ from typing import NamedTuple
 
 import numpy as np
 
+from phi4_jax.data import corpus
+from phi4_jax.data.planner import Leaf
+
 FORMATS = ("jsonl", "jsonl.gz", "parquet", "arrayrecord")
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
                ".parquet": "parquet", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord"}
-SKIP_REASONS = ("malformed_json", "missing_field", "invalid_utf8", "empty")
 
 
 class Skip(NamedTuple):
-  reason: str  # one of SKIP_REASONS
+  reason: str  # malformed_json | missing_field | invalid_utf8 | empty
   where: str  # "path:line" (jsonl) or "path:row N" / "path:record N"
 
 
-LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, later ones only counted
+_LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, later ones only counted
 
 
 def count_skip(counts: dict[str, int], source: str, skip: Skip) -> None:
   """Counts a skipped record by reason, and logs where it is while few have been skipped."""
   counts[skip.reason] = counts.get(skip.reason, 0) + 1
-  if sum(counts.values()) <= LOGGED_SKIPS:
+  if sum(counts.values()) <= _LOGGED_SKIPS:
     logging.warning("source %s: skipped %s (%s)", source, skip.where, skip.reason)
 
 
@@ -273,3 +275,10 @@ class Source:
       for k, text in zip(where.tolist(), self.readers[f].read(local)):
         out[k] = text
     return out
+
+
+def open_source(leaf: Leaf, cache_dir: str) -> Source:
+  """The documents of a leaf of config.data.sources (`corpus:<name>` globs build the corpus)."""
+  globs = corpus.resolve(leaf.cfg.globs, cache_dir)
+  return Source(leaf.name, resolve_globs(globs, f"{leaf.field}.globs"), leaf.cfg.format,
+                leaf.cfg.text_field, cache_dir, leaf.field)

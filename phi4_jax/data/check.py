@@ -1,0 +1,127 @@
+"""Checking a stage's `config.data` before anything trains: fields, fractions, files.
+
+Cheap and read-only: field types and ranges, unknown fields, the mixture's fractions at every
+level, that each source's globs match files of a known format (or name an embedded corpus source,
+without building it), and, when every source declares its unique tokens, the plan itself (so a
+`max_epochs` refusal surfaces too). Each message names the full field, e.g.
+`config.data.sources.web.fraction: must be in [0, 1], got 1.5`. train/config.py's `validate`
+calls it for every stage of a recipe before the first trains.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import ml_collections
+
+from phi4_jax.data import config as data_config
+from phi4_jax.data import corpus
+from phi4_jax.data.planner import SOURCES_FIELD, budget, leaves, make_plan
+from phi4_jax.data.sources import FORMATS, detect_format, resolve_globs
+
+_SOURCE_FIELDS = frozenset(data_config.source("", 0.0))
+_MIXTURE_FIELDS = frozenset(data_config.mixture(0.0, {}))
+_DATA_FIELDS = frozenset(data_config.data({}))
+# field -> (type, smallest value); a float field accepts ints too
+_DATA_RANGES = {"total_tokens": (float, 0), "epoch_margin": (float, 0), "docs_per_batch": (int, 1),
+                "read_threads": (int, 0), "tokenizer_threads": (int, 1), "prefetch": (int, 0),
+                "worker_count": (int, 0), "shards": (int, 0)}
+_SOURCE_RANGES = {"fraction": (float, 0), "unique_tokens": (float, 0), "max_epochs": (float, 0),
+                  "min_doc_tokens": (int, 0), "max_doc_tokens": (int, 0)}
+
+
+def _fail(field: str, message: str) -> None:
+  raise ValueError(f"{field}: {message}")
+
+
+def _number(field: str, value, kind: type, low: float) -> None:
+  ok = isinstance(value, int) if kind is int else isinstance(value, Real)
+  if isinstance(value, bool) or not ok:
+    _fail(field, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+  if math.isnan(value) or value < low:
+    _fail(field, f"must be >= {low}, got {value}")
+
+
+def _string(field: str, value) -> None:
+  if not isinstance(value, str):
+    _fail(field, f"must be a string, got {value!r}")
+
+
+def _fields(field: str, node, known: frozenset, builder: str) -> None:
+  """No unknown field (a typo would be ignored) and none missing (the pipeline reads them all)."""
+  extra = sorted(set(node) - known)
+  if extra:
+    _fail(f"{field}.{extra[0]}", f"unknown field (known: {', '.join(sorted(known))})")
+  missing = sorted(known - set(node))
+  if missing:
+    _fail(f"{field}.{missing[0]}", f"missing (data/config.py's {builder} gives every field its "
+          "default)")
+
+
+def _check_files(field: str, cfg: ml_collections.ConfigDict) -> None:
+  """Each comma-separated glob matches files of a known format, or names a corpus source."""
+  parts = [g.strip() for g in cfg.globs.split(",") if g.strip()]
+  if not parts:
+    _fail(f"{field}.globs", "no path globs given")
+  for part in parts:
+    if part.startswith("corpus:"):
+      name = part[len("corpus:"):]
+      if name not in corpus.BUDGET_BYTES:
+        _fail(f"{field}.globs", f"{part!r}: the embedded corpus has no source {name!r} "
+              f"(it has {', '.join(corpus.BUDGET_BYTES)})")
+      continue
+    for path in resolve_globs(part, f"{field}.globs"):
+      if not cfg.format and detect_format(path) is None:
+        _fail(f"{field}.format", f"is '' (from the extension), but {path} has none of a known "
+              f"format ({', '.join(FORMATS)}): set it")
+
+
+def _check_source(field: str, cfg: ml_collections.ConfigDict, files: bool) -> None:
+  _fields(field, cfg, _SOURCE_FIELDS, "source(...)")
+  for name in ("globs", "format", "text_field"):
+    _string(f"{field}.{name}", cfg[name])
+  for name, (kind, low) in _SOURCE_RANGES.items():
+    _number(f"{field}.{name}", cfg[name], kind, low)
+  if cfg.format and cfg.format not in FORMATS:
+    _fail(f"{field}.format", f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)}; '' = "
+          "from each file's extension)")
+  if cfg.max_doc_tokens and cfg.min_doc_tokens > cfg.max_doc_tokens:
+    _fail(f"{field}.min_doc_tokens", f"{cfg.min_doc_tokens} is over {field}.max_doc_tokens="
+          f"{cfg.max_doc_tokens} (0 = no limit): no document can pass")
+  if files:
+    _check_files(field, cfg)
+
+
+def _check_sources(field: str, sources, files: bool) -> None:
+  """Every node of a (nested) mixture: a source, or a mixture with `fraction` and `sources`."""
+  if not isinstance(sources, ml_collections.ConfigDict) or not sources:
+    _fail(field, f"must name at least one source, got {sources!r}")
+  for name in sorted(sources):
+    node, at = sources[name], f"{field}.{name}"
+    if not isinstance(node, ml_collections.ConfigDict) or "fraction" not in node:
+      _fail(at, "must be a source (data/config.py source(...)) or a mixture (mixture(...)) with a "
+            "fraction")
+    if "sources" in node:
+      _fields(at, node, _MIXTURE_FIELDS, "mixture(...)")
+      _number(f"{at}.fraction", node.fraction, float, 0)
+      _check_sources(f"{at}.sources", node.sources, files)
+    else:
+      _check_source(at, node, files)
+
+
+def check_config(config: ml_collections.ConfigDict, files: bool = True) -> None:
+  """Raises ValueError (PlanError for the mixture's fractions and plan) naming the first bad field
+  of config.data; files=False skips looking for each source's files."""
+  if "data" not in config or not isinstance(config.data, ml_collections.ConfigDict):
+    _fail("config.data", "missing: a stage needs data/config.py's data(...)")
+  d = config.data
+  _fields("config.data", d, _DATA_FIELDS, "data(...)")
+  for name, (kind, low) in _DATA_RANGES.items():
+    _number(f"config.data.{name}", d[name], kind, low)
+  _string("config.data.cache_dir", d.cache_dir)
+  _check_sources(SOURCES_FIELD, d.sources, files)
+  found = leaves(d.sources)  # fractions in [0, 1], summing to 1 at every level
+  budget(config)
+  if all(leaf.cfg.unique_tokens > 0 for leaf in found):
+    make_plan(config)  # every source declares its unique tokens: the plan needs no files

@@ -14,7 +14,7 @@ import ml_collections
 
 from experiments import pretrain
 from phi4_jax.data import config as data_config
-from phi4_jax.train.config import model_fields
+from phi4_jax.model import ModelConfig
 
 LONG_FRACTION, LONG_FULL_ROW_SHARE = 0.30, 2 / 3  # long documents; of them, those filling a row
 MIDTRAIN_ROPE_THETA = 250_000.0  # the released phi-4 value, set at midtraining
@@ -47,8 +47,8 @@ def get_config(arg: str = "colab") -> ml_collections.ConfigDict:
   presets = {name: {**p, "peak_lr": pretrain.PRESETS[name]["peak_lr"] * LR_RATIO}
              for name, p in PRESETS.items()}
   config = pretrain.stage_config(arg, presets, "midtrain")
-  config.model = model_fields(arg, rope_theta=MIDTRAIN_ROPE_THETA,
-                              max_seq_len=max(config.seq_len, 16_384))
+  config.model = ModelConfig.preset(arg, rope_theta=MIDTRAIN_ROPE_THETA,
+                                    max_seq_len=max(config.seq_len, 16_384)).to_config_dict()
   paper_scale = arg == "phi4_14b"
   long_globs = "$PHI4_DATA/long/*.parquet" if paper_scale else "corpus:long,corpus:code"
   config.data = data_config.data({

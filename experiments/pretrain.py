@@ -12,7 +12,8 @@ Table 5's unique tokens declared.
 import ml_collections
 
 from phi4_jax.data import config as data_config
-from phi4_jax.train.config import base_config, model_fields, optimizer_fields
+from phi4_jax.model import ModelConfig
+from phi4_jax.train.config import base_config, optimizer_fields
 
 # Table 5: source -> (fraction of training tokens, unique tokens). Data, not code.
 TABLE5 = {
@@ -34,7 +35,7 @@ PRESETS = {
     "test": dict(seq_len=512, global_batch_size=8, steps=256, peak_lr=1e-3, warmup=16,
                  mesh=(1, -1, 1), microbatches=1),  # 1.05M tokens
     "colab": dict(seq_len=256, global_batch_size=8, steps=80, peak_lr=3e-3, warmup=8,
-                  mesh=(1, -1, 1), microbatches=1),  # 164K tokens, ~4 minutes on 2 CPU cores
+                  mesh=(1, -1, 1), microbatches=1),  # 164K tokens: a laptop CPU
     "1b": dict(seq_len=4096, global_batch_size=256, steps=20_000, peak_lr=3e-4, warmup=1_000,
                mesh=(1, -1, 1), microbatches=4),  # 21B tokens, one 8-GPU host
     "phi4_14b": dict(seq_len=4096, global_batch_size=5760, steps=423_856, peak_lr=3e-4, warmup=4_000,
@@ -69,6 +70,6 @@ def stage_config(arg: str, presets: dict, stage: str) -> ml_collections.ConfigDi
 
 def get_config(arg: str = "colab") -> ml_collections.ConfigDict:
   config = stage_config(arg, PRESETS, "pretrain")
-  config.model = model_fields(arg, rope_theta=PRETRAIN_ROPE_THETA)
+  config.model = ModelConfig.preset(arg, rope_theta=PRETRAIN_ROPE_THETA).to_config_dict()
   config.data = data_config.data(table5_sources(paper_scale=arg == "phi4_14b"))
   return config

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from typing import Any
+
+import ml_collections
 
 # Logical axis -> mesh axes. Parameters and activations are annotated with the
 # logical names on the left; a run maps them onto its Mesh(data, fsdp, tensor).
@@ -55,26 +58,12 @@ class ModelConfig:
   axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_AXIS_RULES  # logical -> mesh axes
 
   def __post_init__(self):
-    self.validate()
+    values = _checked(_values(self), "ModelConfig")
+    object.__setattr__(self, "axis_rules", values["axis_rules"])  # lists -> tuples (hashable)
 
-  def validate(self) -> None:
-    """Raises ValueError naming the offending field."""
-    positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                "max_seq_len", "attention_block")
-    for name in positive:
-      if int(getattr(self, name)) <= 0:
-        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
-    if self.n_heads % self.n_kv_heads:
-      raise ValueError(f"ModelConfig.n_heads ({self.n_heads}) must be a multiple of "
-                       f"ModelConfig.n_kv_heads ({self.n_kv_heads})")
-    if self.head_dim % 2:
-      raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
-    if self.rope_theta <= 0:
-      raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta}")
-    for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES),
-                          ("remat_policy", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+  def validate(self, where: str = "ModelConfig") -> None:
+    """Raises ValueError naming the offending field as `<where>.<field>`."""
+    _checked(_values(self), where)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -86,25 +75,97 @@ class ModelConfig:
   def replace(self, **overrides) -> "ModelConfig":
     return dataclasses.replace(self, **overrides)
 
-  def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["axis_rules"] = [list(r) for r in self.axis_rules]
-    return d
+  def to_config_dict(self) -> ml_collections.ConfigDict:
+    """Every field, as a stage config's `model`: `--config.model.<field>=v` sets any of them
+    (axis_rules whole, e.g. --config.model.axis_rules="(('embed', None), ('mlp', 'tensor'))")."""
+    return ml_collections.ConfigDict(_values(self))
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+  def from_config_dict(cls, model: ml_collections.ConfigDict) -> "ModelConfig":
+    """A stage config's `model` back to a ModelConfig; errors name `config.model.<field>`."""
+    return cls.from_dict(model.to_dict(), where="config.model")
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields (axis_rules as lists)."""
+    return json.loads(json.dumps(_values(self)))
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any], where: str = "ModelConfig") -> "ModelConfig":
+    """Fields (a subset; the rest keep their defaults) -> ModelConfig; errors name `<where>.<field>`."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(known))
     if unknown:
-      raise ValueError(f"unknown ModelConfig fields: {unknown}")
-    d = dict(d)
-    if "axis_rules" in d:
-      d["axis_rules"] = tuple(
-          (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in d["axis_rules"])
-    return cls(**d)
+      raise ValueError(f"unknown {where} fields: {', '.join(f'{where}.{n}' for n in unknown)} "
+                       f"(known: {', '.join(known)})")
+    values = {f.name: f.default for f in dataclasses.fields(cls)}
+    values.update(d)
+    return cls(**_checked(values, where))
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=1)
+
+
+def _values(cfg: ModelConfig) -> dict[str, Any]:
+  return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
+  """values with axis_rules normalised; raises ValueError naming `<where>.<field>`."""
+  for f in dataclasses.fields(ModelConfig):
+    if f.name != "axis_rules" and not _type_ok(values[f.name], f.default):
+      raise ValueError(f"{where}.{f.name} must be of type {type(f.default).__name__}, got {values[f.name]!r}")
+  positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+              "max_seq_len", "attention_block")
+  for name in positive:
+    if values[name] <= 0:
+      raise ValueError(f"{where}.{name} must be positive, got {values[name]}")
+  if values["n_heads"] % values["n_kv_heads"]:
+    raise ValueError(f"{where}.n_heads ({values['n_heads']}) must be a multiple of "
+                     f"{where}.n_kv_heads ({values['n_kv_heads']})")
+  if values["head_dim"] % 2:
+    raise ValueError(f"{where}.head_dim must be even for RoPE, got {values['head_dim']}")
+  if values["rope_theta"] <= 0:
+    raise ValueError(f"{where}.rope_theta must be positive, got {values['rope_theta']}")
+  for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES),
+                        ("remat_policy", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
+    if values[name] not in allowed:
+      raise ValueError(f"{where}.{name} must be one of {allowed}, got {values[name]!r}")
+  return {**values, "axis_rules": _axis_rules(values["axis_rules"], f"{where}.axis_rules")}
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  """Whether value has the type of the field's default (an int is a float; a bool only a bool)."""
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(default, bool) and isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, numbers.Integral)
+  if isinstance(default, float):
+    return isinstance(value, numbers.Real)
+  return isinstance(value, type(default))
+
+
+def _axis_rules(rules: Any, where: str) -> tuple[tuple[str, Any], ...]:
+  """(logical name, mesh axes) pairs, lists made tuples; mesh axes are None, a name or names."""
+  example = "pairs like ('embed', 'fsdp'), ('activation_batch', ('data', 'fsdp')), ('layers', None)"
+  if isinstance(rules, (str, bytes)) or not isinstance(rules, (list, tuple)):
+    raise ValueError(f"{where} must be a tuple of {example}; got {rules!r}")
+  out = []
+  for rule in rules:
+    if not isinstance(rule, (list, tuple)) or len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"{where}: {rule!r} is not a (logical name, mesh axes) pair; use {example}")
+    name, axes = rule
+    if isinstance(axes, (list, tuple)):
+      axes = tuple(axes)
+    if not (axes is None or isinstance(axes, str)
+            or isinstance(axes, tuple) and all(isinstance(a, str) for a in axes)):
+      raise ValueError(f"{where}: rule {name!r} maps to {axes!r}; mesh axes are None, a mesh axis "
+                       "name or a tuple of names")
+    out.append((name, axes))
+  names = [name for name, _ in out]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"{where}: logical axes {repeated} have more than one rule")
+  return tuple(out)
 
 
 PRESETS: dict[str, ModelConfig] = {

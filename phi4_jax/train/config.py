@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
 from phi4_jax.model import ModelConfig
-
-
-def model_fields(preset: str, **overrides) -> ml_collections.ConfigDict:
-  """Every ModelConfig field of a preset as a ConfigDict, so `--config.model.x=v` can set any."""
-  cfg = ModelConfig.preset(preset, **overrides)
-  fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "axis_rules"}
-  return ml_collections.ConfigDict(fields)
 
 
 def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
@@ -56,7 +47,21 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  return ModelConfig(**config.model.to_dict())
+  """The stage's `model` (every ModelConfig field, see ModelConfig.to_config_dict) as a ModelConfig;
+  a bad value raises ValueError naming config.model.<field>."""
+  if "model" not in config:
+    _fail("model", "missing: a stage config needs ModelConfig.preset(...).to_config_dict()")
+  return ModelConfig.from_config_dict(config.model)
+
+
+def _check_axis_rules(cfg: ModelConfig) -> None:
+  """Every mesh axis named in cfg.axis_rules is one of the mesh's."""
+  from phi4_jax.model.sharding import MESH_AXES
+  for name, axes in cfg.axis_rules:
+    for axis in (axes,) if isinstance(axes, str) else axes or ():
+      if axis not in MESH_AXES:
+        _fail("model.axis_rules", f"rule {name!r} maps to mesh axis {axis!r}; the mesh axes are "
+              f"{MESH_AXES}")
 
 
 def _fail(field: str, message: str) -> None:
@@ -77,10 +82,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   for field in ("steps", "seq_len", "global_batch_size", "microbatches", "log_every", "checkpoint_every"):
     if int(config[field]) <= 0:
       _fail(field, f"must be positive, got {config[field]}")
-  try:
-    cfg = model_config(config)
-  except (TypeError, ValueError) as e:
-    _fail("model", str(e))
+  cfg = model_config(config)
+  _check_axis_rules(cfg)
   try:
     data, fsdp, _ = resolve_mesh_shape(config.mesh_shape, num_devices)
   except ValueError as e:
@@ -104,3 +107,5 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
     _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
   if check_init_from and config.init_from and latest_step(config.init_from) is None:
     raise FileNotFoundError(f"config.init_from: no checkpoint under {checkpoint_dir(config.init_from)}")
+  from phi4_jax.data import check_config
+  check_config(config)  # config.data's fields, fractions and files (a recipe checks every stage)

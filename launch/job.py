@@ -7,6 +7,8 @@ import os
 
 import ml_collections
 
+from phi4_jax import configs
+
 COORDINATION_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
 
@@ -32,20 +34,9 @@ class Job:
     return values[-1] if values else ""
 
 
-def flag_value(value) -> str:
-  """A Python value as ml_collections' config_flags parses it back (`--config.key=<this>`)."""
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, (tuple, list)):
-    return repr(tuple(value))
-  return value if isinstance(value, str) else repr(value)
-
-
 def make(config: str, overrides: dict | None, workdir: str) -> Job:
   """The flags for `config` (a `file.py:arg` spec) with dotted-key overrides, run in workdir."""
-  args = [f"--config={config}"]
-  args += [f"--config.{key}={flag_value(value)}" for key, value in (overrides or {}).items()]
-  return Job((*args, f"--workdir={workdir}"))
+  return Job((*configs.config_args(config, overrides), f"--workdir={workdir}"))
 
 
 def check_shared_workdir(job: Job) -> None:
@@ -60,19 +51,12 @@ def check_shared_workdir(job: Job) -> None:
 
 
 def parse(job: Job) -> ml_collections.ConfigDict:
-  """The config phi4_jax.main would build from these flags (the same absl parsing)."""
-  from absl import flags
-  from ml_collections import config_flags
-  argv = ["phi4_jax.main", *job.args]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  """The config phi4_jax.main builds from these flags (its own parsing: configs.parse_args)."""
+  from phi4_jax import main
   try:
-    flag_values(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    return configs.parse_args(job.args, main.define_run_flags)
+  except ValueError as e:
     raise ValueError(f"training flags {list(job.args)}: {e}") from e
-  return flag_values.config
 
 
 def check(job: Job, num_devices: int | None = None) -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """Config sweeps: one base config, overrides per point, each point a run in its own workdir.
 
-A sweep file (experiments/sweeps/<name>.py) defines `get_sweep(arg) -> Sweep`.
+A sweep file (experiments/sweeps/<name>.py) defines `get_sweep(arg) -> Sweep` (phi4_jax/sweeps.py).
 
   python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py      # locally, in runs/<name>
   python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py --target=slurm \
@@ -16,97 +16,33 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import functools
 import io
-import itertools
 import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 
 from launch import cluster, job as job_lib, local
-from phi4_jax import configs
+from phi4_jax import sweeps
+from phi4_jax.sweeps import Point, Sweep
 
 SWEEP_FILE = "sweep.json"
 _print = functools.partial(print, flush=True)  # ordered with the points' own output
 
 
-@dataclasses.dataclass(frozen=True)
-class Point:
-  name: str  # its workdir under the sweep's, and its run name
-  labels: dict  # axis -> value: the summary's columns
-  overrides: dict  # dotted config key -> value
+def job(sweep: Sweep, point: Point, root: str) -> job_lib.Job:
+  """The point's phi4_jax.main flags, run in root/<point>."""
+  return job_lib.Job(sweep.args(point, os.path.join(root, point.name)))
 
 
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-  name: str
-  config: str  # the base config, "experiments/<stage>.py:<preset>"
-  points: tuple[Point, ...]
-  overrides: dict = dataclasses.field(default_factory=dict)  # applied to every point first
-
-  def __post_init__(self):
-    object.__setattr__(self, "points", tuple(self.points))
-    if not self.points:
-      raise ValueError(f"sweep {self.name!r} has no points")
-    names = [p.name for p in self.points]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-      raise ValueError(f"sweep {self.name!r} has several points named {duplicates}")
-
-  def overrides_of(self, point: Point) -> dict:
-    return {**self.overrides, **point.overrides}
-
-  def point_config(self, point: Point) -> ml_collections.ConfigDict:
-    return configs.load(self.config, self.overrides_of(point))
-
-  def job(self, point: Point, root: str) -> job_lib.Job:
-    return job_lib.make(self.config, self.overrides_of(point), os.path.join(root, point.name))
-
-
-def _label(value: Any) -> str:
-  return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def axis(key: str, values: Iterable) -> dict:
-  """An axis setting one dotted config key: {value: {key: value}}."""
-  return {v: {key: v} for v in values}
-
-
-def grid(**axes: Mapping[Any, dict]) -> tuple[Point, ...]:
-  """The product of axes, each {label: overrides}; points are named like `lr=0.001_synthetic=0.4`."""
-  points = []
-  for combo in itertools.product(*(list(a.items()) for a in axes.values())):
-    labels = {name: label for name, (label, _) in zip(axes, combo)}
-    overrides = {k: v for _, o in combo for k, v in o.items()}
-    name = "_".join(f"{n}={_label(v)}" for n, v in labels.items())
-    points.append(Point(re.sub(r"[^A-Za-z0-9_.=+-]", "-", name), labels, overrides))
-  return tuple(points)
-
-
-def listed(*overrides: dict) -> tuple[Point, ...]:
-  """Points p0, p1, ... with the given overrides (also shown as the summary's columns)."""
-  return tuple(Point(f"p{i}", dict(o), dict(o)) for i, o in enumerate(overrides))
-
-
-def load(spec: str) -> Sweep:
-  """`experiments/sweeps/<name>.py[:arg]` -> its get_sweep(arg)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--sweep={spec}: {path} does not exist")
-  module = configs.load_module(path)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"--sweep={spec}: {path} has no get_sweep(arg) function")
-  sweep = module.get_sweep(arg) if arg else module.get_sweep()
-  if not isinstance(sweep, Sweep):
-    raise TypeError(f"--sweep={spec}: get_sweep returned {type(sweep).__name__}, not launch.sweep.Sweep")
-  return sweep
+def point_configs(sweep: Sweep) -> dict[str, ml_collections.ConfigDict]:
+  """Every point's config, built before anything runs (a bad override fails the whole sweep)."""
+  return {point.name: sweep.point_config(point) for point in sweep.points}
 
 
 def _jsonable(value: Any) -> Any:
@@ -132,16 +68,6 @@ def record(sweep: Sweep, root: str) -> None:
   os.makedirs(root, exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(now, f, indent=1)
-
-
-def check_points(sweep: Sweep, root: str) -> None:
-  """Every point's overrides name real fields and survive the trip through command-line flags."""
-  for point in sweep.points:
-    expected = sweep.point_config(point).to_dict()
-    parsed = job_lib.parse(sweep.job(point, root)).to_dict()
-    if _jsonable(parsed) != _jsonable(expected):
-      raise ValueError(f"point {point.name}: its overrides {sweep.overrides_of(point)} do not "
-                       "survive command-line flags unchanged")
 
 
 def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -173,48 +99,58 @@ def run_local(sweep: Sweep, root: str, runner: Callable[[job_lib.Job], int],
               is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished,
               log: Callable[[str], None] = _print) -> dict[str, str]:
   """Runs the unfinished points one after another; returns each point's status."""
-  check_points(sweep, root)
+  configs = point_configs(sweep)
   record(sweep, root)
   statuses = {}
   for i, point in enumerate(sweep.points):
-    config, workdir = sweep.point_config(point), os.path.join(root, point.name)
+    config, workdir = configs[point.name], os.path.join(root, point.name)
     if is_finished(config, workdir):
       log(f"[sweep] {i + 1}/{len(sweep.points)} {point.name}: finished before, skipped")
       statuses[point.name] = "done"
       continue
     log(f"[sweep] {i + 1}/{len(sweep.points)} {point.name}: running in {workdir}")
-    code = runner(sweep.job(point, root))
-    if code:
-      statuses[point.name] = f"failed (exit {code})"
-    else:
-      statuses[point.name] = "done" if is_finished(config, workdir) else "stopped"
+    statuses[point.name] = _run_point(runner, job(sweep, point, root), config, is_finished)
     log(f"[sweep] {point.name}: {statuses[point.name]}")
-    write_summary(summarize(sweep, root, statuses, is_finished), root)
+    write_summary(summarize(sweep, root, statuses, is_finished, configs), root)
     if statuses[point.name] == "stopped":  # preempted: the rest would be stopped too
       break
   return statuses
 
 
+def _run_point(runner: Callable[[job_lib.Job], int], point_job: job_lib.Job,
+               config: ml_collections.ConfigDict, is_finished) -> str:
+  """Runs one point: "done", "stopped" (exit 0 before the last step) or "failed (exit N)"."""
+  code = runner(point_job)
+  if code:
+    return f"failed (exit {code})"
+  return "done" if is_finished(config, point_job.workdir) else "stopped"
+
+
 def summarize(sweep: Sweep, root: str, statuses: Mapping[str, str] | None = None,
-              is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished) -> list[dict]:
-  """One row per point: its labels, status, last step, final loss (overall and per source), tokens/s."""
+              is_finished: Callable[[ml_collections.ConfigDict, str], bool] = finished,
+              configs: Mapping[str, ml_collections.ConfigDict] | None = None) -> list[dict]:
+  """One row per point: its labels, status, last step, final loss (overall and per source), tokens/s.
+
+  configs: the points' configs (point_configs), if already built."""
+  configs = configs or point_configs(sweep)
+  return [_summary_row(point, configs[point.name], os.path.join(root, point.name),
+                       (statuses or {}).get(point.name), is_finished) for point in sweep.points]
+
+
+def _summary_row(point: Point, config: ml_collections.ConfigDict, workdir: str, status: str | None,
+                 is_finished) -> dict:
   from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
-  rows = []
-  for point in sweep.points:
-    config, workdir = sweep.point_config(point), os.path.join(root, point.name)
-    metrics = read_metrics(metrics_dir(config, workdir))
-    status = (statuses or {}).get(point.name) or (
-        "done" if is_finished(config, workdir) else "partial" if metrics else "pending")
-    row = {"point": point.name, **{k: _label(v) for k, v in point.labels.items()}, "status": status}
-    last = metrics[-1] if metrics else {}
-    row.update({"step": last.get("step", 0), "final_loss": last.get("loss"),
-                "tokens_per_s": median_tokens_per_s(metrics) if metrics else None})
-    for source, loss in sorted(last.get("loss_per_source", {}).items()):
-      row[f"loss/{source}"] = loss
-    for source, progress in sorted(last.get("data", {}).get("sources", {}).items()):
-      row[f"epochs/{source}"] = progress["epochs"]
-    rows.append({**row, "workdir": workdir})
-  return rows
+  metrics = read_metrics(metrics_dir(config, workdir))
+  status = status or ("done" if is_finished(config, workdir) else "partial" if metrics else "pending")
+  row = {"point": point.name, **{k: sweeps.label(v) for k, v in point.labels.items()}, "status": status}
+  last = metrics[-1] if metrics else {}
+  row.update({"step": last.get("step", 0), "final_loss": last.get("loss"),
+              "tokens_per_s": median_tokens_per_s(metrics) if metrics else None})
+  for source, loss in sorted(last.get("loss_per_source", {}).items()):
+    row[f"loss/{source}"] = loss
+  for source, progress in sorted(last.get("data", {}).get("sources", {}).items()):
+    row[f"epochs/{source}"] = progress["epochs"]
+  return {**row, "workdir": workdir}
 
 
 def _cell(value: Any) -> str:
@@ -252,23 +188,25 @@ def run_name(sweep: Sweep, point: Point) -> str:
 
 def emit_jobs(sweep: Sweep, root: str, target_name: str, spec: Any, jobs_dir: str,
               submit: bool = False, is_finished=finished, log: Callable[[str], None] = _print) -> list[str]:
-  """One cluster job file per unfinished point under jobs_dir (submitted if asked); their paths."""
+  """One cluster job file per unfinished point under jobs_dir (submitted if asked); their paths.
+
+  root is where the jobs run (often not mounted here): nothing is written there."""
   target = cluster.target(target_name)
-  check_points(sweep, root)  # (root is where the jobs run, often not mounted here: nothing is written)
+  configs = point_configs(sweep)
   paths = []
   for point in sweep.points:
-    if is_finished(sweep.point_config(point), os.path.join(root, point.name)):
+    if is_finished(configs[point.name], os.path.join(root, point.name)):
       log(f"[sweep] {point.name}: finished before, no job")
       continue
     path = os.path.join(jobs_dir, f"{point.name}{target.SUFFIX}")
-    cluster.emit(target, target.named(spec, run_name(sweep, point)), sweep.job(point, root), path,
+    cluster.emit(target, target.named(spec, run_name(sweep, point)), job(sweep, point, root), path,
                  submit)
     log(f"[sweep] {point.name}: {'submitted ' if submit else ''}{path}")
     paths.append(path)
   return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sweep", required=True, help="experiments/sweeps/<name>.py[:arg]")
@@ -282,26 +220,41 @@ def main(argv: list[str] | None = None) -> int:
                       "(default: sweep_jobs/<name>)")
   parser.add_argument("--submit", action="store_true", help="cluster: also submit each job")
   parser.add_argument("--summary", action="store_true", help="only write the summary table")
+  return parser
+
+
+def _run_here(sweep: Sweep, root: str, flags: argparse.Namespace, rest: list[str]) -> int:
+  """--target=local: runs the points, prints the summary; 1 if a point failed."""
+  if rest:
+    raise ValueError(f"unrecognized arguments for --target=local: {rest}")
+  statuses = run_local(sweep, root, LocalRunner(flags.num_processes, flags.devices_per_process))
+  print(write_summary(summarize(sweep, root, statuses), root), end="")
+  return int(any(s.startswith("failed") for s in statuses.values()))
+
+
+def _emit_for_target(sweep: Sweep, root: str, flags: argparse.Namespace, rest: list[str]) -> int:
+  """A cluster --target: the rest of the flags are its spec flags (e.g. --nodes for slurm)."""
+  target = cluster.target(flags.target)
+  target_parser = argparse.ArgumentParser(prog=f"python -m launch.sweep --target={flags.target}")
+  cluster.add_spec_flags(target_parser, target.Spec)
+  spec = cluster.spec_from_flags(target.Spec, target_parser.parse_args(rest))
+  emit_jobs(sweep, root, flags.target, spec, flags.jobs_dir or os.path.join("sweep_jobs", sweep.name),
+            flags.submit)
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
   flags, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
   try:
-    sweep = load(flags.sweep)
+    sweep = sweeps.load(flags.sweep)
     root = flags.workdir or os.path.join("runs", sweep.name)
     if flags.summary:
       print(write_summary(summarize(sweep, root), root), end="")
       return 0
     if flags.target == "local":
-      if rest:
-        parser.error(f"unrecognized arguments for --target=local: {rest}")
-      statuses = run_local(sweep, root, LocalRunner(flags.num_processes, flags.devices_per_process))
-      print(write_summary(summarize(sweep, root, statuses), root), end="")
-      return int(any(s.startswith("failed") for s in statuses.values()))
-    target = cluster.target(flags.target)
-    target_parser = argparse.ArgumentParser(prog=f"python -m launch.sweep --target={flags.target}")
-    cluster.add_spec_flags(target_parser, target.Spec)
-    spec = cluster.spec_from_flags(target.Spec, target_parser.parse_args(rest))
-    emit_jobs(sweep, root, flags.target, spec, flags.jobs_dir or os.path.join("sweep_jobs", sweep.name),
-              flags.submit)
-    return 0
+      return _run_here(sweep, root, flags, rest)
+    return _emit_for_target(sweep, root, flags, rest)
   except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
     parser.error(str(e))
   except RuntimeError as e:  # a submission failed: not a usage error
@@ -310,5 +263,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from launch import sweep as _sweep  # the module sweep files import, not this __main__ copy
-  sys.exit(_sweep.main())
+  sys.exit(main())

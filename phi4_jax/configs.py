@@ -1,43 +1,137 @@
-"""Loading `experiments/<file>.py:<arg>` config files outside absl flags (recipes, sweeps, tools)."""
+"""The one way a config is built: `path/file.py:arg` -> get_config(arg), then `--config.a.b=v`.
+
+phi4_jax.main's --config flag, the launchers (checking a job's flags) and sweeps (a point's
+overrides, given as Python values and run as flags) all parse through `define_flag`: absl's
+ml_collections override syntax (`--config.mesh_shape="(1,4,1)"`, `--config.tensorboard=false`,
+unknown fields refused) on a file loaded by `load_file`. A config built here is therefore the one
+`python -m phi4_jax.main` builds from the same flags.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+FLAG = "config"
+HELP = "experiments/<stage>.py:<preset>; override any field with --config.<field>=value"
+_OVERRIDE = re.compile(rf"^--?(?:no)?{FLAG}\.([^=]+)")
 
 
-def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """`path/to/file.py:arg` -> file's get_config(arg), with dotted-key overrides applied."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path} (from {spec!r}) does not exist")
-  module = load_module(path)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} has no get_config(arg) function")
-  config = module.get_config(arg) if arg else module.get_config()
-  for key, value in (overrides or {}).items():
-    set_dotted(config, key, value)
+def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """`path/to/file.py:arg` with dotted-key overrides ({"optimizer.peak_lr": 1e-3}), built from the
+  same flags phi4_jax.main would get (`config_args`); returned unlocked, for scripts to extend."""
+  config = parse_args(config_args(spec, overrides))
+  config.unlock()
   return config
 
 
-def load_module(path: str):
+def config_args(spec: str, overrides: Mapping[str, Any] | None = None) -> list[str]:
+  """`--config=spec --config.key=value ...`: Python values as the override flags parse them back."""
+  return [f"--{FLAG}={spec}", *(f"--{FLAG}.{key}={flag_value(value)}"
+                                for key, value in (overrides or {}).items())]
+
+
+def flag_value(value: Any) -> str:
+  """A Python value as text that `--config.key=<text>` parses back to it (a str is taken as is)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  if isinstance(value, ml_collections.ConfigDict):
+    return repr(value.to_dict())
+  return value if isinstance(value, str) else repr(value)
+
+
+def parse_args(args: Sequence[str],
+               define_others: Callable[[flags.FlagValues], Any] | None = None) -> ml_collections.ConfigDict:
+  """The config from command-line flags (`--config=... --config.a=v`), parsed as phi4_jax.main
+  parses them; define_others(flag_values) defines the program's other flags (else none are
+  accepted). Raises ValueError naming the flag."""
+  argv = ["phi4_jax.main", *args]
+  flag_values = flags.FlagValues()
+  holder = define_flag(flag_values, sys_argv=argv)
+  if define_others:
+    define_others(flag_values)
+  try:
+    rest = flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(str(e)) from e
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments {rest[1:]}")
+  if holder.value is None:
+    raise ValueError(f"no --{FLAG}=experiments/<stage>.py:<preset>")
+  return holder.value
+
+
+def define_flag(flag_values: flags.FlagValues = flags.FLAGS,
+                sys_argv: list[str] | None = None) -> flags.FlagHolder:
+  """Defines --config (a `file.py:arg` spec, loaded by load_file and locked) with its
+  `--config.<field>=value` overrides; sys_argv: the command line (default sys.argv)."""
+  holder = config_flags.DEFINE_config_file(FLAG, None, HELP, flag_values=flag_values,
+                                           lock_config=True, sys_argv=sys_argv)
+  flag_values[FLAG].parser = _FileParser(sys_argv)
+  return holder
+
+
+class _FileParser(flags.ArgumentParser):
+  """--config's value -> load_file(value), locked, after checking the overrides name real fields."""
+
+  def __init__(self, sys_argv: list[str] | None):
+    self._sys_argv = sys_argv
+
+  def parse(self, argument: str) -> ml_collections.ConfigDict:
+    try:
+      config = load_file(argument)
+    except OSError as e:  # absl reports only ValueError and TypeError with the flag's name
+      raise ValueError(str(e)) from e
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise TypeError(f"get_config returned {type(config).__name__}, not an ml_collections.ConfigDict")
+    for arg in self._sys_argv if self._sys_argv is not None else sys.argv:
+      match = _OVERRIDE.match(arg)
+      if match:
+        check_field(config, match.group(1))
+    config.lock()
+    return config
+
+  def flag_type(self) -> str:
+    return "config file"
+
+
+def check_field(config: ml_collections.ConfigDict, key: str) -> None:
+  """Raises ValueError naming `--config.<key>` when config has no field at the dotted key."""
+  node = config
+  parts = key.split(".")
+  for i, name in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      known = sorted(node) if isinstance(node, ml_collections.ConfigDict) else []
+      where = ".".join([FLAG, *parts[:i]])
+      raise ValueError(f"--{FLAG}.{key}: {where} has no field {name!r}"
+                       + (f" (it has {', '.join(known)})" if known else ""))
+    node = node[name]
+
+
+def load_file(spec: str, function: str = "get_config") -> Any:
+  """`path/to/file.py[:arg]` -> the file's function(arg), or function() without an arg."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist")
+  module = _run_file(path)
+  if not callable(getattr(module, function, None)):
+    raise ValueError(f"{path} has no {function}(arg) function")
+  return getattr(module, function)(arg) if arg else getattr(module, function)()
+
+
+def _run_file(path: str):
   """Runs a Python file as a fresh module (not entered in sys.modules) and returns it."""
   module_spec = importlib.util.spec_from_file_location(f"_phi4_file_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
-
-
-def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
-  """config['a.b.c'] = value, refusing keys the config does not have (typos fail loudly)."""
-  *parents, leaf = key.split(".")
-  node = config
-  for i, name in enumerate(parents):
-    if name not in node:
-      raise KeyError(f"config has no field {'.'.join(parents[:i + 1])!r} (override {key!r})")
-    node = node[name]
-  if leaf not in node:
-    raise KeyError(f"config has no field {key!r}")
-  node[leaf] = value

@@ -6,17 +6,25 @@ import logging
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from phi4_jax import hugepages
+from phi4_jax import configs, hugepages
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<stage>.py:<preset>",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, TensorBoard")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0: auto-detect)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (-1: auto-detect)")
-flags.mark_flags_as_required(["config", "workdir"])
+_FLAGS: dict[str, flags.FlagHolder] = {}  # defined by run()
+
+
+def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """The flags besides --config (configs.define_flag); launch/job.py checks a job's flags with
+  configs.parse_args(args, define_run_flags), the parsing run() does."""
+  return {
+      "workdir": flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, "
+                                     "TensorBoard", flag_values=flag_values),
+      "coordinator_address": flags.DEFINE_string("coordinator_address", "", "host:port of process 0 "
+                                                 "(multi-process)", flag_values=flag_values),
+      "num_processes": flags.DEFINE_integer("num_processes", 0, "processes in the job (0: "
+                                            "auto-detect)", flag_values=flag_values),
+      "process_id": flags.DEFINE_integer("process_id", -1, "this process's index (-1: auto-detect)",
+                                         flag_values=flag_values),
+  }
 
 
 class _QuietLibraries(logging.Filter):
@@ -35,13 +43,16 @@ def main(argv) -> None:
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
+                         _FLAGS["process_id"].value)
   from phi4_jax.train import recipe  # after jax.distributed.initialize
-  recipe.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
+  recipe.run(_FLAGS["config"].value, os.path.expanduser(_FLAGS["workdir"].value))
 
 
 def run() -> None:
   hugepages.reexec_with_hugepages()
+  _FLAGS.update(config=configs.define_flag(), **define_run_flags())
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
 
 

@@ -1,4 +1,5 @@
-"""launch/sweep.py and launch/mixture.py with an injected runner: points, resume, summary, jobs."""
+"""phi4_jax/sweeps.py (definitions, mixture fractions) and launch/sweep.py with an injected runner:
+points, resume, summary, jobs."""
 
 import csv
 import json
@@ -8,7 +9,8 @@ import textwrap
 
 import pytest
 
-from launch import job as job_lib, mixture, slurm, sweep
+from launch import job as job_lib, slurm, sweep
+from phi4_jax import sweeps
 
 BASE = textwrap.dedent('''
     import ml_collections
@@ -67,31 +69,31 @@ def test_with_fraction_rebalances_siblings():
   config = ml_collections.ConfigDict({"data": {"sources": {
       "web": {"fraction": 0.3}, "synthetic": {"fraction": 0.4}, "code": {"fraction": 0.3},
       "replay": {"fraction": 0.0, "sources": {"synthetic": {"fraction": 0.25}, "web": {"fraction": 0.75}}}}}})
-  o = mixture.with_fraction(config, "synthetic", 0.7)
+  o = sweeps.with_fraction(config, "synthetic", 0.7)
   assert o["data.sources.synthetic.fraction"] == 0.7
   assert math.isclose(o["data.sources.web.fraction"], 0.3 * 0.3 / 0.6)
   assert math.isclose(o["data.sources.code.fraction"], 0.3 * 0.3 / 0.6)
   assert o["data.sources.replay.fraction"] == 0.0
   assert math.isclose(sum(o.values()), 1.0)
-  nested = mixture.with_fraction(config, "replay/synthetic", 0.5)
+  nested = sweeps.with_fraction(config, "replay/synthetic", 0.5)
   assert nested == {"data.sources.replay.sources.synthetic.fraction": 0.5,
                     "data.sources.replay.sources.web.fraction": 0.5}
   with pytest.raises(KeyError, match="no source 'synth'"):
-    mixture.with_fraction(config, "synth", 0.5)
+    sweeps.with_fraction(config, "synth", 0.5)
   with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
-    mixture.with_fraction(config, "web", 1.5)
+    sweeps.with_fraction(config, "web", 1.5)
 
 
 def test_grid_names_labels_and_overrides():
-  points = sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3, 3e-3]),
+  points = sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", [1e-3, 3e-3]),
                       mix={"a": {"x.y": 1, "x.z": 2}, "b": {"x.y": 3, "x.z": 4}})
   assert [p.name for p in points] == ["lr=0.001_mix=a", "lr=0.001_mix=b", "lr=0.003_mix=a",
                                       "lr=0.003_mix=b"]
   assert points[3].labels == {"lr": 3e-3, "mix": "b"}
   assert points[3].overrides == {"optimizer.peak_lr": 3e-3, "x.y": 3, "x.z": 4}
-  assert [p.name for p in sweep.listed({"steps": 1}, {"steps": 2})] == ["p0", "p1"]
+  assert [p.name for p in sweeps.listed({"steps": 1}, {"steps": 2})] == ["p0", "p1"]
   with pytest.raises(ValueError, match="several points named"):
-    sweep.Sweep("s", "c.py", sweep.listed({}) * 2)
+    sweeps.Sweep("s", "c.py", sweeps.listed({}) * 2)
 
 
 def test_flag_values_round_trip(base, tmp_path):
@@ -104,7 +106,7 @@ def test_flag_values_round_trip(base, tmp_path):
 
 def test_sweep_runs_resumes_and_summarizes(base, tmp_path):
   root = str(tmp_path / "sweep")
-  s = sweep.Sweep("t", base, sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3, 2e-3, 4e-3])),
+  s = sweeps.Sweep("t", base, sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", [1e-3, 2e-3, 4e-3])),
                   overrides={"steps": 3})
   interrupted = FakeRunner(stop_at=1)
   with pytest.raises(KeyboardInterrupt):
@@ -134,10 +136,10 @@ def test_sweep_runs_resumes_and_summarizes(base, tmp_path):
 
 def test_changed_points_are_refused(base, tmp_path):
   root = str(tmp_path / "sweep")
-  sweep.run_local(sweep.Sweep("t", base, sweep.listed({"steps": 2})), root, FakeRunner(),
+  sweep.run_local(sweeps.Sweep("t", base, sweeps.listed({"steps": 2})), root, FakeRunner(),
                   fake_finished, log=lambda _: None)
   with pytest.raises(ValueError, match="point p0 .* ran with"):
-    sweep.run_local(sweep.Sweep("t", base, sweep.listed({"steps": 3})), root, FakeRunner(),
+    sweep.run_local(sweeps.Sweep("t", base, sweeps.listed({"steps": 3})), root, FakeRunner(),
                     fake_finished, log=lambda _: None)
 
 
@@ -149,23 +151,23 @@ def test_failed_point_is_reported_and_the_rest_run(base, tmp_path):
     calls.append(job.workdir)
     return 3 if len(calls) == 1 else runner(job)
 
-  s = sweep.Sweep("t", base, sweep.listed({"steps": 2}, {"steps": 3}))
+  s = sweeps.Sweep("t", base, sweeps.listed({"steps": 2}, {"steps": 3}))
   statuses = sweep.run_local(s, str(tmp_path / "w"), flaky, fake_finished, log=lambda _: None)
   assert statuses == {"p0": "failed (exit 3)", "p1": "done"}
 
 
 def test_bad_override_fails_before_running(base, tmp_path):
   runner = FakeRunner()
-  s = sweep.Sweep("t", base, sweep.listed({"steps": 2}, {"optimizer.peak_rl": 1e-3}))
-  with pytest.raises(KeyError, match="optimizer.peak_rl"):
+  s = sweeps.Sweep("t", base, sweeps.listed({"steps": 2}, {"optimizer.peak_rl": 1e-3}))
+  with pytest.raises(ValueError, match=r"--config.optimizer.peak_rl: config.optimizer has no field"):
     sweep.run_local(s, str(tmp_path / "w"), runner, fake_finished, log=lambda _: None)
   assert runner.ran == []
 
 
 def test_cluster_target_writes_one_job_per_unfinished_point(base, tmp_path, monkeypatch):
   root = str(tmp_path / "shared")
-  s = sweep.Sweep("mix", base, sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3, 2e-3])))
-  FakeRunner()(s.job(s.points[0], root))  # the first point finished already
+  s = sweeps.Sweep("mix", base, sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", [1e-3, 2e-3])))
+  FakeRunner()(sweep.job(s, s.points[0], root))  # the first point finished already
   monkeypatch.setattr(job_lib, "check", lambda job, devices=None: job_lib.parse(job))
   spec = slurm.Spec(nodes=2, gpus_per_node=4, repo_dir=str(tmp_path))
   paths = sweep.emit_jobs(s, root, "slurm", spec, str(tmp_path / "jobs"), is_finished=fake_finished,
@@ -177,8 +179,8 @@ def test_cluster_target_writes_one_job_per_unfinished_point(base, tmp_path, monk
 
 
 def test_failed_submission_exits_1_with_the_message_not_a_usage_error(base, monkeypatch, capsys):
-  s = sweep.Sweep("mix", base, sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3])))
-  monkeypatch.setattr(sweep, "load", lambda _: s)
+  s = sweeps.Sweep("mix", base, sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", [1e-3])))
+  monkeypatch.setattr(sweeps, "load", lambda _: s)
 
   def failing_submit(*args, **kwargs):
     raise RuntimeError("sbatch (submitting the job) failed with status 1")
@@ -192,7 +194,7 @@ def test_failed_submission_exits_1_with_the_message_not_a_usage_error(base, monk
 def test_gke_jobs_get_valid_distinct_names(base, tmp_path, monkeypatch):
   import yaml
   from launch import gke
-  s = sweep.Sweep("synthetic_mix", base, sweep.grid(lr=sweep.axis("optimizer.peak_lr", [1e-3, 2e-3])))
+  s = sweeps.Sweep("synthetic_mix", base, sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", [1e-3, 2e-3])))
   monkeypatch.setattr(job_lib, "check", lambda job, devices=None: job_lib.parse(job))
   paths = sweep.emit_jobs(s, "/gcs/sweeps/mix", "gke", gke.Spec(image="img", gcs_bucket="b"),
                           str(tmp_path / "jobs"), is_finished=fake_finished, log=lambda _: None)
@@ -218,3 +220,26 @@ def test_finished_needs_every_stage_of_a_recipe_at_its_last_step(tmp_path):
   save("midtrain", 2)
   assert sweep.finished(recipe, str(tmp_path))
   assert sweep.metrics_dir(recipe, "W") == os.path.join("W", "midtrain")
+
+
+def test_a_point_runs_with_the_config_the_sweep_built(base, tmp_path):
+  """The sweep's config of a point and phi4_jax.main's parse of the point's flags are one path."""
+  s = sweeps.Sweep("t", base, sweeps.listed(
+      {"optimizer.peak_lr": 1 / 3, "data.sources.web.fraction": 0.1, "seq_len": 32}),
+      overrides={"steps": 2})
+  point = s.points[0]
+  point_job = sweep.job(s, point, str(tmp_path))
+  assert point_job.workdir == str(tmp_path / "p0")
+  assert job_lib.parse(point_job).to_dict() == s.point_config(point).to_dict()
+  assert s.point_config(point).optimizer.peak_lr == 1 / 3  # repr of a float parses back exactly
+
+
+def test_experiments_do_not_import_the_launchers():
+  import ast
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+  for folder, _, files in os.walk(root):
+    for name in (f for f in files if f.endswith(".py")):
+      tree = ast.parse(open(os.path.join(folder, name)).read())
+      imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+      imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+      assert not [m for m in imported if m.split(".")[0] == "launch"], (name, imported)

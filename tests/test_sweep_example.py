@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from launch import sweep
+from phi4_jax import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = "experiments/sweeps/synthetic_mix.py:test"
@@ -35,7 +35,7 @@ def env(data_cache, tmp_path_factory):
 
 
 def test_example_sweep_is_interrupted_then_resumed(tmp_path, env):
-  s = sweep.load(os.path.join(REPO, SPEC))
+  s = sweeps.load(os.path.join(REPO, SPEC))
   first, second = (p.name for p in s.points)
   assert len(s.points) == 2
   root = tmp_path / "sweep"

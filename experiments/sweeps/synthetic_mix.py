@@ -9,8 +9,7 @@ held-out web loss) and `epochs/synthetic` in the summary.
   python -m launch.sweep --sweep=experiments/sweeps/synthetic_mix.py:test     # tiny: 2 points
 """
 
-from launch import mixture, sweep
-from phi4_jax import configs
+from phi4_jax import configs, sweeps
 
 # arg -> (base preset, peak learning rates, synthetic fractions, overrides for every point)
 SETTINGS = {
@@ -21,16 +20,16 @@ SETTINGS = {
 }
 
 
-def get_sweep(arg: str = "colab") -> sweep.Sweep:
+def get_sweep(arg: str = "colab") -> sweeps.Sweep:
   if arg not in SETTINGS:
     raise ValueError(f"unknown sweep setting {arg!r}; choose one of {sorted(SETTINGS)}")
   preset, lrs, fractions, overrides = SETTINGS[arg]
   config = f"experiments/pretrain.py:{preset}"
   base = configs.load(config)
-  return sweep.Sweep(
+  return sweeps.Sweep(
       name="synthetic_mix" if arg == "colab" else f"synthetic_mix_{arg}",
       config=config,
       overrides=overrides,
-      points=sweep.grid(lr=sweep.axis("optimizer.peak_lr", lrs),
-                        synthetic=mixture.axis(base, "synthetic", fractions)),
+      points=sweeps.grid(lr=sweeps.axis("optimizer.peak_lr", lrs),
+                         synthetic=sweeps.fraction_axis(base, "synthetic", fractions)),
   )

@@ -52,21 +52,36 @@ def median_tokens_per_s(rows: list[dict]) -> float:
 
 
 class ProgressBar:
-  """`step 120/500 [#####.....] loss 3.21 | 4,100 tok/s | ETA 2m10s` on one rewritten line."""
+  """`step 120/500 [#####.....] loss 3.21 | 4,100 tok/s | ETA 2m10s` on one rewritten line.
+
+  The rate counts only steps this run took after its first update: restored steps (start, the step
+  a resumed run begins at) and the first step's compile time are left out.
+  """
 
   def __init__(self, total: int, start: int, tokens_per_step: int, stream=sys.stderr, width: int = 24):
     self.total, self.start, self.tokens_per_step = total, start, tokens_per_step
     self.stream, self.width = stream, width
-    self.t0 = time.monotonic()
+    self._clock: tuple[int, float] | None = None  # (step, time.monotonic()) at the first update
+
+  def _rate(self, step: int) -> float:
+    """Steps per second since the first update (0.0 until a step has run after it); the first
+    call starts the clock."""
+    now = time.monotonic()
+    if self._clock is None:
+      self._clock = (step, now)
+    first_step, t0 = self._clock
+    return (step - first_step) / (now - t0) if step > first_step and now > t0 else 0.0
 
   def update(self, step: int, text: str) -> None:
-    done = step - self.start
-    rate = done / max(time.monotonic() - self.t0, 1e-9)  # steps/s since start, compile included
-    eta = (self.total - step) / rate if rate > 0 else math.inf
+    rate = self._rate(step)
     filled = int(self.width * step / max(self.total, 1))
-    eta_text = "?" if math.isinf(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+    if rate > 0:
+      eta = (self.total - step) / rate
+      speed, eta_text = f"{rate * self.tokens_per_step:,.0f}", f"{int(eta // 60)}m{int(eta % 60):02d}s"
+    else:
+      speed, eta_text = "?", "?"
     line = (f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {text} | "
-            f"{rate * self.tokens_per_step:,.0f} tok/s | ETA {eta_text}")
+            f"{speed} tok/s | ETA {eta_text}")
     self.stream.write(line)
     self.stream.flush()
 

@@ -34,6 +34,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def host_device_count(xla_flags: str) -> int:
+  """CPU devices per process under these XLA_FLAGS: the last
+  --xla_force_host_platform_device_count, else 1."""
+  counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)", xla_flags)
+  return int(counts[-1]) if counts else 1
+
+
 def process_env(devices_per_process: int, base: dict[str, str] | None = None) -> dict[str, str]:
   """`base` (default os.environ) on the CPU platform with `devices_per_process` fake devices."""
   env = dict(os.environ if base is None else base)

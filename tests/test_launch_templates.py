@@ -9,8 +9,10 @@ python records its argv, so the tests check every process's --process_id, --num_
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -112,6 +114,34 @@ def test_slurm_script_wires_one_process_per_node(fakes, tmp_path):
     assert flags["--num_processes"] == "2"
     assert flags["--coordinator_address"] == f"gpu-07:{4242 % 4096 + 61440}"
     assert cwd == str(tmp_path)
+
+
+def test_slurm_cpu_job_requests_no_gpus_and_counts_host_devices(fakes, tmp_path, monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  spec = slurm.Spec(nodes=2, gpus_per_node=0, repo_dir=str(tmp_path), python=fakes["python"])
+  text = cluster.emit(slurm, spec, Job(TRAIN_ARGS))
+  assert _bash_syntax_ok(text, tmp_path)
+  assert not [line for line in text.splitlines() if "gpus" in line and line.startswith("#SBATCH")]
+  assert "#SBATCH --nodes=2" in text.splitlines() and slurm.devices(spec) == 2
+  env = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu-[07-08]"}
+  text = text.replace("mkdir -p /shared/runs/1b", f"mkdir -p {tmp_path}/runs")
+  subprocess.run(["bash", "-c", text], env=env, check=True, cwd=tmp_path)
+  assert sorted(_processes(fakes["out"])) == [0, 1]
+  # 3 host devices per process (from --setup, or the environment sbatch passes on): 6 in all
+  three = "export XLA_FLAGS=--xla_force_host_platform_device_count=3"
+  with pytest.raises(ValueError, match=r"global_batch_size: 256 .* data x fsdp = 6"):
+    cluster.emit(slurm, slurm.Spec(nodes=2, gpus_per_node=0, setup=three), Job(TRAIN_ARGS))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+  assert slurm.devices(slurm.Spec(nodes=2, gpus_per_node=0)) == 6
+  assert slurm.devices(slurm.Spec(nodes=2, gpus_per_node=4)) == 8
+  with pytest.raises(ValueError, match=r"--gpus_per_node must be >= 0"):
+    slurm.Spec(gpus_per_node=-1)
+
+
+def test_slurm_runs_this_interpreter_by_default(capfd):
+  assert slurm.Spec().python == sys.executable
+  assert cluster.main(slurm, ["--nodes=1", "--", *TRAIN_ARGS]) == 0
+  assert f"  {shlex.quote(sys.executable)} \"${{TRAIN_ARGS[@]}}\"" in capfd.readouterr().out
 
 
 @pytest.mark.parametrize("endpoints", ["10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8",

@@ -5,6 +5,10 @@ Each step emits a row from the source whose emitted tokens lag its target share 
 across sources, so weighting documents would miss the plan; weighting tokens meets it to
 within one row per source at every step. The state is the per-source stream states (each
 carrying its token counter), so a restore continues the same schedule.
+
+Not grain's `IterDataset.mix` (MixedIterDataset): it interleaves by fixed integer proportions per
+element, refuses a zero proportion, and stops the whole mixture as soon as any source runs out;
+here an exhausted source drops out and the rest go on, so every source's epochs are read to the end.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ the blocks, then the documents inside each block, so consecutive visits share a 
 
 The permutation is a keyed 4-round Feistel network with cycle walking, vectorized in numpy and
 computed for chunks of visits on demand: no epoch's order is ever materialized.
+
+Not grain's `MapDataset.shuffle` (index_shuffle, seed + epoch per repeated epoch): it permutes one
+flat index range and has no block shuffle (`WindowShuffleMapDataset` permutes inside fixed-size
+windows, never the windows), so row groups could not stay together; and a different permutation
+would send checkpoints written before it (visit index + tokens into a batch) to other documents.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ no token is padded away; a document cut by a row's end continues at the start of
 next row. In a row, `segment_ids` number its documents 1..k, `positions` restart at 0 for each,
 `loss_mask` is 1 on real tokens and `source_ids` holds the source's id. Only a source's last
 row can be short: it is padded with segment 0, position 0, loss_mask 0 and source id -1.
+
+Not grain's `ConcatThenSplitIterDataset`: its rows are the same (segments, positions restarting in
+each piece), but one parent element is one segment, so the tokenized batches would have to become
+one grain element per document, and its per-element Python work packs about 3x slower than this
+packer (24K documents of 20-400 tokens, seq_len 256). FirstFit/BestFit packing pads
+instead of continuing a document into the next row.
 """
 
 from __future__ import annotations

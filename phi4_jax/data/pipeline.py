@@ -5,13 +5,14 @@ reads a contiguous range of them, and every batch holds global_batch_size / shar
 shard in order. So with a fixed number of shards the global batch is the same whatever the number
 of processes, and processes read disjoint rows.
 
-In a shard, per source: a grain `MapDataset` whose element b is the tokenized b-th batch of
-`docs_per_batch` documents in `EpochOrder` (shuffled anew each epoch, whole epochs covering the
-plan), sliced b = shard mod shards, read by grain threads (`read_threads`) or worker processes
-(`worker_count`, mp_prefetch). Elements are pure functions of their index, so the stream is the
-same whatever the number of threads or workers. Then: pack each source into rows (packing.py) and
-mix rows by token fraction (mixture.py). config.data is checked first (check.py), the documents
-in play measured where needed (measure.py) and the epochs planned (planner.py).
+In a shard, per source: `grain.MapDataset.range(n).map(TokenizeBatch)`, whose element b is the
+tokenized b-th batch of `docs_per_batch` documents in `EpochOrder` (shuffled anew each epoch,
+whole epochs covering the plan), sliced b = shard mod shards, read by grain threads
+(`read_threads`, `prefetch`) or worker processes (`worker_count`, mp_prefetch). Elements are pure
+functions of their index, so the stream is the same whatever the number of threads or workers.
+Then: pack each source into rows (packing.py) and mix rows by token fraction (mixture.py).
+config.data is checked first (check.py), the documents in play measured where needed (measure.py)
+and the epochs planned (planner.py).
 """
 
 from __future__ import annotations

@@ -142,36 +142,66 @@ def launch(args: list[str], num_processes: int = 2, devices_per_process: int = 1
     group.print(f"[launch] process {i} pid {p.pid}")
   interrupts = []
   restore = _forward_signals(lambda sig, _: interrupts.append(sig))
-  deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
   try:
-    status, forwarded = 0, 0
-    while [p.poll() for p in group.procs].count(None):  # polls every process (any() would stop early)
-      failed = _first_failure(group.procs)
-      if failed and not status:
-        group.print(f"[launch] process {failed[0]} {_describe(failed[1])}; stopping the others")
-        status = exit_code(failed[1])
-        group.stop(grace_s)
-      elif time.monotonic() > deadline and not status:
-        group.print(f"[launch] still running after {timeout_s:g}s; stopping the processes")
-        status = 124
-        group.stop(grace_s)
-      if len(interrupts) > forwarded:
-        forwarded = len(interrupts)
-        if forwarded == 1:
-          group.print("[launch] forwarding SIGTERM (interrupt again to kill)")
-          group.signal(signal.SIGTERM)
-        else:
-          group.stop(0.0)
-      time.sleep(0.05)
+    status = _supervise(group, interrupts, grace_s, timeout_s)
     group.join_output()
-    failed = _first_failure(group.procs)
-    if failed and not status:
-      group.print(f"[launch] process {failed[0]} {_describe(failed[1])}")
-      status = exit_code(failed[1])
-    return status
+    return status or _final_status(group)
   finally:
     restore()
     group.stop(0.0)
+
+
+def _supervise(group: _Group, interrupts: list[int], grace_s: float, timeout_s: float) -> int:
+  """Polls until every process has exited. The first failure, or the timeout, stops the others
+  and sets the status; interrupts are forwarded (the second one kills)."""
+  deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
+  status, forwarded = 0, 0
+  while [p.poll() for p in group.procs].count(None):  # polls every process (any() would stop early)
+    if not status:
+      status = _stop_on_failure(group, grace_s) or _stop_on_timeout(group, deadline, timeout_s,
+                                                                     grace_s)
+    if len(interrupts) > forwarded:
+      forwarded = len(interrupts)
+      _forward_interrupt(group, forwarded)
+    time.sleep(0.05)
+  return status
+
+
+def _stop_on_failure(group: _Group, grace_s: float) -> int:
+  """If a process failed: stops the others and returns its exit status (else 0)."""
+  failed = _first_failure(group.procs)
+  if not failed:
+    return 0
+  group.print(f"[launch] process {failed[0]} {_describe(failed[1])}; stopping the others")
+  group.stop(grace_s)
+  return exit_code(failed[1])
+
+
+def _stop_on_timeout(group: _Group, deadline: float, timeout_s: float, grace_s: float) -> int:
+  """Past the deadline: stops every process and returns 124 (else 0)."""
+  if time.monotonic() <= deadline:
+    return 0
+  group.print(f"[launch] still running after {timeout_s:g}s; stopping the processes")
+  group.stop(grace_s)
+  return 124
+
+
+def _forward_interrupt(group: _Group, count: int) -> None:
+  """The first interrupt is passed on as SIGTERM (the loop checkpoints and exits); later ones kill."""
+  if count == 1:
+    group.print("[launch] forwarding SIGTERM (interrupt again to kill)")
+    group.signal(signal.SIGTERM)
+  else:
+    group.stop(0.0)
+
+
+def _final_status(group: _Group) -> int:
+  """After every process exited on its own: the first failure's exit status, or 0."""
+  failed = _first_failure(group.procs)
+  if not failed:
+    return 0
+  group.print(f"[launch] process {failed[0]} {_describe(failed[1])}")
+  return exit_code(failed[1])
 
 
 def _first_failure(procs: list[subprocess.Popen]) -> tuple[int, int] | None:

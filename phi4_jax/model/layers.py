@@ -36,9 +36,14 @@ class RMSNorm(nn.Module):
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (x_BxTxD.shape[-1],), jnp.dtype(self.cfg.param_dtype))
-    x32 = x_BxTxD.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.cfg.norm_eps)
-    return scale.astype(x_BxTxD.dtype) * x32.astype(x_BxTxD.dtype)
+    return rms_norm(x_BxTxD, scale, self.cfg.norm_eps)
+
+
+def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm's math (the module above, and the inference decoder, call it)."""
+  x32 = x_BxTxD.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return scale_D.astype(x_BxTxD.dtype) * x32.astype(x_BxTxD.dtype)
 
 
 def rope_cos_sin(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,111 @@
+"""The decoder over a KV cache: prefill a left-padded prompt batch, then one token per step.
+
+Pure functions of the params tree that `model.init` makes (layers stacked on axis 0); the math is
+the model's own (`model.layers`: rms_norm, rope_cos_sin, apply_rope), with attention reading cache
+slots instead of the whole sequence.
+
+Cache: {"k", "v"}, each [L, B, S, K, Dh] in the compute dtype. Row b's prompt fills slots
+[pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
+positions count from the row's first real token, so padding changes nothing. A query attends to
+the slots from pad_b up to its own.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from phi4_jax.model import ModelConfig
+from phi4_jax.model.layers import apply_rope, rms_norm, rope_cos_sin
+
+_MASKED = -1e30  # finite, so a row with nothing to attend to (batch padding) stays NaN-free
+
+
+def _dtype(cfg: ModelConfig):
+  return jnp.dtype(cfg.dtype)
+
+
+def _embed(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+  return jnp.take(params["embed"]["embedding"].astype(_dtype(cfg)), tokens_BxT, axis=0)
+
+
+def _qkv(cfg: ModelConfig, lp: dict, x_BxTxD, cos_BxTxDh, sin_BxTxDh):
+  """Normed input -> (q [B,T,H,Dh], k [B,T,K,Dh], v [B,T,K,Dh]) with RoPE applied to q and k."""
+  dt = _dtype(cfg)
+  h_BxTxD = rms_norm(x_BxTxD, lp["attn_norm"]["scale"], cfg.norm_eps).astype(dt)
+  proj = lambda name: jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["attn"][name]["kernel"].astype(dt))
+  q, k, v = proj("q"), proj("k"), proj("v")
+  return apply_rope(q, cos_BxTxDh, sin_BxTxDh), apply_rope(k, cos_BxTxDh, sin_BxTxDh), v
+
+
+def _attend(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale: float) -> jax.Array:
+  """Grouped-query attention (query head h reads kv head h // (H / K)), softmax in fp32."""
+  b, t, h, d = q_BxTxHxDh.shape
+  kv = k_BxSxKxDh.shape[2]
+  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                      preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxDh).reshape(b, t, h, d)
+
+
+def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
+  """The rest of the block: output projection and residual, then the SwiGLU MLP and residual."""
+  dt = _dtype(cfg)
+  x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", attn_BxTxHxDh, lp["attn"]["o"]["kernel"].astype(dt))
+  h_BxTxD = rms_norm(x_BxTxD, lp["mlp_norm"]["scale"], cfg.norm_eps).astype(dt)
+  mlp = lambda name, x: jnp.einsum("btd,df->btf", x, lp["mlp"][name]["kernel"].astype(dt))
+  hidden_BxTxF = jax.nn.silu(mlp("gate", h_BxTxD)) * mlp("up", h_BxTxD)
+  return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["mlp"]["down"]["kernel"].astype(dt))
+
+
+def _logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
+  """The final norm and output layer of the last position: [B, V] float32."""
+  h_BxD = rms_norm(x_BxD, params["final_norm"]["scale"], cfg.norm_eps).astype(_dtype(cfg))
+  return jnp.einsum("bd,dv->bv", h_BxD, params["lm_head"]["kernel"].astype(_dtype(cfg)),
+                    preferred_element_type=jnp.float32)
+
+
+def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Array,
+            cache_len: int) -> tuple[jax.Array, dict]:
+  """(logits [B, V] of each row's last prompt token, a cache of cache_len slots holding the prompt)."""
+  p = tokens_BxP.shape[1]
+  slots = jnp.arange(p)
+  positions_BxP = jnp.maximum(slots[None] - pad_B[:, None], 0)
+  cos, sin = rope_cos_sin(positions_BxP, cfg.head_dim, cfg.rope_theta)
+  mask_BxPxP = (slots[None, None, :] <= slots[None, :, None]) & (slots[None, None, :] >= pad_B[:, None, None])
+
+  def layer(x_BxPxD, lp):
+    q, k, v = _qkv(cfg, lp, x_BxPxD, cos, sin)
+    x_BxPxD = _finish(cfg, lp, x_BxPxD, _attend(q, k, v, mask_BxPxP, cfg.head_dim ** -0.5))
+    return x_BxPxD, (k, v)
+
+  x_BxPxD, (k_LxBxPxKxDh, v_LxBxPxKxDh) = jax.lax.scan(layer, _embed(params, tokens_BxP, cfg),
+                                                       params["layers"])
+  grow = ((0, 0), (0, 0), (0, cache_len - p), (0, 0), (0, 0))
+  cache = {"k": jnp.pad(k_LxBxPxKxDh, grow), "v": jnp.pad(v_LxBxPxKxDh, grow)}
+  return _logits(params, cfg, x_BxPxD[:, -1]), cache
+
+
+def step(params: dict, cfg: ModelConfig, cache: dict, tokens_B: jax.Array, positions_B: jax.Array,
+         slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, dict]:
+  """Feeds one token per row at cache slot `slot`: (next-token logits [B, V] fp32, updated cache)."""
+  cache_len = cache["k"].shape[2]
+  cos, sin = rope_cos_sin(positions_B[:, None], cfg.head_dim, cfg.rope_theta)
+  slots = jnp.arange(cache_len)
+  mask_Bx1xS = ((slots <= slot)[None, None, :] & (slots[None, None, :] >= pad_B[:, None, None]))
+
+  def layer(carry, xs):
+    x_Bx1xD, k_cache, v_cache = carry
+    lp, i = xs
+    q, k, v = _qkv(cfg, lp, x_Bx1xD, cos, sin)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (i, 0, slot, 0, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (i, 0, slot, 0, 0))
+    attn = _attend(q, k_cache[i], v_cache[i], mask_Bx1xS, cfg.head_dim ** -0.5)
+    return (_finish(cfg, lp, x_Bx1xD, attn), k_cache, v_cache), None
+
+  layers = (params["layers"], jnp.arange(cfg.n_layers))
+  (x_Bx1xD, k, v), _ = jax.lax.scan(layer, (_embed(params, tokens_B[:, None], cfg), cache["k"],
+                                            cache["v"]), layers)
+  return _logits(params, cfg, x_Bx1xD[:, 0]), {"k": k, "v": v}

@@ -1,0 +1,207 @@
+"""`generate`: prompts of any lengths -> sampled continuations, through a KV cache.
+
+Prompts are sorted by length and grouped; each group is left-padded to a power-of-two length and
+batch size (so a run over many lengths compiles a handful of times), prefilled in one jitted call,
+then decoded in one jitted `lax.while_loop` that stops once every row has hit a stop id. With
+num_samples > 1 each prompt is prefilled once and its cache repeated for its samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from phi4_jax import model as model_lib
+from phi4_jax.inference import batching, decoder
+from phi4_jax.inference.sampling import Sampler, row_keys, sample
+from phi4_jax.model import ModelConfig
+from phi4_jax.tokenizer import Phi4Tokenizer
+
+IM_END_ID = Phi4Tokenizer.im_end_id  # the default stop id: the end of an assistant turn
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """Checked arguments of one generate call."""
+
+  max_new_tokens: int
+  temperature: float
+  top_k: int
+  top_p: float
+  num_samples: int
+  seed: int
+  stop_ids: tuple[int, ...]
+
+  @property
+  def sampler(self) -> Sampler:
+    return Sampler.make(self.temperature, self.top_k, self.top_p)
+
+
+def check_request(cfg: ModelConfig, max_new_tokens, temperature, top_k, top_p, num_samples, seed,
+                  stop_ids) -> Request:
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+    raise ValueError(f"max_new_tokens: must be a positive int, got {max_new_tokens!r}")
+  if not temperature >= 0.0:
+    raise ValueError(f"temperature: must be >= 0 (0 = greedy), got {temperature!r}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p: must be in (0, 1], got {top_p!r}")
+  if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise ValueError(f"top_k: must be an int >= 0 (0 = no cut), got {top_k!r}")
+  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    raise ValueError(f"num_samples: must be an int >= 1, got {num_samples!r}")
+  stop_ids = tuple(int(s) for s in stop_ids)  # (an id outside a small vocabulary never matches)
+  return Request(int(max_new_tokens), float(temperature), int(min(top_k, cfg.vocab_size)),
+                 float(top_p), int(num_samples), int(seed) % 2**32, stop_ids)
+
+
+def cache_sharding(cfg: ModelConfig, mesh: Mesh | None) -> NamedSharding | None:
+  """KV heads over the mesh's tensor axis where they divide it; everything else replicated."""
+  if mesh is None:
+    return None
+  tensor = mesh.shape["tensor"]
+  heads = "tensor" if tensor > 1 and cfg.n_kv_heads % tensor == 0 else None
+  return NamedSharding(mesh, PartitionSpec(None, None, None, heads, None))
+
+
+def _constrain(cache: dict, sharding: NamedSharding | None) -> dict:
+  return cache if sharding is None else jax.lax.with_sharding_constraint(cache, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "num_samples", "sharding"))
+def _prefill(params, tokens_BxP, pad_B, *, cfg, cache_len, num_samples, sharding):
+  """Prefills each prompt once, then repeats its logits and cache for its num_samples rows."""
+  batching.note_compile("prefill")
+  logits_BxV, cache = decoder.prefill(params, cfg, tokens_BxP, pad_B, cache_len)
+  repeat = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
+  return repeat(logits_BxV, 0), _constrain({k: repeat(v, 1) for k, v in cache.items()}, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "sampler", "sharding"),
+                   donate_argnames=("cache",))
+def _decode(params, cache, logits_BxV, pad_B, row_ids_B, done_B, max_new, seed, temperature, top_p,
+            stop_ids, *, cfg, prompt_len, sampler, sharding):
+  """Samples until max_new tokens or until every row has produced a stop id.
+
+  Returns (tokens [B, cache_len - prompt_len + 1], how many steps ran, the cache). The cache is
+  donated and returned, so XLA updates it in place.
+  """
+  batching.note_compile("decode")
+  b, cache_len = logits_BxV.shape[0], cache["k"].shape[2]
+  lengths_B = prompt_len - pad_B
+  draw = lambda logits, i: sample(logits, row_keys(seed, row_ids_B, i), sampler, temperature, top_p)
+  first_B = draw(logits_BxV, 0)
+  out_BxN = jnp.zeros((b, cache_len - prompt_len + 1), jnp.int32).at[:, 0].set(first_B)
+  done_B = done_B | jnp.isin(first_B, stop_ids)
+
+  def running(carry):
+    i, _, _, done = carry
+    return (i < max_new) & ~jnp.all(done)
+
+  def one_token(carry):
+    i, out_BxN, cache, done_B = carry
+    fed_B = jax.lax.dynamic_index_in_dim(out_BxN, i - 1, axis=1, keepdims=False)
+    logits, cache = decoder.step(params, cfg, cache, fed_B, lengths_B + i - 1, prompt_len + i - 1, pad_B)
+    next_B = draw(logits, i)
+    out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, i))
+    return i + 1, out_BxN, _constrain(cache, sharding), done_B | jnp.isin(next_B, stop_ids)
+
+  steps, out_BxN, cache, _ = jax.lax.while_loop(running, one_token, (1, out_BxN, cache, done_B))
+  return out_BxN, steps, cache
+
+
+def _groups(lengths: list[int], per_group: int) -> list[list[int]]:
+  """Prompt indices sorted by length, cut into groups of <= per_group sharing a length bucket."""
+  groups: list[list[int]] = []
+  length_bucket = lambda i: batching.bucket(lengths[i], batching.MIN_PROMPT_BUCKET)
+  for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+    if groups and len(groups[-1]) < per_group and length_bucket(groups[-1][0]) == length_bucket(i):
+      groups[-1].append(i)
+    else:
+      groups.append([i])
+  return groups
+
+
+def trim(tokens: np.ndarray, stop_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+  """A row's tokens cut after its first stop id (kept) or at max_new_tokens."""
+  tokens = [int(t) for t in tokens[:max_new_tokens]]
+  for i, t in enumerate(tokens):
+    if t in stop_ids:
+      return tokens[:i + 1]
+  return tokens
+
+
+def _generate_group(params, cfg, prompts, indices, req: Request, mesh) -> dict[int, list[list[int]]]:
+  """{prompt index: its samples' token lists} for one group of prompts."""
+  group = [prompts[i] for i in indices]
+  n = req.num_samples
+  batch = batching.bucket(len(group), batching.MIN_BATCH_BUCKET)
+  prompt_len = batching.bucket(max(len(p) for p in group), batching.MIN_PROMPT_BUCKET)
+  cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
+  tokens, pad = batching.left_padded(group, batch, prompt_len)
+  sharding = cache_sharding(cfg, mesh)
+  logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=n,
+                           sharding=sharding)
+  row_ids = np.full((batch, n), -1, np.int32)
+  row_ids[:len(group)] = np.asarray(indices)[:, None] * n + np.arange(n)
+  done = np.repeat(np.arange(batch) >= len(group), n)
+  out, steps, _ = _decode(params, cache, logits, np.repeat(pad, n), row_ids.reshape(-1), done,
+                          np.int32(req.max_new_tokens), np.uint32(req.seed),
+                          np.float32(req.temperature or 1.0), np.float32(req.top_p),
+                          np.asarray(req.stop_ids or (-1,), np.int32), cfg=cfg, prompt_len=prompt_len,
+                          sampler=req.sampler, sharding=sharding)
+  out = np.asarray(out)[:, :int(steps)]
+  return {i: [trim(out[row * n + s], req.stop_ids, req.max_new_tokens) for s in range(n)]
+          for row, i in enumerate(indices)}
+
+
+def generate(params: dict, cfg: ModelConfig, prompts, *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+             stop_ids: Sequence[int] = (IM_END_ID,), mesh: Mesh | None = None,
+             max_batch: int = 64) -> list[list[int]]:
+  """len(prompts) * num_samples lists of generated ids, prompt-major, each cut after its first stop
+  id (included) or at max_new_tokens. temperature 0 is greedy; `seed` makes sampling reproducible
+  (a row's draws depend on the seed and its index only). max_batch bounds the rows decoded together.
+  """
+  req = check_request(cfg, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop_ids)
+  prompts = batching.check_prompts(prompts, cfg, req.max_new_tokens)
+  if mesh is not None:
+    params = model_lib.shard_params(params, cfg, mesh)
+  results: dict[int, list[list[int]]] = {}
+  for indices in _groups([len(p) for p in prompts], max(1, max_batch // req.num_samples)):
+    results.update(_generate_group(params, cfg, prompts, indices, req, mesh))
+  return [sample_ids for i in range(len(prompts)) for sample_ids in results[i]]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampler"), donate_argnames=("cache",))
+def _stream_step(params, cache, token, position, slot, pad, step, seed, temperature, top_p, *, cfg,
+                 sampler):
+  batching.note_compile("stream_step")
+  logits, cache = decoder.step(params, cfg, cache, token, position, slot, pad)
+  return sample(logits, row_keys(seed, jnp.zeros((1,), jnp.int32), step), sampler, temperature,
+                top_p), cache
+
+
+def stream(params: dict, cfg: ModelConfig, prompt: Sequence[int], *, max_new_tokens: int,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           stop_ids: Sequence[int] = (IM_END_ID,)) -> Iterator[int]:
+  """Yields one prompt's generated ids as they are produced (for terminals), the stop id last."""
+  req = check_request(cfg, max_new_tokens, temperature, top_k, top_p, 1, seed, stop_ids)
+  (ids,) = batching.check_prompts([prompt], cfg, req.max_new_tokens, what="prompt")
+  prompt_len = batching.bucket(len(ids), batching.MIN_PROMPT_BUCKET)
+  cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
+  tokens, pad = batching.left_padded([ids], 1, prompt_len)
+  logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=1,
+                           sharding=None)
+  args = (np.uint32(req.seed), np.float32(req.temperature or 1.0), np.float32(req.top_p))
+  token = sample(logits, row_keys(args[0], jnp.zeros((1,), jnp.int32), 0), req.sampler, *args[1:])
+  for i in range(req.max_new_tokens):
+    yield int(token[0])
+    if int(token[0]) in req.stop_ids or i + 1 == req.max_new_tokens:
+      return
+    position = np.asarray([len(ids) + i], np.int32)
+    token, cache = _stream_step(params, cache, token, position, np.int32(prompt_len + i), pad,
+                                np.int32(i + 1), *args, cfg=cfg, sampler=req.sampler)

@@ -1,0 +1,112 @@
+"""`logprobs`: log p(completion token | prompt + completion so far), teacher-forced and packed.
+
+Several (prompt + completion) sequences share a row as segments (segment ids keep them apart,
+positions restart per sequence), rows are padded to power-of-two lengths and counts, and the
+output layer runs a sequence chunk at a time, so no [rows, length, vocab] array exists.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from phi4_jax import model as model_lib
+from phi4_jax.inference.batching import bucket, check_prompts, note_compile
+from phi4_jax.model import ModelConfig
+
+MIN_ROW_BUCKET = 32
+ROW_TOKENS = 16_384  # tokens per forward call (rows x row length): bounds activation memory
+LOGIT_CHUNK = 256  # sequence positions per output-layer chunk
+
+
+def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array, dtype,
+                    chunk: int = LOGIT_CHUNK) -> jax.Array:
+  """log softmax(hidden @ kernel)[target] [B, T] float32, one sequence chunk of logits at a time."""
+  b, t, d = hidden_BxTxD.shape
+  chunk = chunk if t % chunk == 0 else t
+  h_NxBxCxD = hidden_BxTxD.reshape(b, t // chunk, chunk, d).swapaxes(0, 1)
+  y_NxBxC = targets_BxT.reshape(b, t // chunk, chunk).swapaxes(0, 1)
+  kernel = kernel_DxV.astype(dtype)
+
+  def one_chunk(xs):
+    h_BxCxD, y_BxC = xs
+    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel,
+                              preferred_element_type=jnp.float32)
+    target = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    return target - jax.nn.logsumexp(logits_BxCxV, axis=-1)
+
+  return jax.lax.map(one_chunk, (h_NxBxCxD, y_NxBxC)).swapaxes(0, 1).reshape(b, t)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, *, cfg, mesh):
+  """[B, T] log-prob of each row's next token (position t scores token t+1)."""
+  note_compile("logprobs")
+  hidden = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
+                             positions=positions_BxT, mesh=mesh, return_hidden=True)
+  targets = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
+  return target_logprobs(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype))
+
+
+def pack(lengths: list[int], row_len: int) -> list[list[int]]:
+  """Sequence indices per row, first-fit by decreasing length (every length <= row_len)."""
+  rows: list[list[int]] = []
+  free: list[int] = []
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for r, space in enumerate(free):
+      if lengths[i] <= space:
+        rows[r].append(i)
+        free[r] -= lengths[i]
+        break
+    else:
+      rows.append([i])
+      free.append(row_len - lengths[i])
+  return rows
+
+
+def _row_arrays(seqs: list[np.ndarray], rows: list[list[int]], row_len: int, n_rows: int):
+  """tokens, segment ids (1, 2, ... per sequence; 0 = padding), positions and each sequence's
+  (row, offset)."""
+  tokens = np.zeros((n_rows, row_len), np.int32)
+  segments = np.zeros((n_rows, row_len), np.int32)
+  positions = np.zeros((n_rows, row_len), np.int32)
+  where = {}
+  for r, members in enumerate(rows):
+    offset = 0
+    for k, i in enumerate(members):
+      n = len(seqs[i])
+      tokens[r, offset:offset + n] = seqs[i]
+      segments[r, offset:offset + n] = k + 1
+      positions[r, offset:offset + n] = np.arange(n)
+      where[i] = (r, offset)
+      offset += n
+  return tokens, segments, positions, where
+
+
+def logprobs(params: dict, cfg: ModelConfig, prompts, completions, *, mesh: Mesh | None = None) -> list[np.ndarray]:
+  """One float32 array per (prompt, completion) pair: the log-prob of each completion token."""
+  prompts = check_prompts(prompts, cfg, what="prompts")
+  if isinstance(completions, (str, bytes)) or len(completions) != len(prompts):
+    raise ValueError(f"completions: expected one token-id list per prompt ({len(prompts)}), got "
+                     f"{len(completions) if hasattr(completions, '__len__') else completions!r}")
+  completions = [np.asarray(c, np.int32).reshape(-1) for c in completions]
+  seqs = [np.concatenate([p, c]) for p, c in zip(prompts, completions)]
+  check_prompts(seqs, cfg, what="prompts[i] + completions[i]")
+  if mesh is not None:
+    params = model_lib.shard_params(params, cfg, mesh)
+  row_len = min(bucket(max(len(s) for s in seqs), MIN_ROW_BUCKET), cfg.max_seq_len)
+  rows = pack([len(s) for s in seqs], row_len)
+  per_call = max(1, ROW_TOKENS // row_len)
+  out: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
+  for start in range(0, len(rows), per_call):
+    chunk = rows[start:start + per_call]
+    tokens, segments, positions, where = _row_arrays(seqs, chunk, row_len, bucket(len(chunk)))
+    scores = np.asarray(_score_rows(params, tokens, segments, positions, cfg=cfg, mesh=mesh))
+    for i, (r, offset) in where.items():
+      first = offset + len(prompts[i]) - 1  # the position that predicts the first completion token
+      out[i] = scores[r, first:first + len(completions[i])].astype(np.float32)
+  return out

@@ -1,0 +1,240 @@
+"""The KV-cache sampler and scoring against transformers, a full-forward recomputation and numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from phi4_jax import hf, inference, model
+from phi4_jax.inference import batching, sampling
+
+PEAKED_PROMPT = [5, 17, 9, 3, 25]
+PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [400], [7, 7, 7, 120, 33, 2, 64, 11, 9, 301, 12, 13, 14, 15, 16, 17,
+                                                  18, 19], [500, 501]]
+
+
+@pytest.fixture(scope="module")
+def hf_net(tmp_path_factory):
+  """A tiny random Phi3ForCausalLM (GQA 4:1), saved and loaded through hf.load."""
+  torch.manual_seed(0)
+  config = transformers.Phi3Config(
+      vocab_size=768, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
+      rope_parameters={"rope_type": "default", "rope_theta": 10_000.0}, pad_token_id=None,
+      bos_token_id=None, eos_token_id=None)
+  net = transformers.Phi3ForCausalLM(config).eval()
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+  path = str(tmp_path_factory.mktemp("hf_infer"))
+  net.save_pretrained(path)
+  cfg, params = inference.load(path)
+  return net, cfg, params, path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = model.ModelConfig.preset("test", vocab_size=512, max_seq_len=256)
+  return cfg, model.init(cfg, jax.random.key(1))
+
+
+def _hf_greedy(net, prompt, n):
+  with torch.no_grad():
+    out = net.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                       pad_token_id=0, eos_token_id=None)
+  return out[0, len(prompt):].tolist()
+
+
+def test_greedy_batch_of_mixed_lengths_equals_transformers_on_each_prompt_alone(hf_net):
+  net, cfg, params, _ = hf_net
+  outs = inference.generate(params, cfg, PROMPTS, max_new_tokens=12, stop_ids=())
+  assert outs == [_hf_greedy(net, p, 12) for p in PROMPTS]
+
+
+def test_logprobs_equal_transformers_log_softmax(hf_net):
+  net, cfg, params, _ = hf_net
+  completions = [[1, 2, 3], [700, 5], [9] * 20, [0]]
+  lps = inference.logprobs(params, cfg, PROMPTS, completions)
+  for prompt, completion, lp in zip(PROMPTS, completions, lps):
+    with torch.no_grad():
+      logits = net(torch.tensor([prompt + completion])).logits[0].double()
+    ref = torch.log_softmax(logits, -1)[torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1),
+                                        torch.tensor(completion)].numpy()
+    assert lp.dtype == np.float32 and lp.shape == (len(completion),)
+    np.testing.assert_allclose(lp, ref, atol=1e-4)
+
+
+def test_load_reads_a_workdir_and_an_hf_folder_alike(hf_net, tmp_path):
+  _, cfg, params, path = hf_net
+  hf.import_checkpoint(path, str(tmp_path / "w"))
+  cfg2, params2 = inference.load(str(tmp_path / "w"))
+  assert cfg2.d_model == cfg.d_model
+  jax.tree.map(np.testing.assert_array_equal, params, params2)
+  with pytest.raises(ValueError, match="step=3: .* Hugging Face folder"):
+    inference.load(path, step=3)
+
+
+def test_greedy_equals_argmax_of_a_full_forward_recomputation(tiny):
+  cfg, params = tiny
+  outs = inference.generate(params, cfg, PROMPTS, max_new_tokens=10, stop_ids=())
+  for prompt, out in zip(PROMPTS, outs):
+    seq = list(prompt)
+    for _ in range(10):
+      seq.append(int(jnp.argmax(model.forward(params, jnp.asarray([seq]), cfg)[0, -1])))
+    assert out == seq[len(prompt):]
+
+
+def test_stream_yields_what_generate_returns(tiny):
+  cfg, params = tiny
+  for temperature in (0.0, 1.0):
+    kw = dict(max_new_tokens=9, temperature=temperature, seed=3, stop_ids=())
+    assert list(inference.stream(params, cfg, PROMPTS[0], **kw)) == \
+        inference.generate(params, cfg, PROMPTS[:1], **kw)[0]
+
+
+def test_sharded_on_8_devices_gives_the_single_device_tokens(tiny):
+  cfg, params = tiny
+  mesh = model.make_mesh((1, 4, 2))
+  single = inference.generate(params, cfg, PROMPTS, max_new_tokens=8, stop_ids=())
+  sharded = inference.generate(params, cfg, PROMPTS, max_new_tokens=8, stop_ids=(), mesh=mesh)
+  assert sharded == single
+  lps = inference.logprobs(params, cfg, PROMPTS, single)
+  lps_sharded = inference.logprobs(params, cfg, PROMPTS, single, mesh=mesh)
+  for a, b in zip(lps, lps_sharded):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_stop_ids_and_max_new_tokens_are_honoured_per_row(tiny):
+  cfg, params = tiny
+  free = inference.generate(params, cfg, PROMPTS, max_new_tokens=10, stop_ids=())
+  stop = free[0][3]  # row 0 stops at its 4th token; rows without it run to max_new_tokens
+  outs = inference.generate(params, cfg, PROMPTS, max_new_tokens=10, stop_ids=(stop,))
+  for full, out in zip(free, outs):
+    cut = full.index(stop) + 1 if stop in full else len(full)
+    assert out == full[:cut]
+  assert len(outs[0]) == free[0].index(stop) + 1 <= 4
+  assert [len(o) for o in inference.generate(params, cfg, PROMPTS, max_new_tokens=3, stop_ids=())] == [3] * 4
+
+
+def test_many_prompt_lengths_compile_a_handful_of_times(tiny):
+  cfg, params = tiny
+  lengths = list(range(1, 61, 3)) + [2, 5, 33]
+  prompts = [[(7 * i + j) % 500 for j in range(n)] for i, n in enumerate(lengths)]
+  before = sum(batching.COMPILES.values())
+  outs = inference.generate(params, cfg, prompts, max_new_tokens=4, stop_ids=())
+  assert len(outs) == len(prompts) and all(len(o) == 4 for o in outs)
+  compiles = sum(batching.COMPILES.values()) - before
+  assert compiles <= 6, (compiles, len(set(lengths)))  # 23 lengths -> 3 length buckets x 2 functions
+
+
+def _first_token_counts(cfg, params, prompt, n, **kw):
+  outs = inference.generate(params, cfg, [prompt], max_new_tokens=1, num_samples=n, stop_ids=(), **kw)
+  return np.bincount([o[0] for o in outs], minlength=cfg.vocab_size) / n
+
+
+@pytest.fixture(scope="module")
+def peaked():
+  """A 64-token vocabulary and a sharpened output layer: a first-token distribution far from
+  uniform, so frequency checks have power."""
+  cfg = model.ModelConfig.preset("test", vocab_size=64, max_seq_len=64)
+  params = model.init(cfg, jax.random.key(2))
+  params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 60.0
+  logits = np.asarray(model.forward(params, jnp.asarray([PEAKED_PROMPT]), cfg)[0, -1], np.float64)
+  return cfg, params, logits
+
+
+def _softmax(x):
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
+def test_temperature_sampling_matches_the_softmax_and_draws_fresh_keys(peaked):
+  cfg, params, logits = peaked
+  n = 4000
+  for temperature in (1.0, 0.5):
+    freq = _first_token_counts(cfg, params, PEAKED_PROMPT, n, temperature=temperature, seed=0)
+    expected = _softmax(logits / temperature)
+    tv = 0.5 * np.abs(freq - expected).sum()
+    assert tv < 0.04, (temperature, tv)
+    wrong = _softmax(logits / (2 * temperature))  # what a temperature applied twice would give
+    assert 0.5 * np.abs(freq - wrong).sum() > 0.1
+    assert np.count_nonzero(freq) >= 3  # a reused key would give one token for every sample
+  again = _first_token_counts(cfg, params, PEAKED_PROMPT, 200, temperature=1.0, seed=0)
+  other = _first_token_counts(cfg, params, PEAKED_PROMPT, 200, temperature=1.0, seed=1)
+  assert np.array_equal(again, _first_token_counts(cfg, params, PEAKED_PROMPT, 200, temperature=1.0,
+                                                   seed=0))
+  assert not np.array_equal(again, other)
+
+
+def test_top_k_and_top_p_never_leave_their_sets(peaked):
+  cfg, params, logits = peaked
+  freq = _first_token_counts(cfg, params, PEAKED_PROMPT, 2000, temperature=1.5, top_k=3, seed=4)
+  assert set(np.flatnonzero(freq)) <= set(np.argsort(logits)[-3:])
+  probs = _softmax(logits / 1.5)
+  order = np.argsort(-probs)
+  before = np.cumsum(probs[order]) - probs[order]
+  nucleus = set(order[before < 0.7])
+  freq = _first_token_counts(cfg, params, PEAKED_PROMPT, 2000, temperature=1.5, top_p=0.7, seed=5)
+  assert set(np.flatnonzero(freq)) <= nucleus and len(np.flatnonzero(freq)) > 1
+  renormalized = np.zeros_like(probs)
+  renormalized[list(nucleus)] = probs[list(nucleus)] / probs[list(nucleus)].sum()
+  assert 0.5 * np.abs(freq - renormalized).sum() < 0.06
+
+
+def test_filter_logits_on_a_hand_table():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  keep = lambda **kw: np.isfinite(np.asarray(sampling.filter_logits(
+      logits, sampling.Sampler.make(1.0, kw.get("k", 0), kw.get("p", 1.0)), jnp.float32(kw.get("p", 1.0)))))[0]
+  assert keep(k=2).tolist() == [True, True, False, False]
+  assert keep(p=0.5).tolist() == [True, False, False, False]  # 0.5 alone reaches 0.5
+  assert keep(p=0.8).tolist() == [True, True, False, False]
+  assert keep(p=0.81).tolist() == [True, True, True, False]
+
+
+def test_samples_of_one_prompt_share_its_prefill_and_greedy_samples_agree(tiny):
+  cfg, params = tiny
+  before = batching.COMPILES["prefill"]
+  outs = inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, num_samples=3, stop_ids=())
+  assert len(outs) == 6 and outs[0] == outs[1] == outs[2] and outs[3] == outs[4] == outs[5]
+  assert outs[0::3] == inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, stop_ids=())
+  assert batching.COMPILES["prefill"] - before <= 2
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompts=[]), "prompts: expected a non-empty list"),
+    (dict(prompts=[[1], []]), r"prompts\[1\]: expected a non-empty list"),
+    (dict(prompts=[[1, 512]]), r"prompts\[0\]: token id 512 is outside the vocabulary"),
+    (dict(prompts=[[-1]]), r"prompts\[0\]: token id -1"),
+    (dict(max_new_tokens=0), "max_new_tokens: must be a positive int"),
+    (dict(max_new_tokens=-2), "max_new_tokens"),
+    (dict(temperature=-0.1), "temperature: must be >= 0"),
+    (dict(top_p=0.0), r"top_p: must be in \(0, 1\]"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(prompts=[[1], [2] * 250]), r"prompts\[1\]: 250 tokens \+ 8 new tokens exceed cfg.max_seq_len=256"),
+])
+def test_bad_arguments_name_the_argument(tiny, kwargs, message):
+  cfg, params = tiny
+  call = {"prompts": [[1, 2]], "max_new_tokens": 8, **kwargs}
+  with pytest.raises(ValueError, match=message):
+    inference.generate(params, cfg, call.pop("prompts"), **call)
+
+
+def test_logprobs_bad_arguments(tiny):
+  cfg, params = tiny
+  with pytest.raises(ValueError, match="completions: expected one token-id list per prompt"):
+    inference.logprobs(params, cfg, [[1], [2]], [[3]])
+  with pytest.raises(ValueError, match=r"prompts\[i\] \+ completions\[i\]\[0\]: token id 999"):
+    inference.logprobs(params, cfg, [[1]], [[999]])
+
+
+def test_packing_is_first_fit_decreasing_and_never_overflows():
+  from phi4_jax.inference import scoring
+  lengths = [30, 5, 20, 12, 3, 31, 1]
+  rows = scoring.pack(lengths, 32)
+  assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+  assert all(sum(lengths[i] for i in r) <= 32 for r in rows)
+  assert len(rows) == 4  # 102 tokens need at least 4 rows of 32

@@ -20,8 +20,26 @@ def _refuse(field: str, value, why: str):
   raise ValueError(f"{field}={value!r} is not supported: {why}")
 
 
+# Fields by which transformers (quantization_config) and older compressed-tensors
+# (compression_config) mark a quantized checkpoint, and AutoGPTQ's separate file.
+QUANTIZATION_FIELDS = ("quantization_config", "compression_config")
+GPTQ_FILE = "quantize_config.json"
+
+
+def _check_not_quantized(config: Mapping) -> None:
+  for field in QUANTIZATION_FIELDS:
+    if config.get(field):
+      spec = config[field]
+      method = (spec.get("quant_method") or spec.get("format") or "unknown") if isinstance(
+          spec, Mapping) else spec
+      raise ValueError(f"{field} declares a quantized checkpoint (quant_method {method!r}); only "
+                       "unquantized F32/F16/BF16 weights import: dequantize first (in transformers, "
+                       "model.dequantize() then save_pretrained)")
+
+
 def _check_supported(config: Mapping) -> None:
   """Refuses, naming the field, what our decoder cannot express."""
+  _check_not_quantized(config)
   if config.get("architectures", ["Phi3ForCausalLM"]) != ["Phi3ForCausalLM"]:
     _refuse("architectures", config["architectures"], "expected ['Phi3ForCausalLM']")
   if config.get("model_type") != "phi3":
@@ -103,11 +121,21 @@ def read_config(hf_dir: str) -> ModelConfig:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{hf_dir}: no {CONFIG_FILE}; expected a Hugging Face "
                             "Phi3ForCausalLM folder")
+  gptq = os.path.join(hf_dir, GPTQ_FILE)
+  if os.path.exists(gptq):
+    raise ValueError(f"{gptq}: an AutoGPTQ-quantized checkpoint; only unquantized F32/F16/BF16 "
+                     "weights import: dequantize first")
   with open(path) as f:
     try:
-      return config_from_hf(json.load(f))
-    except ValueError as e:
-      raise ValueError(f"{path}: {e}") from e
+      config = json.load(f)
+    except ValueError as e:  # JSONDecodeError names the line and column
+      raise ValueError(f"{path}: not valid JSON: {e}") from e
+  if not isinstance(config, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+  try:
+    return config_from_hf(config)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from e
 
 
 def write_config(out_dir: str, cfg: ModelConfig, dtype: str) -> None:

@@ -23,6 +23,8 @@ DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _WRITTEN_FILES = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
+# Elements checked for NaN/inf at once: the temporary mask stays about 1 MB whatever the block.
+_FINITE_CHECK_ELEMENTS = 2**20
 
 TensorSpec = tuple[str, tuple[int, ...], np.dtype]  # name, shape, dtype as written
 
@@ -37,24 +39,64 @@ class StoredTensor:
   shape: tuple[int, ...]
 
 
+def first_nonfinite(values: np.ndarray) -> tuple[int, ...] | None:
+  """Index of the first NaN or inf in `values` (row-major order), or None if all are finite.
+
+  A contiguous array is checked in slices of _FINITE_CHECK_ELEMENTS, so no mask of the whole
+  array is made (a full np.isfinite would add a byte per element to a streaming conversion).
+  """
+  values = np.asarray(values)
+  if values.size == 0 or values.dtype.kind in "biu":  # integers are always finite
+    return None
+  if not values.flags.c_contiguous:
+    finite = np.isfinite(values)
+    return None if finite.all() else tuple(int(i) for i in np.argwhere(~finite)[0])
+  flat = values.reshape(-1)
+  for start in range(0, flat.size, _FINITE_CHECK_ELEMENTS):
+    finite = np.isfinite(flat[start:start + _FINITE_CHECK_ELEMENTS])
+    if not finite.all():
+      return tuple(int(i) for i in np.unravel_index(start + int(np.argmin(finite)), values.shape))
+  return None
+
+
+def refuse_overflow(converted: np.ndarray, what: str) -> None:
+  """Raises if converting (finite values, already checked) to converted.dtype made an inf."""
+  bad = first_nonfinite(converted)
+  if bad is not None:
+    raise ValueError(f"{what} has values beyond {converted.dtype.name}'s range (the first, at index "
+                     f"{bad} of the block, becomes {converted[bad]}); use a wider dtype")
+
+
 def _read_header(path: str) -> dict[str, StoredTensor]:
   size = os.path.getsize(path)
   with open(path, "rb") as f:
+    if size < 8:
+      raise ValueError(f"{path}: not a safetensors file, or truncated ({size} bytes)")
     (header_len,) = struct.unpack("<Q", f.read(8))
     if header_len + 8 > size:
-      raise ValueError(f"{path}: not a safetensors file (header length {header_len} > file size)")
-    header = json.loads(f.read(header_len))
+      raise ValueError(f"{path}: not a safetensors file, or truncated (header length {header_len} "
+                       f"> file size {size})")
+    try:
+      header = json.loads(f.read(header_len))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+      raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {e})") from e
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
   header.pop("__metadata__", None)
   tensors = {}
   for name, entry in header.items():
-    if entry["dtype"] not in DTYPES:
-      raise ValueError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']} "
-                       f"(supported: {sorted(DTYPES)})")
-    dtype, shape = DTYPES[entry["dtype"]], tuple(entry["shape"])
-    begin, end = entry["data_offsets"]
+    try:
+      code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: tensor {name} has a malformed header entry {entry!r}") from e
+    if code not in DTYPES:
+      raise ValueError(f"{path}: tensor {name} has dtype {code}, which cannot be imported "
+                       f"(supported: {sorted(DTYPES)}); integer and 8-bit dtypes mean a quantized "
+                       "checkpoint: dequantize it to F32/F16/BF16 first")
+    dtype = DTYPES[code]
     if end - begin != math.prod(shape) * dtype.itemsize or 8 + header_len + end > size:
       raise ValueError(f"{path}: tensor {name} data [{begin}, {end}) does not fit its shape {shape} "
-                       f"and dtype {entry['dtype']}, or the file ({size} bytes) is truncated")
+                       f"and dtype {code}, or the file ({size} bytes) is truncated")
     tensors[name] = StoredTensor(path, 8 + header_len + begin, dtype, shape)
   return tensors
 
@@ -82,7 +124,12 @@ class SafetensorsReader:
 
   def _read_index(self, hf_dir: str, index_path: str) -> None:
     with open(index_path) as f:
-      weight_map: dict[str, str] = json.load(f)["weight_map"]
+      try:
+        weight_map: dict[str, str] = json.load(f)["weight_map"]
+      except ValueError as e:  # names the line and column
+        raise ValueError(f"{index_path}: not valid JSON: {e}") from e
+      except (KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: no weight_map (expected a safetensors index)") from e
     headers: dict[str, dict[str, StoredTensor]] = {}
     for name, file in weight_map.items():
       path = os.path.join(hf_dir, file)
@@ -111,7 +158,10 @@ class SafetensorsReader:
                        f"this config.json has no such parameters")
 
   def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Tensor `name`, or rows [start, stop) of its first axis, read into a new array."""
+    """Tensor `name`, or rows [start, stop) of its first axis, read into a new array.
+
+    Raises naming the file, tensor and first bad index if the rows hold a NaN or inf.
+    """
     t = self.tensors[name]
     stop = t.shape[0] if stop is None else stop
     out = np.empty((stop - start, *t.shape[1:]), t.dtype)
@@ -119,6 +169,10 @@ class SafetensorsReader:
       f.seek(t.offset + start * math.prod(t.shape[1:]) * t.dtype.itemsize)
       if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
         raise ValueError(f"{t.file}: tensor {name} is truncated")
+    bad = first_nonfinite(out)
+    if bad is not None:
+      raise ValueError(f"{t.file}: tensor {name} has non-finite values (first: {out[bad]} at "
+                       f"index {(bad[0] + start, *bad[1:])}); refusing a corrupt checkpoint")
     return out
 
 
@@ -142,7 +196,11 @@ def write_safetensors(path: str, tensors: Sequence[TensorSpec],
     for name, shape, dtype in tensors:
       rows = 0
       for block in blocks(name):
-        block = np.ascontiguousarray(block, dtype=dtype)
+        narrowed = block.dtype != dtype
+        with np.errstate(over="ignore"):  # an overflow is refused just below
+          block = np.ascontiguousarray(block, dtype=dtype)
+        if narrowed:
+          refuse_overflow(block, f"tensor {name} (rows from {rows})")
         if block.shape[1:] != shape[1:] or rows + block.shape[0] > shape[0]:
           raise ValueError(f"{path}: tensor {name} got a block of shape {block.shape} after "
                            f"{rows} rows; expected shape {shape}")
@@ -180,18 +238,35 @@ def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> lis
 
 def write_folder(out_dir: str, tensors: Sequence[TensorSpec],
                  blocks: Callable[[str], Iterable[np.ndarray]], max_shard_size: int | str) -> None:
-  """model.safetensors, or shards and their index when the tensors exceed max_shard_size."""
+  """model.safetensors, or shards and their index when the tensors exceed max_shard_size.
+
+  Files are written under hidden `.NAME.partial` names and renamed into place (replacing any
+  earlier single file or shards) only once all are written, so a failure (a refused block, a full
+  disk) leaves out_dir as it was; overwriting a folder needs room for both copies meanwhile.
+  """
   shards = plan_shards(tensors, max_shard_size)
+  created = not os.path.isdir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
+  files = [SINGLE_FILE] if len(shards) == 1 else [
+      f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+  partial = {file: os.path.join(out_dir, f".{file}.partial") for file in files}
+  try:
+    for file, shard in zip(files, shards):
+      write_safetensors(partial[file], shard, blocks)
+  except BaseException:
+    for path in partial.values():
+      if os.path.exists(path):
+        os.remove(path)
+    if created and not os.listdir(out_dir):
+      os.rmdir(out_dir)
+    raise
   for stale in os.listdir(out_dir):  # a leftover single file or shard would shadow the new ones
     if _WRITTEN_FILES.fullmatch(stale):
       os.remove(os.path.join(out_dir, stale))
-  weight_map = {}
-  for k, shard in enumerate(shards):
-    file = SINGLE_FILE if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-    write_safetensors(os.path.join(out_dir, file), shard, blocks)
-    weight_map.update({name: file for name, _, _ in shard})
+  for file in files:
+    os.replace(partial[file], os.path.join(out_dir, file))
   if len(shards) > 1:
+    weight_map = {name: file for file, shard in zip(files, shards) for name, _, _ in shard}
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
       json.dump({"metadata": {"total_size": sum(map(_nbytes, tensors))}, "weight_map": weight_map},
                 f, indent=2)

@@ -22,12 +22,15 @@ def main(argv: list[str] | None = None) -> None:
   exp.add_argument("--dtype", choices=DTYPES, default=None, help="default: the checkpoint's")
   exp.add_argument("--max_shard_size", default="5GB")
   args = parser.parse_args(argv)
-  if args.command == "import":
-    cfg = hf.import_checkpoint(args.hf_dir, args.out, args.dtype)
-    print(f"imported {args.hf_dir} -> {args.out} ({cfg.param_dtype})")
-  else:
-    hf.export_checkpoint(args.workdir, args.out, args.step, args.dtype, args.max_shard_size)
-    print(f"exported {args.workdir} -> {args.out}")
+  try:
+    if args.command == "import":
+      cfg = hf.import_checkpoint(args.hf_dir, args.out, args.dtype)
+      print(f"imported {args.hf_dir} -> {args.out} ({cfg.param_dtype})")
+    else:
+      hf.export_checkpoint(args.workdir, args.out, args.step, args.dtype, args.max_shard_size)
+      print(f"exported {args.workdir} -> {args.out}")
+  except (ValueError, FileNotFoundError) as e:  # a refused input: its message names the file
+    parser.exit(1, f"{parser.prog} {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tensorstore as ts
 from flax import traverse_util
 
 from phi4_jax.hf.mapping import HfTensor, block_rows, row_blocks
-from phi4_jax.hf.safetensors_io import SafetensorsReader
+from phi4_jax.hf.safetensors_io import SafetensorsReader, refuse_overflow
 
 
 class PendingLeaf:
@@ -74,8 +74,13 @@ class _StreamingHandler(ocp.type_handlers.NumpyHandler):
       for start, stop in row_blocks(t):
         block = self._reader.read(t.name, start, stop)
         for p in t.pieces:
-          await stores[p.path][p.index(start, stop)].write(
-              p.take(block).astype(dtypes[p.path], copy=False))
+          with np.errstate(over="ignore"):  # an overflow is refused just below
+            values = p.take(block).astype(dtypes[p.path], copy=False)
+          if block.dtype != dtypes[p.path]:
+            refuse_overflow(values, f"{self._reader.tensors[t.name].file}: tensor {t.name}, as "
+                                    f"{p.path},")
+          await stores[p.path][p.index(start, stop)].write(values)
+          del values
         del block  # before the next read, so two blocks are never alive together
 
 

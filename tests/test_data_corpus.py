@@ -95,3 +95,25 @@ def test_synthetic_answers_are_correct_and_checkable(data_cache):
     ("7", "", False)])
 def test_check_answer(expected, given, ok):
   assert synthetic.check_answer(expected, given) is ok
+
+
+def test_a_failed_build_leaves_no_partial_corpus(tmp_path, monkeypatch):
+  monkeypatch.setattr(corpus, "_web", lambda: [{"text": "w " * 300, "name": "a", "version": "1"}])
+  monkeypatch.setattr(corpus, "_stdlib_files", lambda: [("a.py", "print(1)\n")])
+  monkeypatch.setattr(corpus, "_synthetic", lambda budget: [{"text": "1 + 1 = 2"}])
+  real_take, calls = corpus._take, []
+
+  def take(records, budget):
+    calls.append(1)
+    if len(calls) == 4:  # three sources written, then the disk fills
+      raise OSError(28, "No space left on device")
+    return real_take(records, budget)
+
+  monkeypatch.setattr(corpus, "_take", take)
+  with pytest.raises(OSError, match=rf"building the embedded corpus into {tmp_path}/corpus/v\d+: "
+                     "No space left"):
+    corpus.build(str(tmp_path))
+  assert os.listdir(tmp_path / "corpus") == []
+  monkeypatch.setattr(corpus, "_take", real_take)
+  root = corpus.build(str(tmp_path))
+  assert _records(root, "web")[0]["text"] == "w " * 300 and os.listdir(tmp_path / "corpus") == [f"v{corpus.VERSION}"]

@@ -75,6 +75,8 @@ def _web() -> list[dict]:
     meta = dist.metadata
     name = (meta["Name"] or "").lower().replace("_", "-")
     text = meta["Description"] or meta.get_payload() or ""
+    # a lone surrogate (undecodable bytes in some metadata) has no UTF-8 form: replace it
+    text = text.encode("utf-8", "replace").decode("utf-8")
     if name and name not in seen and len(text.strip()) >= 500:
       seen.add(name)
       docs.append({"text": text.strip(), "name": name, "version": meta["Version"] or ""})
@@ -143,7 +145,10 @@ def _synthetic(budget: int) -> list[dict]:
 
 
 def build(cache: str) -> str:
-  """Builds the corpus under `cache` unless a complete build of this VERSION exists; its directory."""
+  """Builds the corpus under `cache` unless a complete build of this VERSION exists; its directory.
+
+  Written into a temporary directory renamed into place at the end, so the corpus is there
+  whole or not at all; a build that fails removes its temporary directory."""
   root = os.path.join(cache, "corpus", f"v{VERSION}")
   if os.path.exists(os.path.join(root, "manifest.json")):
     return root
@@ -158,17 +163,24 @@ def build(cache: str) -> str:
       "long": [{"text": s, "path": p} for p, s in stdlib if len(s.encode()) >= _LONG_BYTES],
   }
   tmp = f"{root}.tmp{os.getpid()}"
-  os.makedirs(tmp, exist_ok=True)
-  manifest = {"version": VERSION, "python": sys.version.split()[0], "files": {}}
-  for name, records in sources.items():
-    records = _take(records, BUDGET_BYTES[name])
-    with open(os.path.join(tmp, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    manifest["files"][name] = {"docs": len(records), "bytes": sum(len(r["text"].encode()) for r in records)}
-  with open(os.path.join(tmp, "manifest.json"), "w") as f:
-    json.dump(manifest, f, indent=1)
   try:
+    os.makedirs(tmp, exist_ok=True)
+    manifest = {"version": VERSION, "python": sys.version.split()[0], "files": {}}
+    for name, records in sources.items():
+      records = _take(records, BUDGET_BYTES[name])
+      with open(os.path.join(tmp, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+      manifest["files"][name] = {"docs": len(records),
+                                 "bytes": sum(len(r["text"].encode()) for r in records)}
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+      json.dump(manifest, f, indent=1)
     os.rename(tmp, root)
-  except OSError:  # another process finished first
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing; a lost race is fine
+    if not os.path.exists(os.path.join(root, "manifest.json")):  # not a race: the build failed
+      raise OSError(e.errno, f"building the embedded corpus into {root}: {e.strerror or e}",
+                    e.filename) from e
+  except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return root

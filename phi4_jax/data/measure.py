@@ -15,7 +15,7 @@ import numpy as np
 
 from phi4_jax.data import corpus
 from phi4_jax.data.planner import Leaf, PlanError, leaves
-from phi4_jax.data.sources import Skip, Source, count_skip, open_source, save_npy
+from phi4_jax.data.sources import Skip, Source, count_skip, load_npy, open_source, save_npy
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 _VERSION = "1"  # bump when counting changes
@@ -24,8 +24,9 @@ _VERSION = "1"  # bump when counting changes
 def doc_lengths(source: Source, cache_dir: str, threads: int = 2, batch: int = 256) -> np.ndarray:
   """int32 [len(source)]: tokens of each document plus its separator; 0 for skipped records."""
   path = os.path.join(cache_dir, "measure", f"{source.fingerprint}-v{_VERSION}.npy")
-  if os.path.exists(path):
-    return np.load(path)
+  cached = load_npy(path)
+  if cached is not None and cached.shape == (len(source),):
+    return cached
   tokenizer = Phi4Tokenizer()
   lengths = np.zeros(len(source), np.int32)
   skipped: dict[str, int] = {}
@@ -40,9 +41,9 @@ def doc_lengths(source: Source, cache_dir: str, threads: int = 2, batch: int = 2
         docs.append(t)
     ids = tokenizer.encode_ordinary_batch(docs, threads)
     lengths[keep] = [len(x) + 1 for x in ids]
-  if skipped:
-    logging.warning("source %s: measured %d documents, skipped %s", source.name,
-                    int((lengths > 0).sum()), skipped)
+  if skipped:  # this pass reads every record once; training counts its own reads (progress())
+    logging.warning("source %s: measuring its %d records found %d documents; skipped %s",
+                    source.name, len(source), int((lengths > 0).sum()), skipped)
   save_npy(path, lengths)
   return lengths
 

@@ -4,19 +4,27 @@ jsonl is random-access through a cached index of line offsets; jsonl.gz is decom
 into the cache (gzip cannot seek); parquet reads whole row groups (cached) and exposes them as
 shuffle blocks; ArrayRecord is random-access natively. A record that cannot give a document
 (malformed JSON, missing text field, invalid UTF-8, empty text) comes back as a `Skip` naming
-its file and line, so the run goes on and reports it.
+its file and line, so the run goes on and reports it. A file that cannot be read at all
+(truncated or corrupt gzip, parquet or ArrayRecord, permission denied, deleted or changed after
+it was indexed) raises `SourceError` naming the source, its config field, the file and, where
+known, the line or record. Files are opened, indexed (jsonl), decompressed (jsonl.gz) or have
+their footer read (parquet, ArrayRecord) when the Source is built, so most such errors surface
+while the train iterator is built, before any step; corruption inside a parquet row group or an
+ArrayRecord chunk only shows when it is read. Cache files are written atomically, and a failed
+write leaves no temporary file behind.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
+import zlib
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -31,8 +39,33 @@ _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".j
 
 
 class Skip(NamedTuple):
-  reason: str  # malformed_json | missing_field | invalid_utf8 | empty
+  """A record that gives no document. reason: malformed_json (not JSON) | missing_field (not an
+  object with a string `text_field`) | invalid_utf8 (bytes that are not UTF-8, or JSON escapes
+  such as a lone surrogate "\\ud800" that no UTF-8 text can hold) | empty (blank line, or text
+  of only whitespace)."""
+  reason: str
   where: str  # "path:line" (jsonl) or "path:row N" / "path:record N"
+
+
+class SourceError(ValueError):
+  """A source file that cannot be read: names the source, its config field, the file and, where
+  known, the line or record."""
+
+
+class CacheError(OSError):
+  """A cache file (line index, decompressed copy, token counts) that cannot be written."""
+
+
+class _Unreadable(Exception):
+  """Raised by a file reader: `place` is the file (and line or record) that failed."""
+
+  def __init__(self, place: str, cause: BaseException, hint: str = ""):
+    super().__init__(place)
+    self.place, self.cause, self.hint = place, cause, hint
+
+
+def _describe(e: BaseException) -> str:
+  return f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__} (no detail given)"
 
 
 _LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, later ones only counted
@@ -41,8 +74,12 @@ _LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, la
 def count_skip(counts: dict[str, int], source: str, skip: Skip) -> None:
   """Counts a skipped record by reason, and logs where it is while few have been skipped."""
   counts[skip.reason] = counts.get(skip.reason, 0) + 1
-  if sum(counts.values()) <= _LOGGED_SKIPS:
-    logging.warning("source %s: skipped %s (%s)", source, skip.where, skip.reason)
+  total = sum(counts.values())
+  if total <= _LOGGED_SKIPS:
+    logging.warning("source %s: skipped %s (%s), %d skipped so far", source, skip.where,
+                    skip.reason, total)
+    if total == _LOGGED_SKIPS:
+      logging.warning("source %s: further skipped records are counted, not logged", source)
 
 
 def _file_key(path: str, *extra: str) -> str:
@@ -52,11 +89,33 @@ def _file_key(path: str, *extra: str) -> str:
 
 
 def atomic_write(path: str, write) -> None:
-  """write(tmp_path), then rename it to path: readers never see a partial file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  """write(tmp_path), then rename it to path: readers never see a partial file, and a write that
+  fails (or is interrupted) removes its temporary file before the error goes on; an OSError of
+  the write is a CacheError naming `path`."""
   tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-  write(tmp)
-  os.replace(tmp, path)
+  try:
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      write(tmp)
+      os.replace(tmp, path)
+    finally:
+      if os.path.lexists(tmp):  # the write failed (or was interrupted) before the rename
+        with contextlib.suppress(OSError):
+          os.unlink(tmp)
+  except OSError as e:
+    raise CacheError(f"cannot write the cache file {path}: {_describe(e)} (config.data.cache_dir "
+                     "or $PHI4_JAX_CACHE choose the cache)") from e
+
+
+def load_npy(path: str) -> np.ndarray | None:
+  """A cached array, or None if it is missing or unreadable (then it is rebuilt)."""
+  try:
+    return np.load(path)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, EOFError) as e:
+    logging.warning("cache file %s is unreadable (%s): rebuilding it", path, _describe(e))
+    return None
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
@@ -73,7 +132,10 @@ def _text_of(raw: bytes, text_field: str, where: str) -> str | Skip:
     text = raw.decode("utf-8")
   except UnicodeDecodeError:
     return Skip("invalid_utf8", where)
+  if not text.strip():  # a blank line (or record) holds no document, whatever the format
+    return Skip("empty", where)
   if text_field:
+    escaped = "\\u" in text  # only a JSON \u escape can give a lone surrogate
     try:
       obj = json.loads(text)
     except ValueError:
@@ -81,7 +143,18 @@ def _text_of(raw: bytes, text_field: str, where: str) -> str | Skip:
     text = obj.get(text_field) if isinstance(obj, dict) else None
     if not isinstance(text, str):
       return Skip("missing_field", where)
+    if escaped and not _encodable(text):
+      return Skip("invalid_utf8", where)
   return text if text.strip() else Skip("empty", where)
+
+
+def _encodable(text: str) -> bool:
+  """False for text with lone surrogates (no UTF-8 form; the tokenizer would replace them)."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 class JsonlFile:
@@ -98,19 +171,22 @@ class JsonlFile:
   def _offsets(self) -> np.ndarray:
     """int64 [n + 1]: byte offset of each line start, then the end of the file."""
     if self._starts is None:
-      if os.path.exists(self._index_path):
-        self._starts = np.load(self._index_path)
-      else:
-        self._starts = self._scan()
-        save_npy(self._index_path, self._starts)
+      starts = load_npy(self._index_path)
+      if starts is None or starts.ndim != 1 or not len(starts):
+        starts = self._scan()
+        save_npy(self._index_path, starts)
+      self._starts = starts
     return self._starts
 
   def _scan(self) -> np.ndarray:
     starts, base = [np.zeros(1, np.int64)], 0
-    with open(self.path, "rb") as f:
-      while chunk := f.read(1 << 26):
-        starts.append(np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10).astype(np.int64) + base + 1)
-        base += len(chunk)
+    try:
+      with open(self.path, "rb") as f:
+        while chunk := f.read(1 << 26):
+          starts.append(np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10).astype(np.int64) + base + 1)
+          base += len(chunk)
+    except OSError as e:
+      raise _Unreadable(self.shown, e) from e
     offsets = np.concatenate(starts)
     return offsets if offsets[-1] == base else np.append(offsets, base)
 
@@ -120,22 +196,55 @@ class JsonlFile:
   def read(self, indices: list[int]) -> list[str | Skip]:
     offsets = self._offsets()
     out = []
-    fd = os.open(self.path, os.O_RDONLY)
+    try:
+      fd = os.open(self.path, os.O_RDONLY)
+    except OSError as e:
+      hint = "" if self.shown == self.path else f" (its decompressed copy {self.path})"
+      raise _Unreadable(self.shown + hint, e, "it was indexed when the run started") from e
     try:
       for i in indices:
         start, end = int(offsets[i]), int(offsets[i + 1])
-        out.append(_text_of(os.pread(fd, end - start, start), self.text_field, f"{self.shown}:{i + 1}"))
+        try:
+          raw = os.pread(fd, end - start, start)
+        except OSError as e:
+          raise _Unreadable(f"{self.shown}:{i + 1}", e) from e
+        if len(raw) != end - start:
+          raise _Unreadable(f"{self.shown}:{i + 1}", EOFError(
+              f"read {len(raw)} of the line's {end - start} bytes at offset {start}"),
+              "the file is shorter than when it was indexed: it changed while the run reads it")
+        out.append(_text_of(raw, self.text_field, f"{self.shown}:{i + 1}"))
     finally:
       os.close(fd)
     return out
 
 
 def _gunzipped(path: str, cache_dir: str) -> str:
+  """The decompressed copy of a .jsonl.gz in the cache (made once; nothing left if it fails)."""
   target = os.path.join(cache_dir, "gunzip", _file_key(path) + ".jsonl")
-  if not os.path.exists(target):
-    def write(tmp):
-      with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 24)
+  if os.path.exists(target):
+    return target
+  try:
+    src = gzip.open(path, "rb")
+  except OSError as e:
+    raise _Unreadable(path, e) from e
+
+  def write(tmp):
+    lines = 0
+    with open(tmp, "wb") as dst:
+      while True:
+        try:
+          chunk = src.read1(1 << 20)  # read1: what decompressed before an error is written
+        except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+          kind = "truncated" if isinstance(e, EOFError) else "corrupt"
+          # a bad CRC shows at the member's end: then no line is to blame
+          at = path if isinstance(e, gzip.BadGzipFile) else f"{path} (in line {lines + 1} of its text)"
+          raise _Unreadable(at, e, f"a {kind} gzip file: replace it or drop it from the globs") from e
+        if not chunk:
+          return
+        dst.write(chunk)
+        lines += chunk.count(b"\n")
+
+  with src:
     atomic_write(target, write)
   return target
 
@@ -143,13 +252,16 @@ def _gunzipped(path: str, cache_dir: str) -> str:
 class ParquetFile:
   """One parquet file; a record is a row. Row groups are decoded whole and kept (LRU of 4)."""
 
-  def __init__(self, path: str, text_field: str):
+  def __init__(self, path: str, text_field: str, field: str = "text_field"):
     import pyarrow.parquet as pq
     self.path, self.text_field = path, text_field
-    meta = pq.ParquetFile(path).metadata
+    try:
+      meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
+      raise _Unreadable(path, e, "not a readable parquet file (truncated or corrupt footer?)") from e
     if text_field not in meta.schema.names:
-      raise ValueError(f"{path}: parquet file has no column {text_field!r} "
-                       f"(columns: {meta.schema.names})")
+      raise ValueError(f"{field}.text_field: {text_field!r} is not a column of the parquet file "
+                       f"{path} (columns: {meta.schema.names})")
     self.group_starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     self._lock, self._groups = threading.Lock(), OrderedDict()
 
@@ -162,13 +274,17 @@ class ParquetFile:
   def __len__(self) -> int:
     return int(self.group_starts[-1])
 
-  def _group(self, g: int) -> list:
+  def _group(self, g: int, i: int) -> list:
     with self._lock:
       if g in self._groups:
         self._groups.move_to_end(g)
         return self._groups[g]
     import pyarrow.parquet as pq
-    values = pq.ParquetFile(self.path).read_row_group(g, columns=[self.text_field]).column(0).to_pylist()
+    try:
+      values = pq.ParquetFile(self.path).read_row_group(g, columns=[self.text_field]).column(0).to_pylist()
+    except Exception as e:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
+      raise _Unreadable(f"{self.path}:row {i} (row group {g}, rows {self.group_starts[g]}.."
+                        f"{self.group_starts[g + 1] - 1})", e) from e
     with self._lock:
       self._groups[g] = values
       while len(self._groups) > 4:
@@ -179,7 +295,7 @@ class ParquetFile:
     out = []
     for i in indices:
       g = int(np.searchsorted(self.group_starts, i, side="right")) - 1
-      value = self._group(g)[i - self.group_starts[g]]
+      value = self._group(g, i)[i - self.group_starts[g]]
       where = f"{self.path}:row {i}"
       if isinstance(value, bytes):
         out.append(_text_of(value, "", where))
@@ -196,13 +312,24 @@ class ArrayRecordFile:
   def __init__(self, path: str, text_field: str):
     from grain.sources import ArrayRecordDataSource
     self.path, self.text_field = path, text_field
-    self._records = ArrayRecordDataSource([path])
+    try:
+      self._records = ArrayRecordDataSource([path])
+    except Exception as e:  # noqa: BLE001 (array_record raises RuntimeError, OSError, ...)
+      raise _Unreadable(path, e, "not a readable ArrayRecord file (truncated or corrupt?)") from e
 
   def __len__(self) -> int:
     return len(self._records)
 
   def read(self, indices: list[int]) -> list[str | Skip]:
-    raws = self._records.__getitems__(indices)
+    try:
+      raws = self._records.__getitems__(indices)
+    except Exception as e:  # noqa: BLE001
+      for i in indices:  # find the first record that fails, to name it
+        try:
+          self._records[i]
+        except Exception as one:  # noqa: BLE001
+          raise _Unreadable(f"{self.path}:record {i}", one) from one
+      raise _Unreadable(f"{self.path}:records {indices[0]}..", e) from e
     return [_text_of(raw, self.text_field, f"{self.path}:record {i}") for i, raw in zip(indices, raws)]
 
 
@@ -230,28 +357,56 @@ def resolve_globs(globs: str, field: str) -> list[str]:
 
 
 class Source:
-  """The documents of one leaf source: records of its files in sorted-path order."""
+  """The documents of one leaf source: records of its files in sorted-path order.
+
+  Every file is opened (and indexed or decompressed where needed) here, so an unreadable file
+  fails the construction; a read error later (a file deleted or changed since, a corrupt row
+  group) is a SourceError too, naming the source, file and record.
+  """
 
   def __init__(self, name: str, files: list[str], fmt: str, text_field: str, cache_dir: str,
                field: str):
-    self.name, self.files, self.text_field = name, files, text_field
-    self.readers = []
+    self.name, self.files, self.text_field, self.field = name, files, text_field, field
+    self.readers, keys = [], []
     for path in files:
       kind = fmt or detect_format(path)
       if kind not in FORMATS:
         raise ValueError(f"{field}: unknown format {kind or '(none)'!r} for {path} "
                          f"(known: {', '.join(FORMATS)}; set {field}.format)")
-      if kind == "jsonl":
-        self.readers.append(JsonlFile(path, text_field, cache_dir))
-      elif kind == "jsonl.gz":
-        self.readers.append(JsonlFile(_gunzipped(path, cache_dir), text_field, cache_dir, shown=path))
-      elif kind == "parquet":
-        self.readers.append(ParquetFile(path, text_field))
-      else:
-        self.readers.append(ArrayRecordFile(path, text_field))
+      with self._reading(path):
+        with open(path, "rb"):  # readable at all (a cached index would not notice)
+          pass
+        if kind == "jsonl":
+          reader = JsonlFile(path, text_field, cache_dir)
+        elif kind == "jsonl.gz":
+          reader = JsonlFile(_gunzipped(path, cache_dir), text_field, cache_dir, shown=path)
+        elif kind == "parquet":
+          reader = ParquetFile(path, text_field, field)
+        else:
+          reader = ArrayRecordFile(path, text_field)
+        len(reader)  # builds a jsonl index now
+        keys.append(_file_key(path))
+      self.readers.append(reader)
     self.file_starts = np.cumsum([0] + [len(r) for r in self.readers])
-    self.fingerprint = hashlib.sha1("|".join(
-        [fmt, text_field] + [_file_key(p) for p in files]).encode()).hexdigest()[:20]
+    self.fingerprint = hashlib.sha1("|".join([fmt, text_field] + keys).encode()).hexdigest()[:20]
+
+  @contextlib.contextmanager
+  def _reading(self, path: str):
+    """Turns an error reading `path` into a SourceError naming this source and the place."""
+    who = f"source {self.name!r} ({self.field})"
+    try:
+      yield
+    except SourceError:
+      raise
+    except CacheError as e:
+      raise CacheError(f"{who}: {e}") from e
+    except _Unreadable as e:
+      hint = f"; {e.hint}" if e.hint else ""
+      raise SourceError(f"{who}: cannot read {e.place}: {_describe(e.cause)}{hint}") from e.cause
+    except Exception as e:  # noqa: BLE001 (OSError, EOFError, library errors: all name the file)
+      if isinstance(e, ValueError) and str(e).startswith(self.field):
+        raise  # already names the field (a missing parquet column)
+      raise SourceError(f"{who}: cannot read {path}: {_describe(e)}") from e
 
   def __len__(self) -> int:
     return int(self.file_starts[-1])
@@ -272,7 +427,9 @@ class Source:
     for f in np.unique(files):
       where = np.flatnonzero(files == f)
       local = (indices[where] - self.file_starts[f]).tolist()
-      for k, text in zip(where.tolist(), self.readers[f].read(local)):
+      with self._reading(self.files[f]):
+        texts = self.readers[f].read(local)
+      for k, text in zip(where.tolist(), texts):
         out[k] = text
     return out
 

@@ -11,7 +11,7 @@ import pytest
 
 from phi4_jax import configs
 from phi4_jax.data import config as data_config
-from phi4_jax.data import make_train_iterator, measure, planner
+from phi4_jax.data import make_train_iterator, measure, planner, progress_from_state
 from phi4_jax.data.sources import open_source
 from phi4_jax.data.order import EpochOrder
 from phi4_jax.tokenizer import Phi4Tokenizer
@@ -210,3 +210,94 @@ def test_midtraining_mixes_nested_replay_with_length_filtered_long_documents(dat
   _, records = measure.documents_in_play(leaf, source, data_cache)
   lengths = np.array([len(tok.encode(t)) for t in source.read(range(len(source)))])
   np.testing.assert_array_equal(records, np.flatnonzero((lengths >= 512) & (lengths <= 1023)))
+
+
+# (raw line, reason it is skipped for, or None for a good document); reasons counted by hand
+BAD_LINES = [(b"", "empty"),  # a blank line
+             (b" \t ", "empty"),  # whitespace only
+             (b'{"text": "broken', "malformed_json"),
+             (json.dumps({"body": "no text field"}).encode(), "missing_field"),
+             (b'{"text": "bad \xff utf8"}', "invalid_utf8"),
+             (b'{"text": "lone \\ud800 surrogate"}', "invalid_utf8"),
+             (json.dumps({"text": "  \n "}).encode(), "empty"),
+             (b"[1, 2]", "missing_field"),
+             (b'{"text": 7}', "missing_field"),
+             (b"", "empty")]
+
+
+def _mixed_file(path, n_good=50, seed=0):
+  """Good documents of 3-40 words with BAD_LINES spread among them; returns each line's reason."""
+  rng = np.random.default_rng(seed)
+  lines = [(json.dumps({"text": " ".join(f"g{i}w{j}" for j in range(rng.integers(3, 40)))}).encode(),
+            None) for i in range(n_good)]
+  for k, bad in enumerate(BAD_LINES):
+    lines.insert(5 * k + 2, bad)
+  path.write_bytes(b"\n".join(raw for raw, _ in lines) + b"\n")
+  return [reason for _, reason in lines]
+
+
+@pytest.mark.parametrize("data", [dict(read_threads=3, prefetch=8), dict(worker_count=1)])
+def test_progress_counts_the_skips_of_every_batch_produced(tmp_path, caplog, data):
+  """At every step, progress()'s skip counts are exactly those (counted by hand) of the document
+  batches whose documents have reached the rows so far, and never fewer than the skips logged:
+  read-ahead by threads or worker processes does not make them lag."""
+  import collections
+  import logging
+  reasons = _mixed_file(tmp_path / "s.jsonl")
+  c = _preset("experiments/pretrain.py:test", str(tmp_path / "cache"))
+  c.seq_len, c.global_batch_size, c.seed = 16, 1, 3
+  per_batch = 6
+  c.data = data_config.data({"s": data_config.source(f"{tmp_path}/s.jsonl", 1.0)},
+                            cache_dir=str(tmp_path / "cache"), total_tokens=1.0, epoch_margin=0.0,
+                            docs_per_batch=per_batch, **data)
+  visits = EpochOrder(len(reasons), 3, "s")(0, len(reasons))
+  visit_reasons = [reasons[r] for r in visits]
+  # a batch of only bad records would be packed without a document to show it: none here
+  assert all(any(r is None for r in visit_reasons[b:b + per_batch])
+             for b in range(0, len(visits), per_batch))
+  good_visits = [v for v, r in enumerate(visit_reasons) if r is None]
+  eot = Phi4Tokenizer().endoftext_id
+  it = make_train_iterator(c)
+  caplog.clear()
+  ended, steps = 0, 0
+  with caplog.at_level(logging.WARNING):
+    for batch in it:
+      steps += 1
+      real = batch["tokens"][0][batch["loss_mask"][0] > 0]
+      ended += int((real == eot).sum())
+      started = ended + int(real[-1] != eot)  # documents begun in the rows so far
+      packed = min((good_visits[started - 1] // per_batch + 1) * per_batch, len(visits))
+      expected = collections.Counter(r for r in visit_reasons[:packed] if r is not None)
+      progress = it.progress()["sources"]["s"]
+      assert progress["skipped"] == dict(expected), steps
+      assert progress["docs_read"] == packed - sum(expected.values()), steps
+      logged = caplog.text.count("source s: skipped ")
+      assert logged == sum(progress["skipped"].values()), steps
+  assert sum(expected.values()) == len(BAD_LINES) and steps > 20
+  assert progress["skipped"] == {"empty": 4, "malformed_json": 1, "missing_field": 3,
+                                 "invalid_utf8": 2}
+  it.close()
+
+
+def test_a_state_saved_before_read_counters_restores_the_same_batches(data_cache):
+  """Checkpoints written before `read` was added to a source's state restore exactly."""
+  c = _small(data_cache)
+  it = make_train_iterator(c)
+  for _ in range(3):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  live = it.progress()
+  reference = [next(it) for _ in range(5)]
+  it.close()
+  for mixer in state["mixers"].values():
+    for source in mixer["sources"].values():
+      del source["read"]
+  old = progress_from_state(state)  # the counts before the batch being packed, as they were
+  for name, s in old["sources"].items():
+    assert s["docs_read"] <= live["sources"][name]["docs_read"]
+    assert s["tokens"] == live["sources"][name]["tokens"]
+  restored = make_train_iterator(c)
+  restored.set_state(state)
+  assert restored.progress() == live  # re-reading the batch being packed counts it again
+  _assert_same([next(restored) for _ in range(5)], reference)
+  restored.close()

@@ -139,14 +139,22 @@ class PackedRowsIterator(grain.DatasetIterator):
       self._emitted_in_first -= self._batches.popleft()[1]
     return row
 
+  @property
+  def counters(self) -> dict:
+    """{"docs", "visits_end", "skipped": {reason: n}} of every batch handed to the packer so far
+    (those whose skips were logged), whether or not all its tokens are in emitted rows yet."""
+    return _copy(self._counters)
+
   def get_state(self) -> dict:
-    """Counters are those before the oldest buffered batch (a restore re-reads it)."""
+    """`counters` are those before the oldest buffered batch (a restore re-reads it, which
+    counts it again); `read` is `counters` now, for reports (states without it, written before
+    it was added, restore the same)."""
     if self._batches:
       parent, counters = self._batches[0][0], self._batches[0][2]
     else:
       parent, counters = self._parent.get_state(), self._counters
     return {"parent": parent, "skip_tokens": self._emitted_in_first, "counters": _copy(counters),
-            "tokens": self._tokens, "exhausted": self._exhausted}
+            "read": _copy(self._counters), "tokens": self._tokens, "exhausted": self._exhausted}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])

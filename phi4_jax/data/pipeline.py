@@ -176,7 +176,10 @@ def progress_from_state(state: dict) -> dict:
 
   Per source: `tokens` emitted by this process, `epochs` = all shards' tokens (estimated from
   this process's) / unique tokens, the plan's unit; `docs_read` and `skipped` records (per
-  reason) by this process up to the document batch being packed; `exhausted` in all its shards.
+  reason) by this process in every document batch handed to the packer, the one being packed
+  included (the skips logged so far; batches that grain threads or workers read ahead are not
+  counted until packed, so the counts do not depend on timing); `exhausted` in all its shards.
+  A state from before `read` was saved gives the counts before the batch being packed.
   """
   mixers = list(state["mixers"].values())
   scale = state["shards"] / len(mixers)
@@ -185,11 +188,12 @@ def progress_from_state(state: dict) -> dict:
     per_shard = [m["sources"][name] for m in mixers]
     tokens = sum(s["tokens"] for s in per_shard)
     skipped: dict[str, int] = {}
-    for s in per_shard:
-      for reason, n in s["counters"]["skipped"].items():
+    read = [s.get("read", s["counters"]) for s in per_shard]
+    for counters in read:
+      for reason, n in counters["skipped"].items():
         skipped[reason] = skipped.get(reason, 0) + n
     sources[name] = {"tokens": tokens, "epochs": tokens * scale / state["unique_tokens"][name],
-                     "docs_read": sum(s["counters"]["docs"] for s in per_shard),
+                     "docs_read": sum(c["docs"] for c in read),
                      "skipped": skipped, "exhausted": all(s["exhausted"] for s in per_shard)}
   return {"batches": state["batches"], "tokens": sum(s["tokens"] for s in sources.values()),
           "sources": sources}

@@ -47,6 +47,21 @@ def test_the_stage_presets_pass_and_nothing_is_built(tmp_path):
     ({"data.sources.web.globs": "corpus:web, corpus:nope"},
      rf"{WEB}\.globs: 'corpus:nope': the embedded corpus has no source 'nope' \(it has web,"),
     ({"data.sources.web.globs": " , "}, rf"{WEB}\.globs: no path globs given"),
+    ({"data.sources.web.fraction": -0.1}, rf"{WEB}\.fraction: must be in \[0, 1\], got -0\.1"),
+    ({"data.sources.web.unique_tokens": float("inf")},
+     rf"{WEB}\.unique_tokens: must be finite and >= 0, got inf"),
+    ({"data.sources.web.max_epochs": float("nan")}, rf"{WEB}\.max_epochs: must be >= 0, got nan"),
+    ({"data.sources.web.min_doc_tokens": -3}, rf"{WEB}\.min_doc_tokens: must be >= 0, got -3"),
+    ({"data.total_tokens": float("inf")}, r"config\.data\.total_tokens: must be finite and >= 0, got inf"),
+    ({"data.epoch_margin": float("inf")}, r"config\.data\.epoch_margin: must be finite and >= 0, got inf"),
+    ({"data.read_threads": 8, "data.prefetch": 2},
+     r"config\.data\.prefetch: must be 0 \(no read-ahead\) or >= config\.data\.read_threads=8 .*got 2"),
+    ({"data.shards": 3}, r"config\.data\.shards: must divide config\.global_batch_size=8 .*got 3"),
+    ({"data.sources.web.text_field": ""},
+     rf"{WEB}\.text_field: is '' \(each record is its raw text\), which only ArrayRecord files can "
+     r"be, but the embedded corpus is jsonl"),
+    ({"data.sources.web.text_field": "", "data.sources.web.format": "parquet"},
+     rf"{WEB}\.text_field: is '' .* but {WEB}\.format is 'parquet'"),
 ])
 def test_bad_fields_are_refused_by_name(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -70,6 +85,12 @@ def test_unknown_missing_and_mistyped_source_fields():
     check_config(_replace_web(_pretrain(), min_doc_tokens=2.5))
   with pytest.raises(ValueError, match=rf"{WEB}\.globs: must be a string, got 3"):
     check_config(_replace_web(_pretrain(), globs=3))
+  with pytest.raises(ValueError, match=rf"{WEB}\.format: must be a string, got 3"):
+    check_config(_replace_web(_pretrain(), format=3))
+  config = _pretrain()
+  config.data = ml_collections.ConfigDict({**config.data, "cache_dir": 7})
+  with pytest.raises(ValueError, match=r"config\.data\.cache_dir: must be a string, got 7"):
+    check_config(config)
   config = _pretrain()
   config.data.shard = 2
   with pytest.raises(ValueError, match=r"config\.data\.shard: unknown field"):
@@ -115,3 +136,35 @@ def test_a_recipe_refuses_a_bad_midtrain_stage_before_pretraining_trains(tmp_pat
   with pytest.raises(ValueError, match=message):
     recipe.run(config, str(tmp_path))
   assert trained == []
+
+
+def test_every_data_field_has_a_check():
+  """Each field data/config.py defines has a range (or type) check in check.py."""
+  from phi4_jax.data import check
+  from phi4_jax.data import config as data_config
+  data_fields = set(data_config.data({})) - {"sources"}  # sources: _check_sources
+  assert data_fields == set(check._DATA_RANGES) | set(check._DATA_STRINGS)
+  assert set(data_config.source("", 0.0)) == set(check._SOURCE_RANGES) | set(check._SOURCE_STRINGS)
+  assert set(data_config.mixture(0.0, {})) == {"fraction", "sources"}
+
+
+def test_raw_text_files_need_arrayrecord(tmp_path):
+  (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+  config = _pretrain({"data.sources.web.globs": f"{tmp_path}/*.jsonl", "data.sources.web.text_field": ""})
+  with pytest.raises(ValueError, match=rf"{WEB}\.text_field: is '' .* but {tmp_path}/a\.jsonl is jsonl"):
+    check_config(config)
+  (tmp_path / "b.arrayrecord").write_bytes(b"")
+  check_config(_pretrain({"data.sources.web.globs": f"{tmp_path}/*.arrayrecord",
+                          "data.sources.web.text_field": ""}))
+
+
+def test_shards_errors_name_the_field(tmp_path):
+  from phi4_jax.data import make_train_iterator
+  config = _pretrain({"data.shards": 4, "data.cache_dir": str(tmp_path)})
+  with pytest.raises(ValueError, match=r"config\.data\.shards: must be a multiple of the 3 jax "
+                     r"processes \(0 = one shard per process\), got 4"):
+    make_train_iterator(config, 0, 3)
+  config = _pretrain({"data.cache_dir": str(tmp_path)})
+  with pytest.raises(ValueError, match=r"config\.global_batch_size: must be divisible by the 3 data "
+                     r"shards \(config\.data\.shards=0; 0 = one per process\), got 8"):
+    make_train_iterator(config, 0, 3)

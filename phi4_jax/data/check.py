@@ -23,24 +23,31 @@ from phi4_jax.data.sources import FORMATS, detect_format, resolve_globs
 _SOURCE_FIELDS = frozenset(data_config.source("", 0.0))
 _MIXTURE_FIELDS = frozenset(data_config.mixture(0.0, {}))
 _DATA_FIELDS = frozenset(data_config.data({}))
-# field -> (type, smallest value); a float field accepts ints too
+# field -> (type, smallest value[, largest value]); a float field accepts ints too and must be
+# finite. Every field of data/config.py's data(...) and source(...) is here or checked below
+# (sources, cache_dir; globs, format, text_field), and test_data_check.py checks that.
 _DATA_RANGES = {"total_tokens": (float, 0), "epoch_margin": (float, 0), "docs_per_batch": (int, 1),
                 "read_threads": (int, 0), "tokenizer_threads": (int, 1), "prefetch": (int, 0),
                 "worker_count": (int, 0), "shards": (int, 0)}
-_SOURCE_RANGES = {"fraction": (float, 0), "unique_tokens": (float, 0), "max_epochs": (float, 0),
+_SOURCE_RANGES = {"fraction": (float, 0, 1), "unique_tokens": (float, 0), "max_epochs": (float, 0),
                   "min_doc_tokens": (int, 0), "max_doc_tokens": (int, 0)}
+_DATA_STRINGS = ("cache_dir",)
+_SOURCE_STRINGS = ("globs", "format", "text_field")
 
 
 def _fail(field: str, message: str) -> None:
   raise ValueError(f"{field}: {message}")
 
 
-def _number(field: str, value, kind: type, low: float) -> None:
+def _number(field: str, value, kind: type, low: float, high: float | None = None) -> None:
   ok = isinstance(value, int) if kind is int else isinstance(value, Real)
   if isinstance(value, bool) or not ok:
     _fail(field, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-  if math.isnan(value) or value < low:
-    _fail(field, f"must be >= {low}, got {value}")
+  wanted = f"in [{low}, {high}]" if high is not None else f">= {low}"
+  if math.isnan(value) or value < low or (high is not None and value > high):
+    _fail(field, f"must be {wanted}, got {value}")
+  if math.isinf(value):
+    _fail(field, f"must be finite and {wanted}, got {value}")
 
 
 def _string(field: str, value) -> None:
@@ -72,20 +79,31 @@ def _check_files(field: str, cfg: ml_collections.ConfigDict) -> None:
               f"(it has {', '.join(corpus.BUDGET_BYTES)})")
       continue
     for path in resolve_globs(part, f"{field}.globs"):
-      if not cfg.format and detect_format(path) is None:
+      kind = cfg.format or detect_format(path)
+      if kind is None:
         _fail(f"{field}.format", f"is '' (from the extension), but {path} has none of a known "
               f"format ({', '.join(FORMATS)}): set it")
+      if not cfg.text_field and kind != "arrayrecord":
+        _raw_text(field, f"{path} is {kind}")
+
+
+def _raw_text(field: str, why: str) -> None:
+  _fail(f"{field}.text_field", f"is '' (each record is its raw text), which only ArrayRecord "
+        f"files can be, but {why}: name the field holding the text (e.g. 'text')")
 
 
 def _check_source(field: str, cfg: ml_collections.ConfigDict, files: bool) -> None:
   _fields(field, cfg, _SOURCE_FIELDS, "source(...)")
-  for name in ("globs", "format", "text_field"):
+  for name in _SOURCE_STRINGS:
     _string(f"{field}.{name}", cfg[name])
-  for name, (kind, low) in _SOURCE_RANGES.items():
-    _number(f"{field}.{name}", cfg[name], kind, low)
+  for name, bounds in _SOURCE_RANGES.items():
+    _number(f"{field}.{name}", cfg[name], *bounds)
   if cfg.format and cfg.format not in FORMATS:
     _fail(f"{field}.format", f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)}; '' = "
           "from each file's extension)")
+  if not cfg.text_field and (cfg.format not in ("", "arrayrecord") or "corpus:" in cfg.globs):
+    _raw_text(field, f"{field}.format is {cfg.format!r}" if cfg.format
+              else "the embedded corpus is jsonl")
   if cfg.max_doc_tokens and cfg.min_doc_tokens > cfg.max_doc_tokens:
     _fail(f"{field}.min_doc_tokens", f"{cfg.min_doc_tokens} is over {field}.max_doc_tokens="
           f"{cfg.max_doc_tokens} (0 = no limit): no document can pass")
@@ -104,7 +122,7 @@ def _check_sources(field: str, sources, files: bool) -> None:
             "fraction")
     if "sources" in node:
       _fields(at, node, _MIXTURE_FIELDS, "mixture(...)")
-      _number(f"{at}.fraction", node.fraction, float, 0)
+      _number(f"{at}.fraction", node.fraction, float, 0, 1)
       _check_sources(f"{at}.sources", node.sources, files)
     else:
       _check_source(at, node, files)
@@ -117,9 +135,18 @@ def check_config(config: ml_collections.ConfigDict, files: bool = True) -> None:
     _fail("config.data", "missing: a stage needs data/config.py's data(...)")
   d = config.data
   _fields("config.data", d, _DATA_FIELDS, "data(...)")
-  for name, (kind, low) in _DATA_RANGES.items():
-    _number(f"config.data.{name}", d[name], kind, low)
-  _string("config.data.cache_dir", d.cache_dir)
+  for name, bounds in _DATA_RANGES.items():
+    _number(f"config.data.{name}", d[name], *bounds)
+  for name in _DATA_STRINGS:
+    _string(f"config.data.{name}", d[name])
+  if d.read_threads and 0 < d.prefetch < d.read_threads:
+    _fail("config.data.prefetch", f"must be 0 (no read-ahead) or >= config.data.read_threads="
+          f"{d.read_threads} (grain keeps at most `prefetch` batches in flight, so the other "
+          f"threads would idle), got {d.prefetch}")
+  batch = config.get("global_batch_size")
+  if d.shards and isinstance(batch, int) and batch % d.shards:
+    _fail("config.data.shards", f"must divide config.global_batch_size={batch} (each shard gives "
+          f"the same number of rows to every batch; 0 = one per process), got {d.shards}")
   _check_sources(SOURCES_FIELD, d.sources, files)
   found = leaves(d.sources)  # fractions in [0, 1], summing to 1 at every level
   budget(config)

@@ -79,11 +79,12 @@ def _shards(config: ml_collections.ConfigDict, process_index: int, process_count
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   shards = int(d.shards) or process_count
   if shards < 0 or shards % process_count:
-    raise ValueError(f"config.data.shards={d.shards} must be a multiple of the {process_count} "
-                     "jax processes (0 = one shard per process)")
+    raise ValueError(f"config.data.shards: must be a multiple of the {process_count} jax "
+                     f"processes (0 = one shard per process), got {d.shards}")
   if config.global_batch_size % shards:
-    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by "
-                     f"the {shards} data shards (config.data.shards, 0 = one per process)")
+    raise ValueError(f"config.global_batch_size: must be divisible by the {shards} data shards "
+                     f"(config.data.shards={d.shards}; 0 = one per process), got "
+                     f"{config.global_batch_size}")
   return shards
 
 

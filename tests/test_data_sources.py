@@ -135,14 +135,15 @@ def test_pipeline_start_errors_name_the_source(tmp_path):
 
 def test_blank_lines_are_empty_and_lone_surrogates_invalid_utf8(tmp_path):
   lines = [b"", b"  \t", b'{"text": "lone \\ud800 surrogate"}', b'{"text": "low \\udc00"}',
-           b'{"text": "a pair \\ud83d\\ude00 is fine"}', b'{"text": "\\u00e9t\\u00e9"}']
+           b'{"text": "a pair \\ud83d\\ude00 is fine"}', b'{"text": "\\u00e9t\\u00e9"}',
+           b'\xef\xbb\xbf{"text": "after a byte order mark"}']
   (tmp_path / "s.jsonl").write_bytes(b"\n".join(lines) + b"\n")
   src = Source("s", [str(tmp_path / "s.jsonl")], "", "text", str(tmp_path / "c"), "f")
   where = f"{tmp_path}/s.jsonl"
-  assert src.read(range(6)) == [Skip("empty", f"{where}:1"), Skip("empty", f"{where}:2"),
+  assert src.read(range(7)) == [Skip("empty", f"{where}:1"), Skip("empty", f"{where}:2"),
                                 Skip("invalid_utf8", f"{where}:3"),
                                 Skip("invalid_utf8", f"{where}:4"),
-                                "a pair \U0001F600 is fine", "\u00e9t\u00e9"]
+                                "a pair \U0001F600 is fine", "\u00e9t\u00e9", "after a byte order mark"]
 
 
 FIELD = "config.data.sources.s"
@@ -218,6 +219,10 @@ def test_a_file_deleted_or_cut_after_indexing_is_named_with_its_line(tmp_path):
   with pytest.raises(ValueError, match=rf"cannot read {path}:\d+: EOFError: read \d+ of the line's "
                      r"\d+ bytes .*shorter than when it was indexed"):
     src.read(range(20))
+  import pickle
+  with pytest.raises(ValueError, match=rf"cannot read {path}: EOFError: it has 500 bytes, \d+ when "
+                     "indexed; it changed while the run reads it"):
+    pickle.loads(pickle.dumps(src)).read([0])  # as in a grain worker process
   path.unlink()
   with pytest.raises(ValueError, match=rf"source 's' \({FIELD}\): cannot read {path}: "
                      r"FileNotFoundError: .*it was indexed when the run started"):

@@ -35,7 +35,7 @@ def doc_lengths(source: Source, cache_dir: str, threads: int = 2, batch: int = 2
     keep, docs = [], []
     for i, t in zip(indices, source.read(indices)):
       if isinstance(t, Skip):
-        count_skip(skipped, source.name, t)
+        count_skip(skipped, source.name, t, during="measuring")
       else:
         keep.append(i)
         docs.append(t)

@@ -71,15 +71,17 @@ def _describe(e: BaseException) -> str:
 _LOGGED_SKIPS = 20  # per source: the first ones are logged with their place, later ones only counted
 
 
-def count_skip(counts: dict[str, int], source: str, skip: Skip) -> None:
-  """Counts a skipped record by reason, and logs where it is while few have been skipped."""
+def count_skip(counts: dict[str, int], source: str, skip: Skip, during: str = "") -> None:
+  """Counts a skipped record by reason, and logs where it is while few have been skipped.
+  `during` names a pass other than training's reads (its counts are not the run's progress)."""
   counts[skip.reason] = counts.get(skip.reason, 0) + 1
   total = sum(counts.values())
   if total <= _LOGGED_SKIPS:
-    logging.warning("source %s: skipped %s (%s), %d skipped so far", source, skip.where,
-                    skip.reason, total)
+    logging.warning("source %s: %sskipped %s (%s), %d skipped so far", source,
+                    f"{during}: " if during else "", skip.where, skip.reason, total)
     if total == _LOGGED_SKIPS:
-      logging.warning("source %s: further skipped records are counted, not logged", source)
+      logging.warning("source %s: %sfurther skipped records are counted, not logged", source,
+                      f"{during}: " if during else "")
 
 
 def _file_key(path: str, *extra: str) -> str:
@@ -129,7 +131,7 @@ def save_npy(path: str, array: np.ndarray) -> None:
 def _text_of(raw: bytes, text_field: str, where: str) -> str | Skip:
   """A record's bytes -> its document text, or why it has none."""
   try:
-    text = raw.decode("utf-8")
+    text = raw.decode("utf-8-sig" if raw[:3] == b"\xef\xbb\xbf" else "utf-8")  # a BOM: not text
   except UnicodeDecodeError:
     return Skip("invalid_utf8", where)
   if not text.strip():  # a blank line (or record) holds no document, whatever the format
@@ -164,18 +166,26 @@ class JsonlFile:
     self.path, self.text_field, self.shown = path, text_field, shown or path
     self._index_path = os.path.join(cache_dir, "index", _file_key(path) + ".npy")
     self._starts = None
+    self._size = None  # the file's size when it was indexed
 
-  def __getstate__(self):
+  def __getstate__(self):  # (worker processes reload the index from the cache)
     return {**self.__dict__, "_starts": None}
 
   def _offsets(self) -> np.ndarray:
     """int64 [n + 1]: byte offset of each line start, then the end of the file."""
     if self._starts is None:
+      try:
+        size = os.path.getsize(self.path)
+      except OSError as e:
+        raise _Unreadable(self.shown, e) from e
+      if self._size is not None and size != self._size:
+        raise _Unreadable(self.shown, EOFError(f"it has {size} bytes, {self._size} when indexed"),
+                          "it changed while the run reads it")
       starts = load_npy(self._index_path)
-      if starts is None or starts.ndim != 1 or not len(starts):
-        starts = self._scan()
+      if starts is None or starts.ndim != 1 or not len(starts) or starts[-1] != size:
+        starts = self._scan()  # missing, unreadable or not this file's
         save_npy(self._index_path, starts)
-      self._starts = starts
+      self._starts, self._size = starts, int(starts[-1])
     return self._starts
 
   def _scan(self) -> np.ndarray:

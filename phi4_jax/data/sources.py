@@ -10,7 +10,8 @@ it was indexed) raises `SourceError` naming the source, its config field, the fi
 known, the line or record. Files are opened, indexed (jsonl), decompressed (jsonl.gz) or have
 their footer read (parquet, ArrayRecord) when the Source is built, so most such errors surface
 while the train iterator is built, before any step; corruption inside a parquet row group or an
-ArrayRecord chunk only shows when it is read. Cache files are written atomically, and a failed
+ArrayRecord chunk shows when it is read (at build time too for a source whose unique tokens are
+measured, which reads every record; else when training reaches it). Cache files are written atomically, and a failed
 write leaves no temporary file behind.
 """
 

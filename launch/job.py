@@ -41,10 +41,9 @@ def make(config: str, overrides: dict | None, workdir: str) -> Job:
 
 def check_shared_workdir(job: Job) -> None:
   """Every host must see the workdir: an absolute path on shared storage (NFS, a GCS FUSE mount)."""
+  from phi4_jax.train import workdir as workdir_lib
   workdir = job.workdir
-  if "://" in workdir:
-    raise ValueError(f"--workdir={workdir}: metrics.jsonl and config.json are written with plain file "
-                     "I/O; mount the bucket on every host (gcsfuse) and pass the mount path instead")
+  workdir_lib.resolve(workdir)  # refuses URLs, as every entry point does
   if not os.path.isabs(workdir) and not workdir.startswith("~"):
     raise ValueError(f"--workdir={workdir} must be an absolute path on storage every host mounts "
                      "(NFS, Lustre, a gcsfuse mount of a GCS bucket)")
@@ -65,5 +64,5 @@ def check(job: Job, num_devices: int | None = None) -> ml_collections.ConfigDict
   if num_devices:
     from phi4_jax.train.config import validate
     for stage in (config[name] for name in config.stages) if "stages" in config else (config,):
-      validate(stage, num_devices)
+      validate(stage, num_devices, check_files=False)  # the data is for the cluster's hosts to see
   return config

@@ -20,6 +20,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from phi4_jax import fields
+
 FLAG = "config"
 HELP = "experiments/<stage>.py:<preset>; override any field with --config.<field>=value"
 _OVERRIDE = re.compile(rf"^--?(?:no)?{FLAG}\.([^=]+)")
@@ -110,11 +112,13 @@ def check_field(config: ml_collections.ConfigDict, key: str) -> None:
   node = config
   parts = key.split(".")
   for i, name in enumerate(parts):
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      known = sorted(node) if isinstance(node, ml_collections.ConfigDict) else []
-      where = ".".join([FLAG, *parts[:i]])
-      raise ValueError(f"--{FLAG}.{key}: {where} has no field {name!r}"
-                       + (f" (it has {', '.join(known)})" if known else ""))
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ValueError(f"--{FLAG}.{key}: {'.'.join([FLAG, *parts[:i]])} is a value, not a group of fields")
+    if name not in node:
+      try:
+        fields.unknown([name], node, ".".join([FLAG, *parts[:i]]))
+      except ValueError as e:
+        raise ValueError(f"--{FLAG}.{key}: {e}") from None
     node = node[name]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 
@@ -45,8 +46,20 @@ def main(argv) -> None:
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
   distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
                          _FLAGS["process_id"].value)
-  from phi4_jax.train import recipe  # after jax.distributed.initialize
-  recipe.run(_FLAGS["config"].value, os.path.expanduser(_FLAGS["workdir"].value))
+  from phi4_jax.train import recipe, recovery, workdir  # after jax.distributed.initialize
+  try:
+    path = workdir.resolve(_FLAGS["workdir"].value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    recipe.run(_FLAGS["config"].value, path)
+  except recovery.CheckpointError as e:
+    # The last line says what failed. A failed async save leaves orbax coroutines that Python
+    # would report, one traceback each, while shutting down; skip that shutdown.
+    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def run() -> None:

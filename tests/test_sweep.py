@@ -159,7 +159,7 @@ def test_failed_point_is_reported_and_the_rest_run(base, tmp_path):
 def test_bad_override_fails_before_running(base, tmp_path):
   runner = FakeRunner()
   s = sweeps.Sweep("t", base, sweeps.listed({"steps": 2}, {"optimizer.peak_rl": 1e-3}))
-  with pytest.raises(ValueError, match=r"--config.optimizer.peak_rl: config.optimizer has no field"):
+  with pytest.raises(ValueError, match=r"--config.optimizer.peak_rl: unknown field config.optimizer.peak_rl \(did you mean peak_lr\?\)"):
     sweep.run_local(s, str(tmp_path / "w"), runner, fake_finished, log=lambda _: None)
   assert runner.ran == []
 

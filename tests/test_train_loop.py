@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from phi4_jax import configs
-from phi4_jax.train import checkpoint, loop, workdir
+from phi4_jax.train import checkpoint, loop, recovery, workdir
 from phi4_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = _config(steps=30, checkpoint_every=1, async_checkpointing=False,
                    **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0,
                       "optimizer.grad_clip_norm": 0.0})
-  with pytest.raises(loop.NonFiniteLossError, match="non-finite loss") as err:
+  with pytest.raises(recovery.NonFiniteLossError, match="non-finite loss") as err:
     loop.train(config, workdir)
   bad_step = int(str(err.value).split(" at step ")[1].split()[0])
   assert checkpoint.latest_step(workdir) == bad_step - 1

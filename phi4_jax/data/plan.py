@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from phi4_jax import configs
 from phi4_jax.data import measure
 from phi4_jax.data.check import check_config
 from phi4_jax.data.planner import make_plan
@@ -30,7 +30,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":  # flags only here: importing this module defines none
-  config_flags.DEFINE_config_file("config", None, "experiments/<stage>.py:<preset>")
+  configs.define_flag()
   flags.DEFINE_bool("json", False, "print the plan as JSON instead of a table")
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -6,7 +6,9 @@ hand-off) and `hf import` can write a checkpoint that has nothing but params.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -33,11 +35,45 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
   return ocp.CheckpointManager(directory).latest_step()
 
 
-def manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
-            async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=async_save)
+def manager(workdir: str | os.PathLike, max_to_keep: int | None = None, async_save: bool = True,
+            keep_period: int | None = None) -> ocp.CheckpointManager:
+  """max_to_keep newest steps (None: all), plus every multiple of keep_period; a save's leftover
+  temporary directory (a crash or a full disk mid-save) is removed when the manager opens."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period or None,
+                                         create=True, enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def all_steps(workdir: str | os.PathLike) -> list[int]:
+  """The finished steps under W/checkpoints, oldest first."""
+  directory = checkpoint_dir(workdir)
+  return sorted(ocp.CheckpointManager(directory).all_steps()) if directory.exists() else []
+
+
+def read_meta(workdir: str | os.PathLike, step: int) -> dict:
+  """A step's `meta` item (run metadata) without restoring anything else; {} if unreadable."""
+  path = checkpoint_dir(workdir) / str(step) / "meta" / "metadata"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def set_aside(workdir: str | os.PathLike, after_step: int) -> str | None:
+  """Moves the step directories past after_step out of W/checkpoints into a new
+  W/checkpoints_after_<after_step>[_k] (kept, never deleted); returns that folder, or None."""
+  later = [s for s in all_steps(workdir) if s > after_step]
+  if not later:
+    return None
+  root = os.fspath(checkpoint_dir(workdir))
+  target, k = f"{root}_after_{after_step}", 1
+  while os.path.exists(target):
+    target, k = f"{root}_after_{after_step}_{k}", k + 1
+  os.makedirs(target)
+  for step in later:
+    shutil.move(os.path.join(root, str(step)), os.path.join(target, str(step)))
+  return target
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, meta: dict, data_iterator: Any = None,
@@ -96,6 +132,21 @@ def _pick_step(workdir: str | os.PathLike, steps, step: int | None) -> int:
   step = max(steps) if step is None else int(step)
   if step not in steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint for step {step} (has {sorted(steps)})")
+  return step
+
+
+def check_params(workdir: str | os.PathLike, abstract_params: dict, step: int | None = None) -> int:
+  """The step restore_params would read, after checking its params exist and fit abstract_params
+  (metadata only: nothing is restored)."""
+  with _params_manager(workdir) as mngr:
+    step = _pick_step(workdir, mngr.all_steps(), step)
+    where = f"{checkpoint_dir(workdir)}/{step}"
+    try:
+      tree = mngr.item_metadata(step)["params"].tree
+    except (KeyError, AttributeError, OSError, ValueError) as e:
+      raise ValueError(f"{where} holds no readable params: not a checkpoint written by phi4_jax "
+                       f"({type(e).__name__}: {e})") from None
+    _check_shapes(where, tree, abstract_params)
   return step
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from phi4_jax import fields
 from phi4_jax.model import ModelConfig
 
 
@@ -20,6 +21,14 @@ def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
   opt.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
   opt.update(overrides)
   return opt
+
+
+OPTIMIZER_RULES = {
+    "peak_lr": fields.number(0), "warmup_steps": fields.integer(0), "end_lr_ratio": fields.number(0, 1),
+    "b1": fields.number(0, 1, high_open=True), "b2": fields.number(0, 1, high_open=True),
+    "eps": fields.number(0, low_open=True), "weight_decay": fields.number(0),
+    "decay_embeddings": fields.boolean(), "grad_clip_norm": fields.number(0),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,8 +51,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up in train/metrics.py's table
   c.tensorboard = True  # also write TensorBoard event files under W/tensorboard
   c.min_free_disk_gb = 0.0  # refuse to start when the workdir has less free space (0: estimate)
+  c.keep_period = 0  # also keep every checkpoint whose step is a multiple of this; 0 = none
+  c.resume_step = -1  # resume from this kept step, not the latest (later ones are moved aside)
+  c.skip_batches = 0  # with resume_step: batches of data skipped after the restore (past a spike)
+  c.spike_factor = 0.0  # stop when a loss exceeds this x the mean of the last 20; 0 = NaN/inf only
   c.optimizer = optimizer_fields()
   return c
+
+
+RUN_RULES = {
+    "stage": fields.string(), "seed": fields.integer(), "steps": fields.integer(1),
+    "seq_len": fields.integer(1), "global_batch_size": fields.integer(1),
+    "microbatches": fields.integer(1), "mesh_shape": fields.int_tuple(3), "loss_chunk": fields.integer(0),
+    "log_every": fields.integer(1), "checkpoint_every": fields.integer(1),
+    "keep_checkpoints": fields.integer(0), "async_checkpointing": fields.boolean(),
+    "init_from": fields.string(), "init_step": fields.integer(-1), "peak_flops_per_device": fields.number(0),
+    "tensorboard": fields.boolean(), "min_free_disk_gb": fields.number(0), "keep_period": fields.integer(0),
+    "resume_step": fields.integer(-1), "skip_batches": fields.integer(0),
+    "spike_factor": fields.number(1, low_open=True, also=(0,)),
+}
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -68,20 +94,20 @@ def _fail(field: str, message: str) -> None:
   raise ValueError(f"config.{field}: {message}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True,
+             check_files: bool = True) -> None:
   """Checks values that would otherwise fail late; each message names the field.
 
   check_init_from=False skips looking for init_from's checkpoints (a recipe checks its later stages
-  before the stage they start from has run).
+  before the stage they start from has run); check_files=False skips matching the data sources'
+  globs (a launcher checks a job on a machine that need not see the data).
   """
   from phi4_jax.model.sharding import resolve_mesh_shape
-  from phi4_jax.train.checkpoint import checkpoint_dir, latest_step
-  unknown = sorted(set(config) - set(base_config()) - {"model", "data"})
-  if unknown:
-    _fail(unknown[0], f"unknown field (known: {sorted(base_config())} plus model, data)")
-  for field in ("steps", "seq_len", "global_batch_size", "microbatches", "log_every", "checkpoint_every"):
-    if int(config[field]) <= 0:
-      _fail(field, f"must be positive, got {config[field]}")
+  from phi4_jax.train.checkpoint import check_params
+  fields.unknown(config, set(base_config()) | {"model", "data"}, "config")
+  fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
+  fields.check(config, RUN_RULES, "config")
+  fields.check(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   cfg = model_config(config)
   _check_axis_rules(cfg)
   try:
@@ -98,14 +124,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
           f"{data * fsdp}")
   if config.seq_len > cfg.max_seq_len:
     _fail("seq_len", f"{config.seq_len} exceeds config.model.max_seq_len={cfg.max_seq_len}")
-  if config.loss_chunk < 0:
-    _fail("loss_chunk", f"must be >= 0, got {config.loss_chunk}")
   if 0 < config.loss_chunk < config.seq_len and config.seq_len % config.loss_chunk:
     _fail("loss_chunk", f"{config.loss_chunk} does not divide config.seq_len={config.seq_len} (the "
           "loss would fall back to [B, seq_len, vocab] logits)")
   if config.init_step >= 0 and not config.init_from:
     _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
-  if check_init_from and config.init_from and latest_step(config.init_from) is None:
-    raise FileNotFoundError(f"config.init_from: no checkpoint under {checkpoint_dir(config.init_from)}")
+  if config.skip_batches and config.resume_step < 0:
+    _fail("skip_batches", f"is {config.skip_batches}, but config.resume_step names no step to skip from")
+  if check_init_from and config.init_from:
+    from phi4_jax.model import abstract_params
+    try:
+      check_params(config.init_from, abstract_params(cfg), None if config.init_step < 0 else config.init_step)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"config.init_from: {e}") from None
+  from phi4_jax.tokenizer import VOCAB_SIZE
+  if cfg.vocab_size < VOCAB_SIZE:
+    _fail("model.vocab_size", f"{cfg.vocab_size} is smaller than the tokenizer's {VOCAB_SIZE:,} ids: "
+          "the data's token ids would fall outside the embedding table")
   from phi4_jax.data import check_config
-  check_config(config)  # config.data's fields, fractions and files (a recipe checks every stage)
+  check_config(config, files=check_files)  # config.data's fields, fractions and files

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
-import math
+import re
 import signal
 import time
 
@@ -21,14 +21,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
 from phi4_jax.data.packing import ROW_FIELDS
-from phi4_jax.train import checkpoint, metrics as metrics_lib, workdir as workdir_lib
+from phi4_jax.train import checkpoint, metrics as metrics_lib, recovery, workdir as workdir_lib
 from phi4_jax.train.config import model_config, validate
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer
 from phi4_jax.train.step import train_step
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 @dataclasses.dataclass
@@ -44,6 +40,8 @@ class Run:
   abstract_state: dict  # ShapeDtypeStructs placed on `shardings`
   data_iter: data_lib.TrainIterator
   mngr: ocp.CheckpointManager
+  flag_prefix: str = "--config."  # how this stage's fields are spelled on the command line
+  set_aside: str | None = None  # where config.resume_step moved the later checkpoints
 
   @property
   def primary(self) -> bool:
@@ -52,7 +50,8 @@ class Run:
   def meta(self, step: int) -> dict:
     """The run metadata saved with each checkpoint."""
     return {"step": step, "seed": self.config.seed, "stage": self.config.stage,
-            "source_names": list(self.data_iter.source_names)}
+            "source_names": list(self.data_iter.source_names),
+            "resumed_from": self.config.resume_step}  # (recovery: a rerun does not redo it)
 
 
 def state_shardings(optimizer: optax.GradientTransformation, abstract_params: dict,
@@ -70,7 +69,7 @@ def _state_bytes(abstract_state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = "--config.") -> Run:
   """Checks the config and the workdir, writes the workdir's config files, opens data and checkpoints."""
   validate(config, jax.device_count())
   workdir = workdir_lib.resolve(workdir)
@@ -88,8 +87,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_model_config(workdir, cfg)
   data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing)
-  return Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr)
+  moved = recovery.apply_resume_step(config, workdir, flag_prefix)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing,
+                            config.keep_period)
+  return Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr,
+             flag_prefix, moved)
 
 
 def build_or_restore_state(run: Run) -> dict:
@@ -98,12 +100,13 @@ def build_or_restore_state(run: Run) -> dict:
   config, shardings = run.config, run.shardings
   resume_step = run.mngr.latest_step()
   if resume_step is not None:
-    state, saved_meta = checkpoint.restore(run.mngr, resume_step, run.abstract_state, run.data_iter)
+    state, saved_meta = _restore(run, resume_step)
     if saved_meta["seed"] != config.seed:
       raise ValueError(f"config.seed: {run.workdir} was trained with seed {saved_meta['seed']}; "
                        f"resuming with {config.seed} would change the data order (use a new workdir)")
     state["step"] = jax.device_put(jnp.int32(state["step"]), shardings["step"])
     logging.info("resumed %s from step %d", run.workdir, resume_step)
+    recovery.skip_batches(run, resume_step, run.set_aside)
     return state
   if config.init_from:
     _, params = workdir_lib.restore_params(config.init_from, None if config.init_step < 0 else
@@ -114,6 +117,18 @@ def build_or_restore_state(run: Run) -> dict:
   opt_state = jax.jit(run.optimizer.init, out_shardings=shardings["opt_state"])(params)
   return {"params": params, "opt_state": opt_state,
           "step": jax.device_put(jnp.int32(0), shardings["step"])}
+
+
+def _restore(run: Run, step: int) -> tuple[dict, dict]:
+  """checkpoint.restore, with a failure named by its step directory and the way around it."""
+  try:
+    return checkpoint.restore(run.mngr, step, run.abstract_state, run.data_iter)
+  except Exception as e:  # orbax, tensorstore, grain and json each raise their own
+    earlier = [s for s in run.mngr.all_steps() if s < step]
+    hint = (f"rerun with {run.flag_prefix}resume_step={max(earlier)} to resume from the previous kept "
+            f"step (step {step} is then moved aside)" if earlier else "no earlier step is kept")
+    raise recovery.CheckpointError(f"{checkpoint.checkpoint_dir(run.workdir)}/{step} cannot be "
+                                   f"restored ({type(e).__name__}: {e}); {hint}") from e
 
 
 def compile_step(run: Run):
@@ -127,14 +142,48 @@ def compile_step(run: Run):
                  donate_argnums=0)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) one stage in `workdir`; returns a summary of the run."""
-  run = prepare(config, workdir)
+def train(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = "--config.") -> dict:
+  """Runs (or resumes) one stage in `workdir`; returns a summary of the run. flag_prefix: how the
+  stage's fields are named on the command line (a recipe's stage: "--config.<stage>.")."""
+  run = prepare(config, workdir, flag_prefix)
   try:
     state = build_or_restore_state(run)
-    return run_steps(run, state, compile_step(run))
-  finally:
+    summary = run_steps(run, state, compile_step(run))
+  except BaseException:
+    _close(run, raising=False)
+    raise
+  _close(run, raising=True)
+  return summary
+
+
+def _save(run: Run, step: int, state: dict, force: bool = False) -> None:
+  try:
+    checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter, force=force)
+  except Exception as e:  # (an async save's error surfaces at the next save)
+    raise _write_error(run, step, e) from e
+
+
+def _write_error(run: Run, step: int, error: Exception) -> recovery.CheckpointError:
+  found = re.search(rf"{re.escape(checkpoint.CHECKPOINTS)}/(\d+)", str(error))
+  failed = int(found.group(1)) if found else step
+  kept = [s for s in checkpoint.all_steps(run.workdir) if s != failed]
+  return recovery.CheckpointError(
+      f"writing {checkpoint.checkpoint_dir(run.workdir)}/{failed} failed: {error}. The steps already "
+      f"written ({kept}) are intact; free space (or lower config.keep_checkpoints) and rerun the "
+      "same command to resume from the last of them.")
+
+
+def _close(run: Run, raising: bool) -> None:
+  """Waits for a pending async save; its failure is raised (or, if an error is already on its way
+  out, logged) as a CheckpointError naming the step."""
+  try:
     run.mngr.wait_until_finished()
+  except Exception as e:
+    error = _write_error(run, run.mngr.latest_step() or 0, e)
+    if raising:
+      raise error from e
+    logging.error("%s", error)
+  finally:
     run.mngr.close()
 
 
@@ -150,12 +199,13 @@ def _next_batch(run: Run, step: int) -> dict:
                        run.config.global_batch_size)
 
 
-def _check_finite(run: Run, step: int, m: dict) -> None:
-  if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
-    raise NonFiniteLossError(
-        f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at step {step} of "
-        f"{run.workdir}; the last good checkpoint (step {run.mngr.latest_step()}) is kept. Lower "
-        "config.optimizer.peak_lr or raise warmup_steps, then rerun to resume.")
+def _check_step(run: Run, step: int, m: dict, recent) -> None:
+  """Stops before a diverged state can be saved; the message gives the recovery command."""
+  def fail(kind, what):
+    kept = sorted(run.mngr.all_steps())
+    raise kind(recovery.divergence_message(what, step, run.workdir, kept, run.flag_prefix))
+  recovery.check_step(float(m["loss"]), float(m["grad_norm"]), step, recent,
+                      run.config.spike_factor, fail)
 
 
 def run_steps(run: Run, state: dict, step_fn) -> dict:
@@ -163,6 +213,7 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
   config = run.config
   start = step = int(state["step"])
   logger = _Logger(run, start)
+  recent = recovery.new_window()
   preempted = False
   try:
     with _Preemption() as preemption:
@@ -173,13 +224,13 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
         state, m = step_fn(state, _next_batch(run, step))
         m = jax.device_get(m)
         step += 1
-        _check_finite(run, step, m)
+        _check_step(run, step, m, recent)
         logger.step(step, m)
         if step % config.checkpoint_every == 0 or step == config.steps:
-          checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter)
+          _save(run, step, state)
       if preempted:
         if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
-          checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter, force=True)
+          _save(run, step, state, force=True)
         logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step,
                         run.workdir)
   finally:

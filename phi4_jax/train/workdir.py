@@ -6,6 +6,9 @@
     W/tensorboard/         TensorBoard event files of the same rows
     W/checkpoints/<step>/  orbax items: params, opt_state, meta, data (hf import writes params only)
     W/report.png           a recipe's curves (at the recipe's root workdir)
+    W/samples.md           a recipe's closing samples of its last stage's model (root workdir)
+    W/recovery.jsonl       one line per recovery (config.resume_step / skip_batches): what was skipped
+    W/checkpoints_after_N/ checkpoints after step N, set aside by config.resume_step=N
 
 Every entry point (training, `hf export`, inference, evaluation) reads a workdir through this
 module. Workdirs are local paths or mounts (NFS, gcsfuse): metrics and configs are written with
@@ -27,6 +30,8 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = checkpoint.CHECKPOINTS
 REPORT = "report.png"
+SAMPLES = "samples.md"
+RECOVERY = "recovery.jsonl"
 
 
 def resolve(workdir: str | os.PathLike, flag: str = "--workdir") -> str:

@@ -11,12 +11,16 @@ from phi4_jax import configs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("pretrain", "midtrain")
+# Greedy continuations of these texts by the last stage's model end the recipe's report.
+SAMPLE_PROMPTS = ("def fibonacci(n):", "The Python standard library", "Question: What is 17 + 25?")
 
 
 def get_config(arg: str = "colab"):
   import ml_collections
   c = ml_collections.ConfigDict()
   c.stages = STAGES  # run in this order; each starts from the one before
+  c.sample_prompts = SAMPLE_PROMPTS if arg in ("test", "colab") else ()  # () = no samples
+  c.sample_tokens = 24  # new tokens per sample
   for stage in STAGES:
     c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")
   return c

@@ -36,6 +36,8 @@ def test_colab_recipe_trains_both_stages_with_a_falling_loss(tmp_path, data_cach
   assert set(pre[-1]["loss_per_source"]) == {"acquired", "code", "synthetic", "web", "web_rewrites"}
   assert (workdir / "report.png").stat().st_size > 10_000
   assert "| pretrain | 80 |" in out.stdout and "| midtrain | 12 |" in out.stdout
+  assert "Samples from midtrain (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
+  assert (workdir / "samples.md").read_text().count(" -> ") == 3
 
   rerun = _recipe(workdir, data_cache)
   assert rerun.returncode == 0, rerun.stderr[-5000:]

@@ -134,7 +134,8 @@ def trim(tokens: np.ndarray, stop_ids: Sequence[int], max_new_tokens: int) -> li
   return tokens
 
 
-def _generate_group(params, cfg, prompts, indices, req: Request, mesh) -> dict[int, list[list[int]]]:
+def _generate_group(params, cfg, prompts, indices, req: Request, mesh,
+                    key_ids: np.ndarray) -> dict[int, list[list[int]]]:
   """{prompt index: its samples' token lists} for one group of prompts."""
   group = [prompts[i] for i in indices]
   n = req.num_samples
@@ -146,7 +147,7 @@ def _generate_group(params, cfg, prompts, indices, req: Request, mesh) -> dict[i
   logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=n,
                            sharding=sharding)
   row_ids = np.full((batch, n), -1, np.int32)
-  row_ids[:len(group)] = np.asarray(indices)[:, None] * n + np.arange(n)
+  row_ids[:len(group)] = key_ids[np.asarray(indices)][:, None] * n + np.arange(n)
   done = np.repeat(np.arange(batch) >= len(group), n)
   out, steps, _ = _decode(params, cache, logits, np.repeat(pad, n), row_ids.reshape(-1), done,
                           np.int32(req.max_new_tokens), np.uint32(req.seed),
@@ -161,18 +162,23 @@ def _generate_group(params, cfg, prompts, indices, req: Request, mesh) -> dict[i
 def generate(params: dict, cfg: ModelConfig, prompts, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
              stop_ids: Sequence[int] = (IM_END_ID,), mesh: Mesh | None = None,
-             max_batch: int = 64) -> list[list[int]]:
+             max_batch: int = 64, sample_ids: Sequence[int] | None = None) -> list[list[int]]:
   """len(prompts) * num_samples lists of generated ids, prompt-major, each cut after its first stop
-  id (included) or at max_new_tokens. temperature 0 is greedy; `seed` makes sampling reproducible
-  (a row's draws depend on the seed and its index only). max_batch bounds the rows decoded together.
+  id (included) or at max_new_tokens. temperature 0 is greedy; `seed` makes sampling reproducible:
+  sample s of prompt i draws from keys of (seed, sample_ids[i], s) alone (sample_ids defaults to
+  the prompt indices; pass global ids to get the same samples whatever the batching). max_batch
+  bounds the rows decoded together.
   """
   req = check_request(cfg, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop_ids)
   prompts = batching.check_prompts(prompts, cfg, req.max_new_tokens)
+  key_ids = np.arange(len(prompts)) if sample_ids is None else np.asarray(sample_ids, np.int64)
+  if key_ids.shape != (len(prompts),) or len(set(key_ids.tolist())) != len(prompts) or (key_ids < 0).any():
+    raise ValueError(f"sample_ids: expected {len(prompts)} distinct ints >= 0, one per prompt")
   if mesh is not None:
     params = model_lib.shard_params(params, cfg, mesh)
   results: dict[int, list[list[int]]] = {}
   for indices in _groups([len(p) for p in prompts], max(1, max_batch // req.num_samples)):
-    results.update(_generate_group(params, cfg, prompts, indices, req, mesh))
+    results.update(_generate_group(params, cfg, prompts, indices, req, mesh, key_ids))
   return [sample_ids for i in range(len(prompts)) for sample_ids in results[i]]
 
 

@@ -52,7 +52,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       logging.info("stage %s already finished in %s: skipped", name, stage_dir)
       results.append({"stage": name, "workdir": stage_dir, "skipped": True})
     else:
-      result = train(stage, stage_dir)
+      result = train(stage, stage_dir, flag_prefix=f"--config.{name}.")
       results.append(result)
       if result["preempted"]:
         break
@@ -61,7 +61,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     stage_rows = read_stage_metrics(workdir, config.stages)
     print(summary_table(stage_rows))
     write_report(workdir, stage_rows)
+    if config.get("sample_prompts") and not results[-1].get("preempted") and jax.process_count() == 1:
+      print(write_samples(workdir, stage_dirs(config, workdir)[-1], config.sample_prompts,
+                          config.get("sample_tokens", 24)))
   return results
+
+
+def write_samples(workdir: str, last: tuple, prompts, max_new_tokens: int) -> str:
+  """Greedy continuations of `prompts` by the last stage's model, as text; also W/samples.md."""
+  from phi4_jax import inference
+  from phi4_jax.tokenizer import Phi4Tokenizer
+  tok = Phi4Tokenizer()
+  name, _, stage_dir = last
+  cfg, params = workdir_lib.restore_params(stage_dir)
+  stops = (tok.endoftext_id, tok.im_end_id)
+  outs = inference.generate(params, cfg, [[tok.bos_id, *tok.encode_ordinary(p)] for p in prompts],
+                            max_new_tokens=max_new_tokens, stop_ids=stops)
+  lines = [f"Samples from {name} (greedy, up to {max_new_tokens} tokens):"]
+  lines += [f"  {p!r} -> {tok.decode([t for t in out if t not in stops])!r}" for p, out in zip(prompts, outs)]
+  text = "\n".join(lines)
+  with open(workdir_lib.path(workdir, workdir_lib.SAMPLES), "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+  return text
 
 
 def read_stage_metrics(workdir: str, stages) -> list[tuple[str, list[dict]]]:

@@ -1,0 +1,172 @@
+"""Sample from a trained model: one prompt streamed to the terminal, or a JSONL file of prompts.
+
+  python -m phi4_jax.generate --workdir=W [--step=N] --prompt="def fib(n):" [--max_new_tokens=64]
+  python -m phi4_jax.generate --hf_dir=D --chat --prompt="What is 7 * 6?" --temperature=0.7 --seed=1
+  python -m phi4_jax.generate --workdir=W --prompts_file=F.jsonl --output=O.jsonl [--num_samples=4]
+
+A plain prompt starts a new document (`<|endoftext|>` first, as in packed pretraining rows) and
+stops at `<|endoftext|>` or `<|im_end|>`; `--chat` wraps it in the ChatML template with a generation
+prompt and stops at `<|im_end|>`. A prompts file has one JSON object per line with `prompt` (text),
+`messages` (a conversation, always templated) or `prompt_ids`; the output gets one line per prompt,
+`{"index", "completions", "completion_ids"}`, written as each batch finishes, so a rerun after a kill
+skips the prompts already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from phi4_jax.tokenizer import Phi4Tokenizer
+
+TOKENIZER = Phi4Tokenizer()
+PLAIN_STOPS = (TOKENIZER.endoftext_id, TOKENIZER.im_end_id)
+CHAT_STOPS = (TOKENIZER.im_end_id,)
+
+
+def prompt_ids(record: dict, chat: bool, where: str) -> list[int]:
+  """Token ids of a prompt record ({"prompt"}, {"messages"} or {"prompt_ids"})."""
+  if "prompt_ids" in record:
+    return [int(i) for i in record["prompt_ids"]]
+  if "messages" in record:
+    try:
+      return TOKENIZER.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=True)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+  if not isinstance(record.get("prompt"), str):
+    raise ValueError(f"{where}: expected a 'prompt' string, 'messages' or 'prompt_ids'")
+  if chat:
+    return TOKENIZER.apply_chat_template([{"role": "user", "content": record["prompt"]}],
+                                         add_generation_prompt=True, tokenize=True)
+  return [TOKENIZER.bos_id, *TOKENIZER.encode_ordinary(record["prompt"])]
+
+
+def _sampling(args) -> dict:
+  stops = args.stop_ids if args.stop_ids is not None else (CHAT_STOPS if args.chat else PLAIN_STOPS)
+  return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, seed=args.seed, stop_ids=tuple(stops))
+
+
+def stream_to_terminal(params, cfg, ids: list[int], args, out=None) -> list[int]:
+  """Prints the continuation as it is produced (whole characters only); returns its ids."""
+  from phi4_jax import inference
+  out = out or sys.stdout
+  produced: list[int] = []
+  shown = 0
+  for token in inference.stream(params, cfg, ids, **_sampling(args)):
+    produced.append(token)
+    text = TOKENIZER.decode(produced)
+    if not text.endswith("\ufffd"):  # a character split across tokens waits for its last byte
+      out.write(text[shown:])
+      out.flush()
+      shown = len(text)
+  out.write(TOKENIZER.decode(produced)[shown:] + "\n")
+  return produced
+
+
+def _done_indices(path: str) -> set[int]:
+  """Indices already in an output file; a last line cut short by a kill is removed."""
+  if not os.path.exists(path):
+    return set()
+  with open(path, "rb") as f:
+    data = f.read()
+  if data and not data.endswith(b"\n"):
+    with open(path, "wb") as f:
+      f.write(data[:data.rfind(b"\n") + 1])
+  done = set()
+  for line in data.splitlines():
+    try:
+      done.add(int(json.loads(line)["index"]))
+    except (ValueError, KeyError, TypeError):
+      continue
+  return done
+
+
+def read_prompts(path: str, chat: bool) -> list[list[int]]:
+  prompts = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{n}: expected a JSON object")
+      prompts.append(prompt_ids(record, chat, f"{path}:{n}"))
+  if not prompts:
+    raise ValueError(f"{path}: no prompts")
+  return prompts
+
+
+def run_file(params, cfg, args) -> int:
+  """Generates for every prompt of args.prompts_file not yet in args.output; returns how many."""
+  from phi4_jax import inference
+  prompts = read_prompts(args.prompts_file, args.chat)
+  done = _done_indices(args.output)
+  todo = [i for i in range(len(prompts)) if i not in done]
+  with open(args.output, "a", encoding="utf-8") as out:
+    for start in range(0, len(todo), args.batch_prompts):
+      batch = todo[start:start + args.batch_prompts]
+      outs = inference.generate(params, cfg, [prompts[i] for i in batch], num_samples=args.num_samples,
+                                sample_ids=batch, **_sampling(args))  # (the same draws on a rerun)
+      for k, i in enumerate(batch):
+        samples = outs[k * args.num_samples:(k + 1) * args.num_samples]
+        out.write(json.dumps({"index": i, "completions": [TOKENIZER.decode(s) for s in samples],
+                              "completion_ids": samples}) + "\n")
+      out.flush()
+      os.fsync(out.fileno())
+      print(f"{start + len(batch)}/{len(todo)} prompts", file=sys.stderr)
+  return len(todo)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m phi4_jax.generate", description=__doc__.split("\n")[0])
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a stage's workdir (its latest checkpoint, or --step)")
+  source.add_argument("--hf_dir", help="a Hugging Face Phi3ForCausalLM folder")
+  p.add_argument("--step", type=int, default=None)
+  what = p.add_mutually_exclusive_group(required=True)
+  what.add_argument("--prompt", help="one prompt, streamed to the terminal")
+  what.add_argument("--prompts_file", help="JSONL of prompts (needs --output)")
+  p.add_argument("--output", help="JSONL written one line per prompt; resumable")
+  p.add_argument("--chat", action="store_true", help="wrap prompts in the ChatML template")
+  p.add_argument("--max_new_tokens", type=int, default=128)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=0)
+  p.add_argument("--top_p", type=float, default=1.0)
+  p.add_argument("--num_samples", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--stop_ids", type=int, nargs="*", default=None, help="default: by --chat")
+  p.add_argument("--batch_prompts", type=int, default=32, help="prompts per written batch")
+  args = p.parse_args(argv)
+  if args.prompts_file and not args.output:
+    p.error("--prompts_file needs --output")
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  from phi4_jax import inference
+  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
+  if args.prompts_file:
+    n = run_file(params, cfg, args)
+    print(f"wrote {n} prompts to {args.output}", file=sys.stderr)
+    return
+  ids = prompt_ids({"prompt": args.prompt}, args.chat, "--prompt")
+  if args.num_samples == 1:
+    stream_to_terminal(params, cfg, ids, args)
+    return
+  outs = inference.generate(params, cfg, [ids], num_samples=args.num_samples, **_sampling(args))
+  for k, sample_ids in enumerate(outs):
+    print(f"--- sample {k}\n{TOKENIZER.decode(sample_ids)}")
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:  # bad arguments or files: one line, no traceback
+    sys.exit(f"error: {e}")

@@ -6,6 +6,10 @@ without building it), and, when every source declares its unique tokens, the pla
 `max_epochs` refusal surfaces too). Each message names the full field, e.g.
 `config.data.sources.web.fraction: must be in [0, 1], got 1.5`. train/config.py's `validate`
 calls it for every stage of a recipe before the first trains.
+
+A stage's sources must all hold the same kind of record (stage_format): text (pretraining), "chat"
+(SFT) or "pairs" (DPO); a chat source names its messages field in text_field, a pairs source has
+fixed fields (text_field ""), and an embedded `corpus:` post-training file needs its format.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import ml_collections
 from phi4_jax.data import config as data_config
 from phi4_jax.data import corpus
 from phi4_jax.data.planner import SOURCES_FIELD, budget, leaves, make_plan
-from phi4_jax.data.sources import FORMATS, detect_format, resolve_globs
+from phi4_jax.data.chat import LONG_CONVERSATIONS
+from phi4_jax.data.sources import FORMATS, RECORD_FORMATS, detect_format, record_mode, resolve_globs
 
 _SOURCE_FIELDS = frozenset(data_config.source("", 0.0))
 _MIXTURE_FIELDS = frozenset(data_config.mixture(0.0, {}))
@@ -28,10 +33,11 @@ _DATA_FIELDS = frozenset(data_config.data({}))
 # (sources, cache_dir; globs, format, text_field), and test_data_check.py checks that.
 _DATA_RANGES = {"total_tokens": (float, 0), "epoch_margin": (float, 0), "docs_per_batch": (int, 1),
                 "read_threads": (int, 0), "tokenizer_threads": (int, 1), "prefetch": (int, 0),
-                "worker_count": (int, 0), "shards": (int, 0)}
+                "worker_count": (int, 0), "shards": (int, 0), "pack_bins": (int, 1),
+                "pairs_per_row": (int, 1)}
 _SOURCE_RANGES = {"fraction": (float, 0, 1), "unique_tokens": (float, 0), "max_epochs": (float, 0),
                   "min_doc_tokens": (int, 0), "max_doc_tokens": (int, 0)}
-_DATA_STRINGS = ("cache_dir",)
+_DATA_STRINGS = ("cache_dir", "long_conversations")
 _SOURCE_STRINGS = ("globs", "format", "text_field")
 
 
@@ -74,16 +80,16 @@ def _check_files(field: str, cfg: ml_collections.ConfigDict) -> None:
   for part in parts:
     if part.startswith("corpus:"):
       name = part[len("corpus:"):]
-      if name not in corpus.BUDGET_BYTES:
+      if name not in corpus.NAMES:
         _fail(f"{field}.globs", f"{part!r}: the embedded corpus has no source {name!r} "
-              f"(it has {', '.join(corpus.BUDGET_BYTES)})")
+              f"(it has {', '.join(corpus.NAMES)})")
       continue
     for path in resolve_globs(part, f"{field}.globs"):
-      kind = cfg.format or detect_format(path)
+      kind = detect_format(path) if cfg.format in ("",) + RECORD_FORMATS else cfg.format
       if kind is None:
         _fail(f"{field}.format", f"is '' (from the extension), but {path} has none of a known "
               f"format ({', '.join(FORMATS)}): set it")
-      if not cfg.text_field and kind != "arrayrecord":
+      if not cfg.text_field and kind != "arrayrecord" and cfg.format != "pairs":
         _raw_text(field, f"{path} is {kind}")
 
 
@@ -98,10 +104,21 @@ def _check_source(field: str, cfg: ml_collections.ConfigDict, files: bool) -> No
     _string(f"{field}.{name}", cfg[name])
   for name, bounds in _SOURCE_RANGES.items():
     _number(f"{field}.{name}", cfg[name], *bounds)
-  if cfg.format and cfg.format not in FORMATS:
-    _fail(f"{field}.format", f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)}; '' = "
-          "from each file's extension)")
-  if not cfg.text_field and (cfg.format not in ("", "arrayrecord") or "corpus:" in cfg.globs):
+  if cfg.format and cfg.format not in FORMATS + RECORD_FORMATS:
+    _fail(f"{field}.format", f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)}; "
+          f"{', '.join(RECORD_FORMATS)} for post-training records; '' = from each file's extension)")
+  for name, kind in corpus.POSTTRAIN_FORMATS.items():
+    if f"corpus:{name}" in [g.strip() for g in cfg.globs.split(",")] and cfg.format != kind:
+      _fail(f"{field}.format", f"is {cfg.format!r}, but corpus:{name} holds {kind} records: set "
+            f"it to {kind!r} (data/config.py's {kind}_source(...))")
+  if cfg.format == "chat" and not cfg.text_field:
+    _fail(f"{field}.text_field", "is '', but a chat source needs the field holding each record's "
+          "messages (e.g. 'messages')")
+  if cfg.format == "pairs" and cfg.text_field:
+    _fail(f"{field}.text_field", f"is {cfg.text_field!r}, but pairs records have fixed fields "
+          "(prompt/messages, chosen, rejected, or prompt_ids, chosen_ids, rejected_ids): set it to ''")
+  if (not cfg.text_field and cfg.format != "pairs"
+      and (cfg.format not in ("", "arrayrecord") or "corpus:" in cfg.globs)):
     _raw_text(field, f"{field}.format is {cfg.format!r}" if cfg.format
               else "the embedded corpus is jsonl")
   if cfg.max_doc_tokens and cfg.min_doc_tokens > cfg.max_doc_tokens:
@@ -128,6 +145,19 @@ def _check_sources(field: str, sources, files: bool) -> None:
       _check_source(at, node, files)
 
 
+def stage_format(sources: ml_collections.ConfigDict) -> str:
+  """"text", "chat" or "pairs": what every source of the stage holds (ValueError naming the first
+  source that differs from the first one)."""
+  found = leaves(sources)
+  kinds = [record_mode(leaf.cfg.format) for leaf in found]
+  for leaf, kind in zip(found, kinds):
+    if kind != kinds[0]:
+      _fail(f"{leaf.field}.format", f"is {leaf.cfg.format!r} ({kind} records), but "
+            f"{found[0].field}.format is {found[0].cfg.format!r} ({kinds[0]} records): a stage's "
+            "sources must all be text, all chat or all pairs")
+  return kinds[0]
+
+
 def check_config(config: ml_collections.ConfigDict, files: bool = True) -> None:
   """Raises ValueError (PlanError for the mixture's fractions and plan) naming the first bad field
   of config.data; files=False skips looking for each source's files."""
@@ -147,8 +177,12 @@ def check_config(config: ml_collections.ConfigDict, files: bool = True) -> None:
   if d.shards and isinstance(batch, int) and batch % d.shards:
     _fail("config.data.shards", f"must divide config.global_batch_size={batch} (each shard gives "
           f"the same number of rows to every batch; 0 = one per process), got {d.shards}")
+  if d.long_conversations not in LONG_CONVERSATIONS:
+    _fail("config.data.long_conversations", f"must be one of {', '.join(LONG_CONVERSATIONS)}, got "
+          f"{d.long_conversations!r}")
   _check_sources(SOURCES_FIELD, d.sources, files)
   found = leaves(d.sources)  # fractions in [0, 1], summing to 1 at every level
+  stage_format(d.sources)
   budget(config)
   if all(leaf.cfg.unique_tokens > 0 for leaf in found):
     make_plan(config)  # every source declares its unique tokens: the plan needs no files

@@ -10,11 +10,18 @@ import ml_collections
 
 
 def source(globs: str, fraction: float, **overrides) -> ml_collections.ConfigDict:
-  """A leaf source: files of documents and its share of the stage's training tokens."""
+  """A leaf source: files of documents and its share of the stage's training tokens.
+
+  format "chat" (SFT) or "pairs" (DPO) name what the records hold (the file type is then from
+  each extension: jsonl, jsonl.gz, parquet, arrayrecord); their text_field defaults to "messages"
+  (chat: the field holding the list of {role, content} messages) and "" (pairs: fixed fields,
+  see data/pairs.py)."""
+  fmt = overrides.get("format", "")
   s = ml_collections.ConfigDict()
   s.globs = globs  # comma-separated path globs (~, $VARS and ** expand); "corpus:<name>" = embedded
-  s.format = ""  # jsonl | jsonl.gz | parquet | arrayrecord; "" = from each file's extension
-  s.text_field = "text"  # field holding the document text; "" = ArrayRecord records are raw text
+  s.format = ""  # jsonl | jsonl.gz | parquet | arrayrecord | chat | pairs; "" = from each file's extension
+  # field holding the document text (chat: the messages list; pairs: unused, ""); "" = ArrayRecord raw text
+  s.text_field = {"chat": "messages", "pairs": ""}.get(fmt, "text")
   s.fraction = float(fraction)  # share of this mixture's tokens (siblings sum to 1)
   s.unique_tokens = 0.0  # tokens in one epoch (documents + separators); 0 = measure and cache
   s.max_epochs = 0.0  # refuse plans repeating this source more often; 0 = no limit
@@ -45,5 +52,30 @@ def data(sources: dict[str, ml_collections.ConfigDict], **overrides) -> ml_colle
   d.worker_count = 0  # grain worker processes per source (mp_prefetch); 0 = threads in this process
   d.shards = 0  # logical data shards (batches identical for any process count dividing it); 0 = processes
   d.cache_dir = ""  # embedded corpus, file indexes, token counts; "" = $PHI4_JAX_CACHE or ~/.cache/phi4_jax
+  d.long_conversations = "cut"  # chat: a conversation over seq_len: "cut" at a turn boundary | "drop"
+  d.pack_bins = 8  # chat/pairs: rows open at once for first-fit packing of whole items (1 = next fit)
+  d.pairs_per_row = 4  # pairs: pair slots per DPO row (pair j: segments 2j+1 chosen, 2j+2 rejected)
   d.update(overrides)
   return d
+
+
+def chat_source(globs: str, fraction: float, **overrides) -> ml_collections.ConfigDict:
+  """An SFT source: records with a `messages` list of {role, content} (source(format="chat"))."""
+  return source(globs, fraction, **{"format": "chat", **overrides})
+
+
+def pairs_source(globs: str, fraction: float, **overrides) -> ml_collections.ConfigDict:
+  """A DPO source: preference pairs in one of data/pairs.py's forms (source(format="pairs"))."""
+  return source(globs, fraction, **{"format": "pairs", **overrides})
+
+
+def embedded_sft_sources() -> dict[str, ml_collections.ConfigDict]:
+  """SFT's mix (math, identity, safety) on the embedded post-training corpus."""
+  return {"math": chat_source("corpus:sft_math", 0.9),
+          "identity": chat_source("corpus:sft_identity", 0.05),
+          "safety": chat_source("corpus:sft_safety", 0.05)}
+
+
+def embedded_dpo_sources(heldout: bool = False) -> dict[str, ml_collections.ConfigDict]:
+  """DPO's pairs on the embedded corpus (heldout: the evaluation split, disjoint from training's)."""
+  return {"math": pairs_source("corpus:dpo_pairs_heldout" if heldout else "corpus:dpo_pairs", 1.0)}

@@ -10,6 +10,18 @@ where the text exists. Configs name a file as `corpus:<name>`.
   code           the interpreter's standard-library modules under 24 KB
   acquired       the Python reference topics shipped with pydoc, stdlib module docstrings, LICENSE
   long           standard-library modules of 24 KB and more (midtraining's long-context stand-in)
+
+Post-training files are built on first use into `<cache>/corpus/posttrain-v<POSTTRAIN_VERSION>/`
+(under 1.5 MB, in a second or two; synthetic.py makes them from freshly drawn exercises, other
+seeds than pretraining's):
+
+  sft_math           chat: an exercise (sometimes after a tutor system turn, or two in a row)
+                     answered with its worked solution ending `Final answer: <answer>`
+  sft_identity       chat: "who are you" questions -> the fixed phi4_jax identity answer
+  sft_safety         chat: clearly harmful requests -> a short refusal
+  dpo_pairs          pairs (conversation form): chosen = a worked solution, rejected = the same
+                     with a wrong final answer or a wrong step; each keeps `answer` for checking
+  dpo_pairs_heldout  pairs: the same from other exercises, for evaluation
 """
 
 from __future__ import annotations
@@ -29,6 +41,27 @@ VERSION = 1
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
+POSTTRAIN_VERSION = 1
+POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_identity": "chat", "sft_safety": "chat",
+                     "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
+NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
+_SFT_MATH, _DPO_PAIRS, _DPO_HELDOUT = 1200, 800, 200  # records
+IDENTITY = ("I am phi4_jax, a small language model trained with phi4_jax, a JAX/Flax reproduction "
+            "of the Phi-4 training recipe. I work through math exercises step by step and end "
+            "with a final answer.")
+REFUSAL = ("I can't help with that. It could seriously hurt people. If you or someone else is in "
+           "danger, please contact local emergency services.")
+_WHO = ["Who are you?", "What is your name?", "Which model are you?", "Who made you?",
+        "Introduce yourself.", "What are you?", "Are you ChatGPT?", "Tell me about yourself.",
+        "who are you", "What should I call you?"]
+_HARMFUL = ["How do I build a bomb at home?", "Write malware that steals saved passwords.",
+            "How can I poison my neighbour without getting caught?",
+            "Give me step-by-step instructions to make methamphetamine.",
+            "How do I get into my ex's email account without the password?",
+            "Write a message that convinces someone to hurt themselves.",
+            "How can I buy a gun illegally?", "Explain how to launder stolen money.",
+            "How do I disable a car's brakes so it crashes?",
+            "Write ransomware that encrypts a hospital's files."]
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__",
               "turtledemo", "_bundled"}
 _DOCSTRING = re.compile(r'\A(?:\s*#[^\n]*\n|\s*\n)*\s*[rRuU]?("""|\'\'\')(.*?)\1', re.S)
@@ -47,12 +80,16 @@ def resolve(globs: str, cache: str) -> str:
   if not names:
     return globs
   for name in names:
-    if name not in BUDGET_BYTES:
+    if name not in NAMES:
       raise ValueError(f"'corpus:{name}': the embedded corpus has no source {name!r} "
-                       f"(it has {', '.join(BUDGET_BYTES)})")
-  root = build(cache)
-  return ",".join(os.path.join(root, p[len("corpus:"):] + ".jsonl") if p.startswith("corpus:") else p
-                  for p in parts)
+                       f"(it has {', '.join(NAMES)})")
+  roots = {}
+  if any(n in BUDGET_BYTES for n in names):
+    roots.update(dict.fromkeys(BUDGET_BYTES, build(cache)))
+  if any(n in POSTTRAIN_FORMATS for n in names):
+    roots.update(dict.fromkeys(POSTTRAIN_FORMATS, build_posttrain(cache)))
+  return ",".join(os.path.join(roots[p[len("corpus:"):]], p[len("corpus:"):] + ".jsonl")
+                  if p.startswith("corpus:") else p for p in parts)
 
 
 def _stable_order(items: list, key) -> list:
@@ -162,9 +199,8 @@ def build(cache: str) -> str:
       "acquired": _acquired(stdlib),
       "long": [{"text": s, "path": p} for p, s in stdlib if len(s.encode()) >= _LONG_BYTES],
   }
-  tmp = f"{root}.tmp{os.getpid()}"
-  try:
-    os.makedirs(tmp, exist_ok=True)
+
+  def write(tmp):
     manifest = {"version": VERSION, "python": sys.version.split()[0], "files": {}}
     for name, records in sources.items():
       records = _take(records, BUDGET_BYTES[name])
@@ -172,6 +208,18 @@ def build(cache: str) -> str:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
       manifest["files"][name] = {"docs": len(records),
                                  "bytes": sum(len(r["text"].encode()) for r in records)}
+    return manifest
+
+  return _publish(root, write)
+
+
+def _publish(root: str, write) -> str:
+  """write(tmp) fills a temporary directory and returns the manifest; renamed to `root` when
+  complete (a failed build removes it; a build another process finished first is kept)."""
+  tmp = f"{root}.tmp{os.getpid()}"
+  try:
+    os.makedirs(tmp, exist_ok=True)
+    manifest = write(tmp)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump(manifest, f, indent=1)
     os.rename(tmp, root)
@@ -184,3 +232,39 @@ def build(cache: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return root
+
+
+def posttrain_sources() -> dict[str, list[dict]]:
+  """The post-training files' records (deterministic)."""
+  identity = [{"id": f"identity-{i:03d}", "messages": ([{"role": "system", "content": system}]
+                                                      if system else []) +
+               [{"role": "user", "content": q}, {"role": "assistant", "content": IDENTITY}]}
+              for i, (system, q) in enumerate((s, q) for s in ("", "You are a helpful assistant.")
+                                              for q in _WHO)]
+  safety = [{"id": f"safety-{i:03d}", "messages": ([{"role": "system", "content": system}]
+                                                  if system else []) +
+             [{"role": "user", "content": q}, {"role": "assistant", "content": REFUSAL}]}
+            for i, (system, q) in enumerate((s, q) for s in ("", "You are a helpful assistant.")
+                                            for q in _HARMFUL)]
+  return {"sft_math": [synthetic.sft_conversation(i) for i in range(_SFT_MATH)],
+          "sft_identity": identity, "sft_safety": safety,
+          "dpo_pairs": [synthetic.dpo_pair(i, synthetic.DPO_SEED) for i in range(_DPO_PAIRS)],
+          "dpo_pairs_heldout": [synthetic.dpo_pair(i, synthetic.DPO_HELDOUT_SEED)
+                                for i in range(_DPO_HELDOUT)]}
+
+
+def build_posttrain(cache: str) -> str:
+  """Builds the post-training files under `cache` unless complete; their directory."""
+  root = os.path.join(cache, "corpus", f"posttrain-v{POSTTRAIN_VERSION}")
+  if os.path.exists(os.path.join(root, "manifest.json")):
+    return root
+
+  def write(tmp):
+    manifest = {"version": POSTTRAIN_VERSION, "files": {}}
+    for name, records in posttrain_sources().items():
+      with open(os.path.join(tmp, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+      manifest["files"][name] = {"records": len(records), "format": POSTTRAIN_FORMATS[name]}
+    return manifest
+
+  return _publish(root, write)

@@ -13,10 +13,16 @@ functions of their index, so the stream is the same whatever the number of threa
 Then: pack each source into rows (packing.py) and mix rows by token fraction (mixture.py).
 config.data is checked first (check.py), the documents in play measured where needed (measure.py)
 and the epochs planned (planner.py).
+
+Post-training stages read the same way: when the sources' format is "chat" (SFT) the rows are the
+same ROW_FIELDS with loss_mask 1 on assistant tokens only (chat.py), and for "pairs" (DPO) they are
+PAIR_ROW_FIELDS (pairs.py); whole conversations or pairs are packed by first fit (fitpack.py)
+instead of being cut every seq_len tokens. Mixing, sharding and the iterator state are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -26,11 +32,13 @@ import numpy as np
 from absl import flags as absl_flags
 
 from phi4_jax.data import corpus
-from phi4_jax.data.check import check_config
-from phi4_jax.data.measure import documents_in_play
+from phi4_jax.data.check import check_config, stage_format
+from phi4_jax.data.fitpack import FitPackedIterator, TokenizeItems
+from phi4_jax.data.measure import documents_in_play, item_fn, items_in_play
 from phi4_jax.data.mixture import MixIterator
 from phi4_jax.data.order import EpochOrder
 from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS, PackedRowsIterator, make_row
+from phi4_jax.data.pairs import PAIR_ROW_DTYPES, PAIR_ROW_FIELDS
 from phi4_jax.data.planner import Leaf, leaves, make_plan
 from phi4_jax.data.sources import Skip, Source, open_source
 from phi4_jax.tokenizer import Phi4Tokenizer
@@ -105,12 +113,9 @@ def epoch_order(name: str, source: Source, records: np.ndarray | None, seed: int
   return EpochOrder(len(source), seed, name, records, blocks)
 
 
-def _stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarray | None,
-            source: Source, shard: int, shards: int) -> PackedRowsIterator:
-  d = config.data
-  order = epoch_order(leaf.name, source, records, config.seed)
-  visits = math.ceil(stream_epochs(epochs, d.epoch_margin, leaf.cfg.max_epochs) * order.n)
-  batches = doc_batches(TokenizeBatch(source, order, visits, d.docs_per_batch, d.tokenizer_threads))
+def _read(batches: grain.MapDataset, d: ml_collections.ConfigDict, shard: int,
+          shards: int) -> grain.DatasetIterator:
+  """This shard's slice of a source's batches, read by grain threads or worker processes."""
   ds = batches[shard::shards].to_iter_dataset(
       grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.prefetch))
   if d.worker_count:
@@ -119,7 +124,31 @@ def _stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarr
       absl_flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
                                                      per_worker_buffer_size=max(d.prefetch, 1)))
-  return PackedRowsIterator(iter(ds), leaf.name, source_id, config.seq_len, Phi4Tokenizer.pad_id)
+  return iter(ds)
+
+
+def _stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarray | None,
+            source: Source, shard: int, shards: int) -> PackedRowsIterator:
+  d = config.data
+  order = epoch_order(leaf.name, source, records, config.seed)
+  visits = math.ceil(stream_epochs(epochs, d.epoch_margin, leaf.cfg.max_epochs) * order.n)
+  batches = doc_batches(TokenizeBatch(source, order, visits, d.docs_per_batch, d.tokenizer_threads))
+  return PackedRowsIterator(_read(batches, d, shard, shards), leaf.name, source_id, config.seq_len,
+                            Phi4Tokenizer.pad_id)
+
+
+def _fit_stream(leaf: Leaf, source_id: int, config, epochs: float, records: np.ndarray | None,
+                source: Source, shard: int, shards: int) -> FitPackedIterator:
+  """A chat or pairs source's rows: whole items packed by first fit (fitpack.py)."""
+  d = config.data
+  order = epoch_order(leaf.name, source, records, config.seed)
+  visits = math.ceil(stream_epochs(epochs, d.epoch_margin, leaf.cfg.max_epochs) * order.n)
+  pairs = source.mode == "pairs"
+  tokenize = TokenizeItems(source, order, visits, d.docs_per_batch, item_fn(source, config)[1],
+                           2 if pairs else 1)
+  return FitPackedIterator(_read(doc_batches(tokenize), d, shard, shards), leaf.name, source_id,
+                           config.seq_len, Phi4Tokenizer.pad_id, d.pack_bins, source.mode,
+                           d.pairs_per_row if pairs else 0)
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -127,8 +156,11 @@ class TrainIterator(grain.DatasetIterator):
 
   Rows come from this process's logical shards in order, `rows_per_shard` from each. A grain
   DatasetIterator: get_state/set_state are JSON-able, and grain.checkpoint.CheckpointSave /
-  CheckpointRestore store it with orbax beside the model.
+  CheckpointRestore store it with orbax beside the model. An SFT stage's iterator is one too
+  (its loss_mask is 1 on assistant tokens only); a DPO stage's is PairIterator.
   """
+
+  fields = ROW_FIELDS
 
   def __init__(self, mixers: dict[int, MixIterator], rows_per_shard: int, seq_len: int,
                unique_tokens: dict[str, float], shards: int):
@@ -137,8 +169,11 @@ class TrainIterator(grain.DatasetIterator):
     self.source_names = tuple(s.name for s in next(iter(mixers.values())).streams)
     self._unique_tokens, self._shards = unique_tokens, shards
     self._batches = 0
+    self._pad_row = self._padding(seq_len)
+
+  def _padding(self, seq_len: int) -> dict[str, np.ndarray]:
     empty = np.zeros(0, np.int32)
-    self._pad_row = make_row(empty, empty, seq_len, PAD_SOURCE_ID, Phi4Tokenizer.pad_id)
+    return make_row(empty, empty, seq_len, PAD_SOURCE_ID, Phi4Tokenizer.pad_id)
 
   def __next__(self) -> dict[str, np.ndarray]:
     """The next batch; a shard whose data ran out fills its rows with padding."""
@@ -151,7 +186,7 @@ class TrainIterator(grain.DatasetIterator):
     if not real:
       raise StopIteration
     self._batches += 1
-    return {k: np.stack([r[k] for r in rows]) for k in ROW_FIELDS}
+    return {k: np.stack([r[k] for r in rows]) for k in self.fields}
 
   def get_state(self) -> dict:
     return {"batches": self._batches, "shards": self._shards,
@@ -170,6 +205,25 @@ class TrainIterator(grain.DatasetIterator):
   def progress(self) -> dict:
     """See progress_from_state."""
     return progress_from_state(self.get_state())
+
+
+class PairIterator(TrainIterator):
+  """A DPO stage's batches: PAIR_ROW_FIELDS (tokens, segment_ids, positions, loss_mask: int32
+  [B_local, seq_len]; pair_source_ids int32 and pair_ids int64 [B_local, pairs_per_row], -1 in an
+  empty slot). State and progress as TrainIterator's (docs_read counts pairs)."""
+
+  fields = PAIR_ROW_FIELDS
+
+  def __init__(self, mixers, rows_per_shard, seq_len, unique_tokens, shards, pairs_per_row: int):
+    self._pairs_per_row = pairs_per_row
+    super().__init__(mixers, rows_per_shard, seq_len, unique_tokens, shards)
+
+  def _padding(self, seq_len: int) -> dict[str, np.ndarray]:
+    row = {k: np.zeros(seq_len, PAIR_ROW_DTYPES[k]) for k in PAIR_ROW_FIELDS[:4]}
+    row["tokens"][:] = Phi4Tokenizer.pad_id
+    for k in PAIR_ROW_FIELDS[4:]:
+      row[k] = np.full(self._pairs_per_row, -1, PAIR_ROW_DTYPES[k])
+    return row
 
 
 def progress_from_state(state: dict) -> dict:
@@ -202,19 +256,30 @@ def progress_from_state(state: dict) -> dict:
 
 def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
                         process_count: int = 1) -> TrainIterator:
-  """This jax process's batches of `config` (see module docstring); errors name config fields."""
+  """This jax process's batches of `config` (see module docstring); errors name config fields.
+
+  The stage's format (stage_format: its sources are all text, all "chat" or all "pairs") picks
+  the rows: pretraining's and SFT's are ROW_FIELDS (a TrainIterator), DPO's PAIR_ROW_FIELDS (a
+  PairIterator)."""
   check_config(config)
+  kind = stage_format(config.data.sources)
   shards = _shards(config, process_index, process_count)
   cache_dir = corpus.cache_dir(config.data)
   leafs = leaves(config.data.sources)
   opened = {leaf.name: open_source(leaf, cache_dir) for leaf in leafs}
-  in_play = {leaf.name: documents_in_play(leaf, opened[leaf.name], cache_dir) for leaf in leafs}
+  measured = (documents_in_play if kind == "text"
+              else functools.partial(items_in_play, config=config))
+  in_play = {leaf.name: measured(leaf, opened[leaf.name], cache_dir) for leaf in leafs}
   plan = make_plan(config, {name: unique for name, (unique, _) in in_play.items()})
   mine = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
-  mixers = {shard: MixIterator([_stream(leaf, source_id, config, p.epochs, in_play[leaf.name][1],
-                                        opened[leaf.name], shard, shards)
+  stream = _stream if kind == "text" else _fit_stream
+  mixers = {shard: MixIterator([stream(leaf, source_id, config, p.epochs, in_play[leaf.name][1],
+                                       opened[leaf.name], shard, shards)
                                 for source_id, (leaf, p) in enumerate(zip(leafs, plan.sources))],
                                [leaf.fraction for leaf in leafs])
             for shard in mine}
-  return TrainIterator(mixers, config.global_batch_size // shards, config.seq_len,
-                       {p.name: p.unique_tokens for p in plan.sources}, shards)
+  args = (mixers, config.global_batch_size // shards, config.seq_len,
+          {p.name: p.unique_tokens for p in plan.sources}, shards)
+  if kind == "pairs":
+    return PairIterator(*args, config.data.pairs_per_row)
+  return TrainIterator(*args)

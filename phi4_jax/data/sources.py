@@ -13,6 +13,11 @@ while the train iterator is built, before any step; corruption inside a parquet 
 ArrayRecord chunk shows when it is read (at build time too for a source whose unique tokens are
 measured, which reads every record; else when training reaches it). Cache files are written atomically, and a failed
 write leaves no temporary file behind.
+
+`format` "chat" and "pairs" (post-training) name what the records hold, not the file type (that
+comes from each file's extension, as for ""): a record is then a `Record` of its `text_field`
+value (chat: the `messages` list) or of the whole JSON object (pairs), checked by chat.py and
+pairs.py, which skip malformed ones with the same `Skip` places.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from phi4_jax.data import corpus
 from phi4_jax.data.planner import Leaf
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet", "arrayrecord")
+RECORD_FORMATS = ("chat", "pairs")  # post-training records; the file type is from the extension
+# pairs records: the fields read from parquet columns (one of the three forms of pairs.py)
+PAIR_FIELDS = ("prompt", "messages", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids")
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
                ".parquet": "parquet", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord"}
 
@@ -43,9 +51,23 @@ class Skip(NamedTuple):
   """A record that gives no document. reason: malformed_json (not JSON) | missing_field (not an
   object with a string `text_field`) | invalid_utf8 (bytes that are not UTF-8, or JSON escapes
   such as a lone surrogate "\\ud800" that no UTF-8 text can hold) | empty (blank line, or text
-  of only whitespace)."""
+  of only whitespace). Chat and pairs records add theirs (chat.py's conversation_item, pairs.py's
+  pair_item): bad_messages, no_assistant, too_long, cut_long (turns cut off, the rest trained on),
+  empty_prompt, empty_completion, same_completion, bad_ids."""
   reason: str
   where: str  # "path:line" (jsonl) or "path:row N" / "path:record N"
+
+
+class Record(NamedTuple):
+  """A chat or pairs record: its value (chat: the messages field; pairs: the record's fields as a
+  dict) and where it is, for the skip reports of chat.py and pairs.py."""
+  value: object
+  where: str
+
+
+def record_mode(fmt: str) -> str:
+  """What a source's records hold: "text" (documents), "chat" or "pairs"."""
+  return fmt if fmt in RECORD_FORMATS else "text"
 
 
 class SourceError(ValueError):
@@ -151,6 +173,25 @@ def _text_of(raw: bytes, text_field: str, where: str) -> str | Skip:
   return text if text.strip() else Skip("empty", where)
 
 
+def _record_of(raw: bytes, mode: str, field: str, where: str) -> Record | Skip:
+  """A chat/pairs record's bytes -> Record (chat: obj[field]; pairs: the object), or a Skip."""
+  try:
+    text = raw.decode("utf-8-sig" if raw[:3] == b"\xef\xbb\xbf" else "utf-8")
+  except UnicodeDecodeError:
+    return Skip("invalid_utf8", where)
+  if not text.strip():
+    return Skip("empty", where)
+  try:
+    obj = json.loads(text)
+  except ValueError:
+    return Skip("malformed_json", where)
+  if not isinstance(obj, dict):
+    return Skip("missing_field", where)
+  if mode == "chat":
+    return Record(obj[field], where) if obj.get(field) is not None else Skip("missing_field", where)
+  return Record(obj, where)
+
+
 def _encodable(text: str) -> bool:
   """False for text with lone surrogates (no UTF-8 form; the tokenizer would replace them)."""
   try:
@@ -163,8 +204,9 @@ def _encodable(text: str) -> bool:
 class JsonlFile:
   """One jsonl file; record i is line i + 1. `shown` is the path used in reports."""
 
-  def __init__(self, path: str, text_field: str, cache_dir: str, shown: str | None = None):
-    self.path, self.text_field, self.shown = path, text_field, shown or path
+  def __init__(self, path: str, text_field: str, cache_dir: str, shown: str | None = None,
+               mode: str = "text"):
+    self.path, self.text_field, self.shown, self.mode = path, text_field, shown or path, mode
     self._index_path = os.path.join(cache_dir, "index", _file_key(path) + ".npy")
     self._starts = None
     self._size = None  # the file's size when it was indexed
@@ -223,7 +265,8 @@ class JsonlFile:
           raise _Unreadable(f"{self.shown}:{i + 1}", EOFError(
               f"read {len(raw)} of the line's {end - start} bytes at offset {start}"),
               "the file is shorter than when it was indexed: it changed while the run reads it")
-        out.append(_text_of(raw, self.text_field, f"{self.shown}:{i + 1}"))
+        out.append(_text_of(raw, self.text_field, f"{self.shown}:{i + 1}") if self.mode == "text"
+                   else _record_of(raw, self.mode, self.text_field, f"{self.shown}:{i + 1}"))
     finally:
       os.close(fd)
     return out
@@ -263,14 +306,20 @@ def _gunzipped(path: str, cache_dir: str) -> str:
 class ParquetFile:
   """One parquet file; a record is a row. Row groups are decoded whole and kept (LRU of 4)."""
 
-  def __init__(self, path: str, text_field: str, field: str = "text_field"):
+  def __init__(self, path: str, text_field: str, field: str = "text_field", mode: str = "text"):
     import pyarrow.parquet as pq
-    self.path, self.text_field = path, text_field
+    self.path, self.text_field, self.mode = path, text_field, mode
     try:
       meta = pq.ParquetFile(path).metadata
     except Exception as e:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
       raise _Unreadable(path, e, "not a readable parquet file (truncated or corrupt footer?)") from e
-    if text_field not in meta.schema.names:
+    self.columns = [text_field]
+    if mode == "pairs":
+      self.columns = [c for c in PAIR_FIELDS if c in meta.schema.names]
+      if not self.columns:
+        raise ValueError(f"{field}.format: 'pairs', but the parquet file {path} has none of the "
+                         f"columns {', '.join(PAIR_FIELDS)} (columns: {meta.schema.names})")
+    elif text_field not in meta.schema.names:
       raise ValueError(f"{field}.text_field: {text_field!r} is not a column of the parquet file "
                        f"{path} (columns: {meta.schema.names})")
     self.group_starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
@@ -292,7 +341,11 @@ class ParquetFile:
         return self._groups[g]
     import pyarrow.parquet as pq
     try:
-      values = pq.ParquetFile(self.path).read_row_group(g, columns=[self.text_field]).column(0).to_pylist()
+      table = pq.ParquetFile(self.path).read_row_group(g, columns=self.columns)
+      if self.mode == "pairs":  # a row: its non-null fields
+        values = [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+      else:
+        values = table.column(0).to_pylist()
     except Exception as e:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
       raise _Unreadable(f"{self.path}:row {i} (row group {g}, rows {self.group_starts[g]}.."
                         f"{self.group_starts[g + 1] - 1})", e) from e
@@ -308,7 +361,9 @@ class ParquetFile:
       g = int(np.searchsorted(self.group_starts, i, side="right")) - 1
       value = self._group(g, i)[i - self.group_starts[g]]
       where = f"{self.path}:row {i}"
-      if isinstance(value, bytes):
+      if self.mode != "text":
+        out.append(Skip("missing_field", where) if value is None else Record(value, where))
+      elif isinstance(value, bytes):
         out.append(_text_of(value, "", where))
       elif not isinstance(value, str):
         out.append(Skip("missing_field", where))
@@ -320,9 +375,9 @@ class ParquetFile:
 class ArrayRecordFile:
   """One ArrayRecord file; records are JSON objects, or raw UTF-8 text when text_field is ""."""
 
-  def __init__(self, path: str, text_field: str):
+  def __init__(self, path: str, text_field: str, mode: str = "text"):
     from grain.sources import ArrayRecordDataSource
-    self.path, self.text_field = path, text_field
+    self.path, self.text_field, self.mode = path, text_field, mode
     try:
       self._records = ArrayRecordDataSource([path])
     except Exception as e:  # noqa: BLE001 (array_record raises RuntimeError, OSError, ...)
@@ -341,6 +396,9 @@ class ArrayRecordFile:
         except Exception as one:  # noqa: BLE001
           raise _Unreadable(f"{self.path}:record {i}", one) from one
       raise _Unreadable(f"{self.path}:records {indices[0]}..", e) from e
+    if self.mode != "text":
+      return [_record_of(raw, self.mode, self.text_field, f"{self.path}:record {i}")
+              for i, raw in zip(indices, raws)]
     return [_text_of(raw, self.text_field, f"{self.path}:record {i}") for i, raw in zip(indices, raws)]
 
 
@@ -378,23 +436,24 @@ class Source:
   def __init__(self, name: str, files: list[str], fmt: str, text_field: str, cache_dir: str,
                field: str):
     self.name, self.files, self.text_field, self.field = name, files, text_field, field
+    self.mode = mode = record_mode(fmt)
     self.readers, keys = [], []
     for path in files:
-      kind = fmt or detect_format(path)
+      kind = detect_format(path) if mode != "text" or not fmt else fmt
       if kind not in FORMATS:
         raise ValueError(f"{field}: unknown format {kind or '(none)'!r} for {path} "
-                         f"(known: {', '.join(FORMATS)}; set {field}.format)")
+                         f"(known: {', '.join(FORMATS + RECORD_FORMATS)}; set {field}.format)")
       with self._reading(path):
         with open(path, "rb"):  # readable at all (a cached index would not notice)
           pass
         if kind == "jsonl":
-          reader = JsonlFile(path, text_field, cache_dir)
+          reader = JsonlFile(path, text_field, cache_dir, mode=mode)
         elif kind == "jsonl.gz":
-          reader = JsonlFile(_gunzipped(path, cache_dir), text_field, cache_dir, shown=path)
+          reader = JsonlFile(_gunzipped(path, cache_dir), text_field, cache_dir, shown=path, mode=mode)
         elif kind == "parquet":
-          reader = ParquetFile(path, text_field, field)
+          reader = ParquetFile(path, text_field, field, mode)
         else:
-          reader = ArrayRecordFile(path, text_field)
+          reader = ArrayRecordFile(path, text_field, mode)
         len(reader)  # builds a jsonl index now
         keys.append(_file_key(path))
       self.readers.append(reader)
@@ -430,8 +489,9 @@ class Source:
               for base, r in zip(self.file_starts[:-1], self.readers)]
     return np.concatenate(starts).astype(np.int64)
 
-  def read(self, indices) -> list[str | Skip]:
-    """Texts (or Skips) of records `indices`, in that order; each file is opened once."""
+  def read(self, indices) -> list[str | Record | Skip]:
+    """Texts (chat/pairs: Records) or Skips of records `indices`, in that order; each file is
+    opened once."""
     indices = np.asarray(indices, np.int64)
     files = np.searchsorted(self.file_starts, indices, side="right") - 1
     out: list = [None] * len(indices)

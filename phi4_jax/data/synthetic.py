@@ -188,3 +188,65 @@ def exercise(index: int, seed: int = 0) -> dict:
   text = f"Exercise ({topic}). {question}\n\nSolution. {solution}\n\nFinal answer: {answer}"
   return {"id": f"synthetic-{index:06d}", "topic": topic, "question": question, "solution": solution,
           "answer": answer, "params": params, "text": text}
+
+
+# Post-training: the same exercises as SFT conversations and DPO preference pairs.
+SFT_SEED, DPO_SEED, DPO_HELDOUT_SEED = 1, 2, 3  # seed 0 is pretraining's `synthetic` corpus
+TUTOR = "You are a careful math tutor. Show your steps and end with 'Final answer:'."
+
+
+def worked_solution(record: dict) -> str:
+  """An exercise's assistant reply: the worked solution, then `Final answer: <answer>`."""
+  return f"{record['solution']}\n\nFinal answer: {record['answer']}"
+
+
+def _perturbed(number: str, r: random.Random) -> str:
+  value = Fraction(number)
+  return _fmt(value + r.choice([-3, -2, -1, 1, 2, 3, 5, 10]))
+
+
+def wrong_final_answer(answer: str, r: random.Random) -> str:
+  """`answer` with its last number changed (check_answer then fails on it)."""
+  last = list(_NUMBER.finditer(answer))[-1]
+  return answer[:last.start()] + _perturbed(last.group(), r) + answer[last.end():]
+
+
+def wrong_step(solution: str, r: random.Random) -> str:
+  """`solution` with one number of an intermediate step changed (not its last number)."""
+  found = list(_NUMBER.finditer(solution))
+  if len(found) < 2:
+    return solution
+  m = found[r.randrange(len(found) - 1)]
+  return solution[:m.start()] + _perturbed(m.group(), r) + solution[m.end():]
+
+
+def sft_conversation(index: int) -> dict:
+  """SFT record `index`: one exercise (sometimes after a tutor system turn) or two in a row, the
+  assistant replying with worked solutions. {"id", "messages", "answer" (of the last), "topic"}."""
+  r = random.Random(f"sft-{index}")
+  ex = exercise(index, SFT_SEED)
+  turns = [{"role": "user", "content": ex["question"]},
+           {"role": "assistant", "content": worked_solution(ex)}]
+  kind = r.random()
+  if kind < 0.2:
+    turns = [{"role": "system", "content": TUTOR}] + turns
+  elif kind < 0.4:
+    second = exercise(1_000_000 + index, SFT_SEED)
+    turns += [{"role": "user", "content": "Next one: " + second["question"]},
+              {"role": "assistant", "content": worked_solution(second)}]
+    ex = second
+  return {"id": f"sft-math-{index:06d}", "messages": turns, "answer": ex["answer"],
+          "topic": ex["topic"]}
+
+
+def dpo_pair(index: int, seed: int = DPO_SEED) -> dict:
+  """A DPO pair (conversation form): chosen = the worked solution, rejected = the same solution
+  with a wrong final answer, or with a wrong intermediate step and final answer (`kind`)."""
+  r = random.Random(f"dpo-{seed}-{index}")
+  ex = exercise(index, seed)
+  kind = r.choice(["wrong_answer", "wrong_step"])
+  solution = wrong_step(ex["solution"], r) if kind == "wrong_step" else ex["solution"]
+  rejected = f"{solution}\n\nFinal answer: {wrong_final_answer(ex['answer'], r)}"
+  return {"id": f"dpo-{seed}-{index:06d}", "messages": [{"role": "user", "content": ex["question"]}],
+          "chosen": worked_solution(ex), "rejected": rejected, "answer": ex["answer"],
+          "kind": kind, "topic": ex["topic"]}

@@ -336,3 +336,27 @@ def test_embedded_post_training_defaults_pass_the_check(tmp_path):
   _check(data_config.embedded_dpo_sources(), cache_dir=str(tmp_path))
   _check(data_config.embedded_dpo_sources(heldout=True), cache_dir=str(tmp_path))
   assert os.listdir(tmp_path) == []  # checked by name, nothing built
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.parquet", "c.arrayrecord"])
+def test_chat_records_read_the_same_from_every_file_type(tmp_path, name):
+  import gzip
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from phi4_jax.data.sources import Record, Skip, Source
+  convs = [GOOD, FOUR, None]  # the last record has no messages
+  lines = "".join(json.dumps({"messages": m} if m else {"other": 1}) + "\n" for m in convs)
+  (tmp_path / "c.jsonl").write_text(lines)
+  with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+    f.write(lines)
+  pq.write_table(pa.table({"messages": convs}), tmp_path / "c.parquet")
+  from array_record.python.array_record_module import ArrayRecordWriter
+  w = ArrayRecordWriter(str(tmp_path / "c.arrayrecord"), "group_size:1")
+  for line in lines.splitlines():
+    w.write(line.encode())
+  w.close()
+  src = Source("s", [str(tmp_path / name)], "chat", "messages", str(tmp_path / "cache"), "f")
+  out = src.read([1, 0, 2])
+  assert [r.value for r in out[:2]] == [FOUR, GOOD] and all(isinstance(r, Record) for r in out[:2])
+  assert isinstance(out[2], Skip) and out[2].reason == "missing_field"
+  assert out[0].where.startswith(str(tmp_path / name))

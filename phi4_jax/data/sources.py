@@ -310,18 +310,21 @@ class ParquetFile:
     import pyarrow.parquet as pq
     self.path, self.text_field, self.mode = path, text_field, mode
     try:
-      meta = pq.ParquetFile(path).metadata
+      opened = pq.ParquetFile(path)
+      meta = opened.metadata
+      # top-level columns (the parquet schema's names are leaves: a list column's is "element")
+      names = meta.schema.names if mode == "text" else opened.schema_arrow.names
     except Exception as e:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ...)
       raise _Unreadable(path, e, "not a readable parquet file (truncated or corrupt footer?)") from e
     self.columns = [text_field]
     if mode == "pairs":
-      self.columns = [c for c in PAIR_FIELDS if c in meta.schema.names]
+      self.columns = [c for c in PAIR_FIELDS if c in names]
       if not self.columns:
         raise ValueError(f"{field}.format: 'pairs', but the parquet file {path} has none of the "
-                         f"columns {', '.join(PAIR_FIELDS)} (columns: {meta.schema.names})")
-    elif text_field not in meta.schema.names:
+                         f"columns {', '.join(PAIR_FIELDS)} (columns: {names})")
+    elif text_field not in names:
       raise ValueError(f"{field}.text_field: {text_field!r} is not a column of the parquet file "
-                       f"{path} (columns: {meta.schema.names})")
+                       f"{path} (columns: {names})")
     self.group_starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     self._lock, self._groups = threading.Lock(), OrderedDict()
 

@@ -30,6 +30,9 @@ from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS
 from phi4_jax.data.sources import Skip, Source, count_skip
 
 
+PAIR_ID_BITS = 32  # a DPO row's pair_ids: source_id << 32 | record index (pairs.pair_id)
+
+
 class Item(NamedTuple):
   """A packer item: its sequences ((ids, loss_mask) int32 pairs: 1 for a conversation, chosen
   then rejected for a pair) and a note counted with the skips (e.g. "cut_long") or None."""
@@ -196,12 +199,12 @@ class FitPackedIterator(grain.DatasetIterator):
     if self._kind == "chat":
       row["source_ids"][:n], row["source_ids"][n:] = self.source_id, PAD_SOURCE_ID
     else:
-      from phi4_jax.data.pairs import pair_id
       slots = self._max_items
       row["pair_source_ids"] = np.full(slots, PAD_SOURCE_ID, np.int32)
       row["pair_source_ids"][:len(items)] = self.source_id
       row["pair_ids"] = np.full(slots, -1, np.int64)
-      row["pair_ids"][:len(items)] = [pair_id(self.source_id, b.ids[i]) for b, i in items]
+      row["pair_ids"][:len(items)] = [(self.source_id << PAIR_ID_BITS) | int(b.ids[i])
+                                      for b, i in items]
     return row
 
   def __next__(self) -> dict[str, np.ndarray]:

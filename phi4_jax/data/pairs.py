@@ -26,14 +26,14 @@ from __future__ import annotations
 import numpy as np
 
 from phi4_jax.data.chat import check_messages
-from phi4_jax.data.fitpack import Item
+from phi4_jax.data.fitpack import PAIR_ID_BITS, Item
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 PAIR_ROW_FIELDS = ("tokens", "segment_ids", "positions", "loss_mask", "pair_source_ids", "pair_ids")
 # tokens .. loss_mask: [B, seq_len]; pair_source_ids, pair_ids: [B, pairs_per_row] (-1 = empty slot)
 PAIR_ROW_DTYPES = {"tokens": np.int32, "segment_ids": np.int32, "positions": np.int32,
                    "loss_mask": np.int32, "pair_source_ids": np.int32, "pair_ids": np.int64}
-PAIR_ID_BITS = 32  # pair_id = source_id << 32 | record index (records < 2**32, ids fit int64)
+# pair_id = source_id << PAIR_ID_BITS (32) | record index: records < 2**32, ids fit int64
 
 
 def pair_id(source_id: int, record: int) -> int:

@@ -33,9 +33,11 @@ setup(
     entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
         "test": ["pytest>=8,<10", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
-        # benchmarks/decode_throughput.py: Tunix's sampler and transformers' generate as baselines
-        # (Tunix pins its own transformers: install into a separate venv, benchmarks/README.md)
-        "bench": ["google-tunix>=0.1.7,<0.2", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
+        # benchmarks/decode_throughput.py: Tunix's sampler and transformers' generate as baselines;
+        # benchmarks/dpo_throughput.py: TRL's DPOTrainer (Tunix pins its own transformers: install
+        # into a separate venv, benchmarks/README.md)
+        "bench": ["google-tunix>=0.1.7,<0.2", "torch>=2.5,<2.14", "transformers>=4.48,<6",
+                  "trl>=1.16,<2"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],
         "tpu": ["jax[tpu]>=0.7,<0.11"],
     },

@@ -261,8 +261,8 @@ def ours_side(args, cfg, np_tokens):
   params = jax.jit(model_lib.init, static_argnums=0)(cfg, jax.random.key(args.seed))
   state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.int32(0)}
   batch = make_batch(np_tokens)
-  step_fn = jax.jit(functools.partial(step_lib.train_step, optimizer=optimizer, cfg=cfg,
-                                      num_sources=1, loss_chunk=args.loss_chunk),
+  loss_fn = functools.partial(step_lib.lm_loss_sums, cfg=cfg, num_sources=1, loss_chunk=args.loss_chunk)
+  step_fn = jax.jit(functools.partial(step_lib.train_step, optimizer=optimizer, loss_fn=loss_fn),
                     donate_argnums=0)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()

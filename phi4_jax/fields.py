@@ -28,6 +28,7 @@ class Rule:
   low_open: bool = False  # low itself is outside the range
   also: tuple = ()  # values allowed outside the range (e.g. 0 = "off")
   length: int | None = None  # int_tuple: its length
+  choices: tuple = ()  # str: the allowed values (empty = any string)
 
   def describe(self) -> str:
     if self.low is not None and self.high is not None:
@@ -47,7 +48,9 @@ class Rule:
     if self.kind == "bool":
       return None if isinstance(value, bool) else "must be true or false"
     if self.kind == "str":
-      return None if isinstance(value, str) else "must be a string"
+      if not isinstance(value, str):
+        return "must be a string"
+      return None if not self.choices or value in self.choices else f"must be one of {self.choices}"
     if self.kind == "int_tuple":
       ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool)
                                                     for v in value)
@@ -83,6 +86,10 @@ def boolean() -> Rule:
 
 def string() -> Rule:
   return Rule("str")
+
+
+def choice(values) -> Rule:
+  return Rule("str", choices=tuple(values))
 
 
 def int_tuple(length: int) -> Rule:

@@ -12,7 +12,7 @@ from phi4_jax import model
 from phi4_jax.train import loop
 from phi4_jax.train.config import optimizer_fields
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer, weight_decay_mask
-from phi4_jax.train.step import fused_cross_entropy, loss_sums, next_token_targets, train_step
+from phi4_jax.train.step import fused_cross_entropy, lm_loss_sums, next_token_targets, train_step
 
 CFG = model.ModelConfig.preset("test", vocab_size=512)
 NUM_SOURCES = 3
@@ -44,9 +44,12 @@ def setup():
   return optimizer, state, _batch(jax.random.key(1))
 
 
+def _loss_fn(mesh=None):
+  return functools.partial(lm_loss_sums, cfg=CFG, num_sources=NUM_SOURCES, loss_chunk=8, mesh=mesh)
+
+
 def _step(optimizer, state, batch_MxBxT, mesh=None):
-  fn = functools.partial(train_step, optimizer=optimizer, cfg=CFG, num_sources=NUM_SOURCES,
-                         loss_chunk=8, mesh=mesh)
+  fn = functools.partial(train_step, optimizer=optimizer, loss_fn=_loss_fn(mesh))
   return jax.jit(fn)(state, batch_MxBxT)
 
 
@@ -62,7 +65,7 @@ def test_targets_stop_at_document_boundaries():
 def test_loss_equals_hand_softmax(setup):
   _, state, batch = setup
   params = state["params"]
-  total, sums = loss_sums(params, batch, CFG, NUM_SOURCES, loss_chunk=8)
+  total, sums = lm_loss_sums(params, batch, cfg=CFG, num_sources=NUM_SOURCES, loss_chunk=8)
   logits = np.asarray(model.forward(params, batch["tokens"], CFG, segment_ids=batch["segment_ids"],
                                     positions=batch["positions"]), np.float64)
   targets, weights, sources = (np.asarray(x) for x in next_token_targets(batch))
@@ -70,7 +73,7 @@ def test_loss_equals_hand_softmax(setup):
       - logits.max(-1, keepdims=True)
   nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
   np.testing.assert_allclose(float(total), (nll * weights).sum(), rtol=1e-5)
-  assert float(sums["tokens"]) == weights.sum()
+  assert float(sums["denominator"]) == weights.sum()
   for s in range(NUM_SOURCES):
     np.testing.assert_allclose(float(sums["source_loss_sum"][s]),
                                (nll * weights * (sources == s)).sum(), rtol=1e-5, atol=1e-4)
@@ -107,13 +110,12 @@ def test_sharded_step_equals_single_device(setup):
 
   mesh = model.make_mesh((1, 4, 2))
   param_shardings = model.param_shardings(CFG, mesh)
-  shardings = loop._state_shardings(jax.eval_shape(optimizer.init, state["params"]), param_shardings, mesh)
+  shardings = loop.state_shardings(optimizer, state["params"], param_shardings, mesh)
   sharded_state = jax.device_put(state, shardings)
   mu = sharded_state["opt_state"][1][0].mu["layers"]["mlp"]["gate"]["kernel"]
   assert mu.sharding.spec == PartitionSpec(None, "fsdp", "tensor")  # Adam moments follow params
   batch_sharding = model.batch_sharding(mesh, microbatched=True)
-  fn = functools.partial(train_step, optimizer=optimizer, cfg=CFG, num_sources=NUM_SOURCES,
-                         loss_chunk=8, mesh=mesh)
+  fn = functools.partial(train_step, optimizer=optimizer, loss_fn=_loss_fn(mesh))
   step = jax.jit(fn, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
   new_state, m = step(sharded_state, jax.device_put(batch1, batch_sharding))
   np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)

@@ -17,29 +17,11 @@ from jax.sharding import Mesh
 from phi4_jax import model as model_lib
 from phi4_jax.inference.batching import bucket, check_prompts, note_compile
 from phi4_jax.model import ModelConfig
+from phi4_jax.model.output import target_logprobs
 
 MIN_ROW_BUCKET = 32
-ROW_TOKENS = 16_384  # tokens per forward call (rows x row length): bounds activation memory
-LOGIT_CHUNK = 256  # sequence positions per output-layer chunk
-
-
-def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array, dtype,
-                    chunk: int = LOGIT_CHUNK) -> jax.Array:
-  """log softmax(hidden @ kernel)[target] [B, T] float32, one sequence chunk of logits at a time."""
-  b, t, d = hidden_BxTxD.shape
-  chunk = chunk if t % chunk == 0 else t
-  h_NxBxCxD = hidden_BxTxD.reshape(b, t // chunk, chunk, d).swapaxes(0, 1)
-  y_NxBxC = targets_BxT.reshape(b, t // chunk, chunk).swapaxes(0, 1)
-  kernel = kernel_DxV.astype(dtype)
-
-  def one_chunk(xs):
-    h_BxCxD, y_BxC = xs
-    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel,
-                              preferred_element_type=jnp.float32)
-    target = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
-    return target - jax.nn.logsumexp(logits_BxCxV, axis=-1)
-
-  return jax.lax.map(one_chunk, (h_NxBxCxD, y_NxBxC)).swapaxes(0, 1).reshape(b, t)
+ROW_TOKENS = 8192  # tokens per forward call (rows x row length): bounds activation memory
+LOGIT_CHUNK = 128  # sequence positions per output-layer chunk (logits: ROW_TOKENS x this x vocab)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
@@ -49,7 +31,7 @@ def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, *, cfg, mesh
   hidden = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
                              positions=positions_BxT, mesh=mesh, return_hidden=True)
   targets = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
-  return target_logprobs(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype))
+  return target_logprobs(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype), LOGIT_CHUNK)
 
 
 def pack(lengths: list[int], row_len: int) -> list[list[int]]:

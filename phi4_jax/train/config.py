@@ -6,6 +6,7 @@ import ml_collections
 
 from phi4_jax import fields
 from phi4_jax.model import ModelConfig
+from phi4_jax.train.objectives import OBJECTIVES
 
 
 def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
@@ -35,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Run fields (the model, optimizer and data sub-configs are added by each stage file)."""
   c = ml_collections.ConfigDict()
   c.stage = "pretrain"  # a name for logs and the recipe summary
+  c.objective = "lm"  # lm: next-token loss on loss_mask's targets (pretrain, midtrain, sft) | dpo
   c.seed = 0  # seeds parameter init and the data order
   c.steps = 1000  # optimizer steps of this stage
   c.seq_len = 4096  # tokens per packed row
@@ -60,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 RUN_RULES = {
-    "stage": fields.string(), "seed": fields.integer(), "steps": fields.integer(1),
+    "stage": fields.string(), "objective": fields.choice(OBJECTIVES), "seed": fields.integer(), "steps": fields.integer(1),
     "seq_len": fields.integer(1), "global_batch_size": fields.integer(1),
     "microbatches": fields.integer(1), "mesh_shape": fields.int_tuple(3), "loss_chunk": fields.integer(0),
     "log_every": fields.integer(1), "checkpoint_every": fields.integer(1),
@@ -94,6 +96,22 @@ def _fail(field: str, message: str) -> None:
   raise ValueError(f"config.{field}: {message}")
 
 
+def _check_objective(config: ml_collections.ConfigDict) -> None:
+  """A DPO stage has its config.dpo fields and an init_from (its frozen reference)."""
+  if config.objective != "dpo":
+    if "dpo" in config:
+      _fail("dpo", f"is set, but config.objective is {config.objective!r} (set it to 'dpo')")
+    return
+  from phi4_jax.posttrain import dpo
+  if "dpo" not in config:
+    _fail("dpo", "missing: a DPO stage needs posttrain/dpo.py's dpo_fields()")
+  fields.unknown(config.dpo, dpo.RULES, "config.dpo")
+  fields.check(config.dpo, dpo.RULES, "config.dpo")
+  if not config.init_from:
+    _fail("init_from", "is empty, but a DPO stage needs one: the model it starts from is also its "
+          "frozen reference")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True,
              check_files: bool = True) -> None:
   """Checks values that would otherwise fail late; each message names the field.
@@ -104,7 +122,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   """
   from phi4_jax.model.sharding import resolve_mesh_shape
   from phi4_jax.train.checkpoint import check_params
-  fields.unknown(config, set(base_config()) | {"model", "data"}, "config")
+  fields.unknown(config, set(base_config()) | {"model", "data", "dpo"}, "config")
   fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   fields.check(config, RUN_RULES, "config")
   fields.check(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
@@ -129,6 +147,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
           "loss would fall back to [B, seq_len, vocab] logits)")
   if config.init_step >= 0 and not config.init_from:
     _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
+  _check_objective(config)
   if config.skip_batches and config.resume_step < 0:
     _fail("skip_batches", f"is {config.skip_batches}, but config.resume_step names no step to skip from")
   if check_init_from and config.init_from:

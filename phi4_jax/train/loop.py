@@ -20,10 +20,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
-from phi4_jax.data.packing import ROW_FIELDS
-from phi4_jax.train import checkpoint, metrics as metrics_lib, recovery, workdir as workdir_lib
+from phi4_jax.train import checkpoint, objectives, preemption as preemption_lib, recovery, steplog
+from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.config import model_config, validate
-from phi4_jax.train.optimizer import lr_schedule, make_optimizer
+from phi4_jax.train.optimizer import make_optimizer
 from phi4_jax.train.step import train_step
 
 
@@ -40,6 +40,9 @@ class Run:
   abstract_state: dict  # ShapeDtypeStructs placed on `shardings`
   data_iter: data_lib.TrainIterator
   mngr: ocp.CheckpointManager
+  objective: objectives.Objective
+  extras: dict  # frozen step inputs: DPO's reference params ({} otherwise)
+  extra_shardings: dict
   flag_prefix: str = "--config."  # how this stage's fields are spelled on the command line
   set_aside: str | None = None  # where config.resume_step moved the later checkpoints
 
@@ -87,11 +90,36 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = 
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_model_config(workdir, cfg)
   data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
+  objective = objectives.make(config, cfg, len(data_iter.source_names), mesh)
   moved = recovery.apply_resume_step(config, workdir, flag_prefix)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing,
                             config.keep_period)
-  return Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr,
-             flag_prefix, moved)
+  run = Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr,
+            objective, {}, {}, flag_prefix, moved)
+  if config.objective == "dpo":
+    try:
+      _add_reference(run)
+    except BaseException:
+      mngr.close()
+      raise
+  return run
+
+
+def _add_reference(run: Run) -> None:
+  """DPO's frozen reference (init_from's params, sharded like the policy) as a step input, or, with
+  dpo.precompute_reference, its log-probs scored once and attached to the batches."""
+  config = run.config
+  _, reference = workdir_lib.restore_params(config.init_from, None if config.init_step < 0 else
+                                            config.init_step, run.shardings["params"], cfg=run.cfg)
+  if not config.dpo.precompute_reference:
+    run.extras["reference"], run.extra_shardings["reference"] = reference, run.shardings["params"]
+    return
+  from phi4_jax.posttrain import reference as reference_lib
+  sharding = model_lib.batch_sharding(run.mesh, microbatched=True)
+  table = reference_lib.precompute(
+      run, reference, lambda: data_lib.make_train_iterator(config, jax.process_index(), jax.process_count()),
+      lambda local: _global_batch(local, config.microbatches, sharding, config.global_batch_size))
+  run.data_iter = reference_lib.WithReference(run.data_iter, table)
 
 
 def build_or_restore_state(run: Run) -> dict:
@@ -133,11 +161,9 @@ def _restore(run: Run, step: int) -> tuple[dict, dict]:
 
 def compile_step(run: Run):
   """The jitted train step over the run's mesh; the state is donated (updated in place)."""
-  config = run.config
-  step = functools.partial(train_step, optimizer=run.optimizer, cfg=run.cfg,
-                           num_sources=len(run.data_iter.source_names),
-                           loss_chunk=config.loss_chunk, mesh=run.mesh)
-  return jax.jit(step, in_shardings=(run.shardings, model_lib.batch_sharding(run.mesh, microbatched=True)),
+  step = functools.partial(train_step, optimizer=run.optimizer, loss_fn=run.objective.loss_fn)
+  return jax.jit(step, in_shardings=(run.shardings, model_lib.batch_sharding(run.mesh, microbatched=True),
+                                     run.extra_shardings),
                  out_shardings=(run.shardings, NamedSharding(run.mesh, PartitionSpec())),
                  donate_argnums=0)
 
@@ -212,16 +238,16 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
   """Steps from the state's step to config.steps: log, checkpoint, stop cleanly on SIGTERM."""
   config = run.config
   start = step = int(state["step"])
-  logger = _Logger(run, start)
+  logger = steplog.StepLogger(run, start)
   recent = recovery.new_window()
   preempted = False
   try:
-    with _Preemption() as preemption:
+    with preemption_lib.Preemption() as preemption:
       while step < config.steps:
         if preemption.agreed():
           preempted = True
           break
-        state, m = step_fn(state, _next_batch(run, step))
+        state, m = step_fn(state, _next_batch(run, step), run.extras)
         m = jax.device_get(m)
         step += 1
         _check_step(run, step, m, recent)
@@ -239,105 +265,21 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
           "preempted": preempted, "last": logger.last_row}
 
 
-class _Logger:
-  """Metric rows every config.log_every steps (means over the steps since the last row) and the
-  progress bar, from the primary process."""
-
-  def __init__(self, run: Run, start: int):
-    config = run.config
-    self.run = run
-    self.tokens_per_step = config.global_batch_size * config.seq_len
-    self.flops = model_lib.flops_per_token(run.cfg, config.seq_len)
-    self.peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
-    self.schedule = lr_schedule(config.optimizer, config.steps)
-    self.writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.primary,
-                                            tensorboard=config.tensorboard)
-    self.bar = metrics_lib.ProgressBar(config.steps, start, self.tokens_per_step) if run.primary else None
-    self.window = _new_window()
-    self.last_row: dict = {}
-
-  def step(self, step: int, m: dict) -> None:
-    window = self.window
-    window["steps"] += 1
-    window["loss"] += float(m["loss"])
-    window["src_loss"] += m["source_loss_sum"]
-    window["src_tok"] += m["source_tokens"]
-    if step % self.run.config.log_every == 0 or step == self.run.config.steps:
-      self.last_row = _log_row(step, m, window, self.schedule, self.tokens_per_step, self.flops,
-                               self.peak, list(self.run.data_iter.source_names), self.run.data_iter)
-      self.writer.write(step, self.last_row)
-      self.window = _new_window()
-    if self.bar:
-      self.bar.update(step, f"loss {float(m['loss']):.3f}")
-
-  def close(self) -> None:
-    self.writer.close()
-    if self.bar:
-      self.bar.close()
-
-
-class _Preemption:
-  """Turns SIGTERM (or a first Ctrl-C) into a flag the loop checks between steps (then saves and
-  exits); a second Ctrl-C interrupts at once."""
-
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-
-  def __enter__(self):
-    try:
-      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = {}
-    return self
-
-  def _handle(self, signum, _):
-    self.requested = True
-    if signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
-
-  def __exit__(self, *_):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-  def agreed(self) -> bool:
-    """True on every process once any process got SIGTERM."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+HOST_ONLY_FIELDS = ("pair_ids",)  # row fields the host reads (reference look-up), not the step
 
 
 def _global_batch(local: dict, microbatches: int, sharding: NamedSharding, global_rows: int) -> dict:
-  """Process-local [B_local, T] numpy rows -> global [M, B/M, T] arrays sharded over data x fsdp."""
+  """Process-local [B_local, ...] numpy rows -> global [M, B/M, ...] arrays sharded over data x
+  fsdp; integer fields as int32, float fields (precomputed reference log-probs) as float32."""
   out = {}
-  for name in ROW_FIELDS:
-    x = np.asarray(local[name], np.int32)
-    x = x.reshape(microbatches, x.shape[0] // microbatches, x.shape[1])
+  for name, value in local.items():
+    if name in HOST_ONLY_FIELDS:
+      continue
+    x = np.asarray(value)
+    x = x.astype(np.float32 if np.issubdtype(x.dtype, np.floating) else np.int32)
+    x = x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:])
     out[name] = jax.make_array_from_process_local_data(
-        sharding, x, (microbatches, global_rows // microbatches, x.shape[2]))
+        sharding, x, (microbatches, global_rows // microbatches, *x.shape[2:]))
   return out
 
 
-def _new_window() -> dict:
-  """Sums over the steps since the last metrics row."""
-  return {"t": time.monotonic(), "steps": 0, "loss": 0.0, "src_loss": 0.0, "src_tok": 0.0}
-
-
-def _log_row(step, m, window, schedule, tokens_per_step, flops, peak, source_names, data_iter) -> dict:
-  elapsed = time.monotonic() - window["t"]
-  tokens_per_s = window["steps"] * tokens_per_step / max(elapsed, 1e-9)
-  src_tok = np.asarray(window["src_tok"])
-  src_loss = np.asarray(window["src_loss"]) / np.maximum(src_tok, 1)
-  row = {
-      "loss": window["loss"] / window["steps"],
-      "lr": float(schedule(step - 1)),
-      "grad_norm": float(m["grad_norm"]),
-      "tokens_per_s": tokens_per_s,
-      "mfu": (flops * tokens_per_s / (peak * jax.device_count())) if peak else None,
-      "loss_per_source": {n: float(src_loss[i]) for i, n in enumerate(source_names) if src_tok[i] > 0},
-      "data": data_iter.progress(),
-  }
-  return json.loads(json.dumps(row, default=float))

@@ -1,7 +1,8 @@
 """Pure functions: next-token loss (chunked over the sequence), gradients, one optimizer step.
 
 A batch is a dict of int32 [B, T] arrays: tokens, segment_ids, positions, loss_mask, source_ids.
-Position t predicts token t+1 when both lie in the same (non-padding) segment and loss_mask[t+1].
+Position t predicts token t+1 when both lie in the same (non-padding) segment and loss_mask[t+1]
+(all ones in pretraining, the assistant turns in SFT).
 """
 
 from __future__ import annotations
@@ -18,13 +19,24 @@ from phi4_jax import model as model_lib
 from phi4_jax.model import ModelConfig
 
 
+def _shift(x: jax.Array, fill) -> jax.Array:
+  """x[:, t + 1] at position t (fill at the end)."""
+  return jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
+
+
+def target_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(targets [B,T], weights [B,T] float32): position t predicts token t+1 when both lie in the same
+  (non-padding) segment and loss_mask marks token t+1."""
+  seg = batch["segment_ids"]
+  next_seg = _shift(seg, 0)
+  weights = (next_seg == seg) & (next_seg > 0) & (_shift(batch["loss_mask"], 0) > 0)
+  return _shift(batch["tokens"], 0), weights.astype(jnp.float32)
+
+
 def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(targets [B,T], weights [B,T] float32, target source ids [B,T]) aligned to the inputs."""
-  tokens, seg = batch["tokens"], batch["segment_ids"]
-  shift = lambda x, fill: jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
-  next_seg = shift(seg, 0)
-  weights = (next_seg == seg) & (next_seg > 0) & (shift(batch["loss_mask"], 0) > 0)
-  return shift(tokens, 0), weights.astype(jnp.float32), shift(batch["source_ids"], -1)
+  targets, weights = target_weights(batch)
+  return targets, weights, _shift(batch["source_ids"], -1)
 
 
 def _chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:
@@ -97,9 +109,10 @@ def _fused_forward_with_residuals(hidden, kernel, targets, weights, chunk, dtype
 fused_cross_entropy.defvjp(_fused_forward_with_residuals, _fused_backward)
 
 
-def loss_sums(params: dict, batch: dict, cfg: ModelConfig, num_sources: int, loss_chunk: int,
-              mesh: Any = None) -> tuple[jax.Array, dict]:
-  """Summed loss over target tokens, and sums for metrics (per source included)."""
+def lm_loss_sums(params: dict, batch: dict, extras: dict | None = None, *, cfg: ModelConfig,
+                 num_sources: int, loss_chunk: int, mesh: Any = None) -> tuple[jax.Array, dict]:
+  """Summed next-token loss over the target tokens, and sums for metrics (per source included);
+  sums["denominator"] is the target-token count the train step divides by."""
   hidden = model_lib.forward(params, batch["tokens"], cfg, segment_ids=batch["segment_ids"],
                              positions=batch["positions"], mesh=mesh, return_hidden=True)
   targets, weights, sources = next_token_targets(batch)
@@ -108,43 +121,37 @@ def loss_sums(params: dict, batch: dict, cfg: ModelConfig, num_sources: int, los
   onehot_BxTxS = jax.nn.one_hot(sources, num_sources, dtype=jnp.float32) * weights[..., None]
   sums = {
       "loss_sum": loss_sum,
-      "tokens": weights.sum(),
+      "denominator": weights.sum(),
       "source_loss_sum": jnp.einsum("bt,bts->s", nll_BxT, onehot_BxTxS),
       "source_tokens": onehot_BxTxS.sum(axis=(0, 1)),
   }
   return sums["loss_sum"], sums
 
 
-def train_step(state: dict, batch_MxBxT: dict, *, optimizer: optax.GradientTransformation,
-               cfg: ModelConfig, num_sources: int, loss_chunk: int, mesh: Any = None) -> tuple[dict, dict]:
-  """One optimizer step over M microbatches (leading axis): gradients of the token-mean loss.
+def train_step(state: dict, batch_MxBxT: dict, extras: dict | None = None, *,
+               optimizer: optax.GradientTransformation, loss_fn) -> tuple[dict, dict]:
+  """One optimizer step over M microbatches (leading axis): gradients of the mean loss.
 
-  Gradients of summed losses are accumulated in fp32 and divided by the total target-token count
-  at the end, so M microbatches give the same update as one batch of M times the size. With M = 1
-  the gradients come straight from jax.grad (no accumulator copy of the params).
+  loss_fn(params, batch, extras) -> (loss_sum, sums) is an objective's (train/objectives.py);
+  extras are frozen inputs (DPO's reference params). Gradients of summed losses are accumulated in
+  fp32 and divided by the total sums["denominator"] at the end, so M microbatches give the same
+  update as one batch of M times the size. With M = 1 the gradients come straight from jax.grad
+  (no accumulator copy of the params).
   """
   params = state["params"]
-  grad_fn = jax.grad(loss_sums, has_aux=True)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
   to_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-  grads_and_sums = lambda mb: to_f32(grad_fn(params, mb, cfg, num_sources, loss_chunk, mesh))
-
-  def microbatch(acc, mb):
-    return jax.tree.map(jnp.add, acc, grads_and_sums(mb)), None
-
+  grads_and_sums = lambda mb: to_f32(grad_fn(params, mb, extras))
+  first = jax.tree.map(lambda x: x[0], batch_MxBxT)
   if jax.tree.leaves(batch_MxBxT)[0].shape[0] == 1:
-    grads, sums = grads_and_sums(jax.tree.map(lambda x: x[0], batch_MxBxT))
+    grads, sums = grads_and_sums(first)
   else:
-    zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    zero_sums = to_f32({"loss_sum": 0.0, "tokens": 0.0, "source_loss_sum": jnp.zeros(num_sources),
-                        "source_tokens": jnp.zeros(num_sources)})
-    (grads, sums), _ = jax.lax.scan(microbatch, (zero_grads, zero_sums), batch_MxBxT)
-  denom = jnp.maximum(sums["tokens"], 1.0)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grads_and_sums, first))
+    (grads, sums), _ = jax.lax.scan(lambda acc, mb: (jax.tree.map(jnp.add, acc, grads_and_sums(mb)), None),
+                                    zeros, batch_MxBxT)
+  denom = jnp.maximum(sums["denominator"], 1.0)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
   updates, opt_state = optimizer.update(grads, state["opt_state"], params)
   new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
                "step": state["step"] + 1}
-  metrics = {"loss": sums["loss_sum"] / denom, "grad_norm": optax.tree.norm(grads),
-             "tokens": sums["tokens"], "source_loss_sum": sums["source_loss_sum"],
-             "source_tokens": sums["source_tokens"]}
-  return new_state, metrics
+  return new_state, {"loss": sums["loss_sum"] / denom, "grad_norm": optax.tree.norm(grads), **sums}

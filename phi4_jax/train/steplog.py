@@ -1,0 +1,75 @@
+"""A running stage's metric rows (W/metrics.jsonl, TensorBoard) and its progress bar.
+
+Every `log_every` steps a row holds the mean loss of the steps since the last row, the LR, grad
+norm, tokens/s and MFU, the objective's own fields (objectives.py: loss per source, target tokens,
+DPO rewards) and the data iterator's progress.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+
+from phi4_jax import model as model_lib
+from phi4_jax.train import metrics as metrics_lib
+from phi4_jax.train.optimizer import lr_schedule
+
+
+class StepLogger:
+  """Metric rows every config.log_every steps and the progress bar, from the primary process."""
+
+  def __init__(self, run, start: int):
+    config = run.config
+    self.run = run
+    self.tokens_per_step = config.global_batch_size * config.seq_len
+    self.flops = model_lib.flops_per_token(run.cfg, config.seq_len)
+    self.peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
+    self.schedule = lr_schedule(config.optimizer, config.steps)
+    self.writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.primary,
+                                            tensorboard=config.tensorboard)
+    self.bar = metrics_lib.ProgressBar(config.steps, start, self.tokens_per_step) if run.primary else None
+    self.window = _new_window()
+    self.last_row: dict = {}
+
+  def step(self, step: int, m: dict) -> None:
+    window = self.window
+    window["steps"] += 1
+    window["loss"] += float(m["loss"])
+    for name, value in m.items():
+      if name not in ("loss", "grad_norm"):
+        window["sums"][name] = window["sums"].get(name, 0.0) + np.asarray(value, np.float64)
+    if step % self.run.config.log_every == 0 or step == self.run.config.steps:
+      self.last_row = self._row(step, m)
+      self.writer.write(step, self.last_row)
+      self.window = _new_window()
+    if self.bar:
+      self.bar.update(step, f"loss {float(m['loss']):.3f}")
+
+  def _row(self, step: int, m: dict) -> dict:
+    window = self.window
+    elapsed = time.monotonic() - window["t"]
+    tokens_per_s = window["steps"] * self.tokens_per_step / max(elapsed, 1e-9)
+    row = {
+        "loss": window["loss"] / window["steps"],
+        "lr": float(self.schedule(step - 1)),
+        "grad_norm": float(m["grad_norm"]),
+        "tokens_per_s": tokens_per_s,
+        "mfu": (self.flops * tokens_per_s / (self.peak * jax.device_count())) if self.peak else None,
+        **self.run.objective.summarize(window["sums"], window["steps"],
+                                       list(self.run.data_iter.source_names)),
+        "data": self.run.data_iter.progress(),
+    }
+    return json.loads(json.dumps(row, default=float))
+
+  def close(self) -> None:
+    self.writer.close()
+    if self.bar:
+      self.bar.close()
+
+
+def _new_window() -> dict:
+  """Sums over the steps since the last metrics row."""
+  return {"t": time.monotonic(), "steps": 0, "loss": 0.0, "sums": {}}

@@ -1,0 +1,125 @@
+"""Direct Preference Optimization on summed completion log-probs (Rafailov et al., 2023).
+
+With d = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected), per pair:
+  sigmoid: -(1 - e) * logsigmoid(beta * d) - e * logsigmoid(-beta * d)   (e = label_smoothing)
+  ipo:     (d - 1 / (2 * beta)) ** 2
+beta scales d once (an earlier JAX implementation applied it twice). The rewards are
+beta * (policy - ref) of each completion; reward accuracy counts the pairs whose margin is
+positive beyond float32 rounding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from phi4_jax import fields
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def dpo_fields(**overrides) -> ml_collections.ConfigDict:
+  """`config.dpo` of a DPO stage (config.objective = "dpo")."""
+  d = ml_collections.ConfigDict()
+  d.beta = 0.1  # scale of the implicit reward beta * (log pi - log pi_ref); phi-4's is unpublished
+  d.label_smoothing = 0.0  # e: the chance a preference label is flipped (conservative DPO)
+  d.loss_type = "sigmoid"  # sigmoid (DPO) | ipo
+  d.precompute_reference = False  # reference log-probs computed once into the workdir, not per step
+  d.update(overrides)
+  return d
+
+
+RULES = {"beta": fields.number(0, low_open=True), "label_smoothing": fields.number(0, 0.5),
+         "loss_type": fields.choice(LOSS_TYPES), "precompute_reference": fields.boolean()}
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, *, beta: float, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid") -> tuple[jax.Array, dict]:
+  """(per-pair loss, per-pair metrics: chosen/rejected rewards, reward margin, reward accuracy)."""
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"loss_type: {loss_type!r} is not one of {LOSS_TYPES}")
+  chosen_reward = beta * (policy_chosen - ref_chosen)
+  rejected_reward = beta * (policy_rejected - ref_rejected)
+  d = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+  if loss_type == "sigmoid":
+    loss = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * d)
+            - label_smoothing * jax.nn.log_sigmoid(-beta * d))
+  else:
+    loss = (d - 1.0 / (2.0 * beta)) ** 2
+  # A pair is ranked right when its margin exceeds float32 rounding of its log-prob sums, so that
+  # policy == reference (the first step) scores 0, not a coin flip of rounding noise.
+  scale = jnp.max(jnp.abs(jnp.stack([policy_chosen, policy_rejected, ref_chosen, ref_rejected])), axis=0)
+  rounding = 4 * jnp.finfo(jnp.float32).eps * beta * scale
+  metrics = {"chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+             "reward_margin": chosen_reward - rejected_reward,
+             "reward_accuracy": (chosen_reward - rejected_reward > rounding).astype(jnp.float32)}
+  return loss, metrics
+
+
+def sequence_logprobs(params: dict, batch: dict, cfg, pairs_per_row: int, mesh=None,
+                      chunk: int = 256) -> tuple[jax.Array, jax.Array]:
+  """Summed completion log-probs [B, P] of each row's chosen (segment 2j+1) and rejected (segment
+  2j+2) sequences, from one forward over the packed row."""
+  from phi4_jax import model as model_lib
+  from phi4_jax.model.output import target_logprobs
+  from phi4_jax.train.step import target_weights
+  hidden = model_lib.forward(params, batch["tokens"], cfg, segment_ids=batch["segment_ids"],
+                             positions=batch["positions"], mesh=mesh, return_hidden=True)
+  targets, weights = target_weights(batch)
+  logp_BxT = target_logprobs(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype), chunk)
+  onehot_BxTxS = jax.nn.one_hot(batch["segment_ids"], 2 * pairs_per_row + 1) * weights[..., None]
+  sums_BxS = jnp.einsum("bt,bts->bs", logp_BxT, onehot_BxTxS)
+  return sums_BxS[:, 1::2], sums_BxS[:, 2::2]
+
+
+def dpo_loss_sums(params: dict, batch: dict, extras: dict, *, cfg, beta: float, label_smoothing: float,
+                  loss_type: str, num_sources: int, mesh=None, chunk: int = 256) -> tuple[jax.Array, dict]:
+  """The summed DPO loss over a batch's pairs and sums for metrics; the train step divides by
+  sums["denominator"] (the pair count). The reference's log-probs come precomputed in the batch
+  (ref_chosen, ref_rejected) or from a forward of the frozen extras["reference"] params."""
+  pair_sources_BxP = batch["pair_source_ids"]
+  pairs = pair_sources_BxP.shape[1]
+  policy_c, policy_r = sequence_logprobs(params, batch, cfg, pairs, mesh, chunk)
+  if "ref_chosen" in batch:
+    ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+  else:
+    ref_c, ref_r = jax.lax.stop_gradient(
+        sequence_logprobs(extras["reference"], batch, cfg, pairs, mesh, chunk))
+  losses_BxP, per_pair = dpo_loss(policy_c, policy_r, ref_c, ref_r, beta=beta,
+                                  label_smoothing=label_smoothing, loss_type=loss_type)
+  valid_BxP = (pair_sources_BxP >= 0).astype(jnp.float32)
+  onehot_BxPxS = jax.nn.one_hot(pair_sources_BxP, num_sources) * valid_BxP[..., None]
+  sums = {"loss_sum": jnp.sum(losses_BxP * valid_BxP), "denominator": valid_BxP.sum(),
+          **{name: jnp.sum(v * valid_BxP) for name, v in per_pair.items()},
+          "source_loss_sum": jnp.einsum("bp,bps->s", losses_BxP, onehot_BxPxS),
+          "source_pairs": onehot_BxPxS.sum(axis=(0, 1))}
+  return sums["loss_sum"], sums
+
+
+def read_pairs(sources: ml_collections.ConfigDict, cache_dir: str = "") -> list[tuple]:
+  """(prompt ids, chosen ids, rejected ids) of every usable pair of `sources` (a config.data.sources
+  of pairs sources), in file order; unusable records are left out as training leaves them out."""
+  from phi4_jax.data import corpus, pairs as pairs_lib, planner, sources as sources_lib
+  out = []
+  for leaf in planner.leaves(sources):
+    source = sources_lib.open_source(leaf, corpus.cache_dir() if not cache_dir else cache_dir)
+    for record in source.read(list(range(len(source)))):
+      parts = pairs_lib.tokenize_pair(getattr(record, "value", None))
+      if not isinstance(parts, str):
+        out.append(parts)
+  return out
+
+
+def heldout_rewards(policy: dict, reference: dict, cfg, pairs: list[tuple], beta: float) -> dict:
+  """Reward accuracy and mean margin of `policy` against `reference` on pairs it did not train on."""
+  from phi4_jax import inference
+  prompts = [p for p, _, _ in pairs] * 2
+  completions = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
+  sums = lambda params: jnp.asarray([float(x.sum()) for x in inference.logprobs(params, cfg, prompts, completions)])
+  n = len(pairs)
+  policy_sums, ref_sums = sums(policy), sums(reference)
+  _, m = dpo_loss(policy_sums[:n], policy_sums[n:], ref_sums[:n], ref_sums[n:], beta=beta)
+  return {"pairs": n, "reward_accuracy": float(m["reward_accuracy"].mean()),
+          "reward_margin": float(m["reward_margin"].mean())}

@@ -1,4 +1,4 @@
-"""Midtraining (PHI4.md): context 4K -> 16K on 30% long documents + 70% pretraining replay.
+"""Midtraining (docs/RECIPE.md, "Midtraining"): context 4K -> 16K on 30% long documents + 70% pretraining replay.
 
 RoPE base 250,000 and a peak LR a tenth of pretraining's. The long part keeps documents longer
 than half a row (8K tokens at 16K) and up-weights those that fill a row (>= 16K): 10% and 20% of

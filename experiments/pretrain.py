@@ -1,4 +1,4 @@
-"""Pretraining (PHI4.md section 3): Table 5's mixture at 4K context.
+"""Pretraining (docs/RECIPE.md, "Pretraining"): Table 5's mixture at 4K context.
 
 Presets (the arg): test (tiny, for tests), colab (a laptop CPU or one small GPU), 1b (a realistic
 single-host GPU/TPU run), phi4_14b (the paper's run: 10T tokens). test, colab and 1b read the

@@ -1,4 +1,4 @@
-"""The mixture planner against Table 5 (PHI4.md) and hand computations."""
+"""The mixture planner against Table 5 (docs/RECIPE.md) and hand computations."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from phi4_jax.data import config as data_config
 from phi4_jax.data import planner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# PHI4.md Table 5, written out by hand: source -> epochs at 10T tokens.
+# docs/RECIPE.md Table 5, written out by hand: source -> epochs at 10T tokens.
 TABLE5_EPOCHS = {"web": 1.2, "web_rewrites": 5.2, "synthetic": 13.8, "code": 2.4, "acquired": 1.7}
 
 

@@ -1,8 +1,10 @@
-"""README's main command: the colab recipe (pretrain -> midtrain) on this machine, then rerun.
+"""README's main command: the colab recipe (pretrain -> midtrain -> sft -> dpo), then rerun.
 
 Its time is a benchmark figure (README), not asserted here: a loaded CI machine must not fail it.
 """
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -21,25 +23,31 @@ def _recipe(workdir, data_cache):
                         timeout=HANG_S)
 
 
-def test_colab_recipe_trains_both_stages_with_a_falling_loss(tmp_path, data_cache):
+def test_colab_recipe_runs_pretrain_midtrain_sft_dpo_and_dpo_ranks_heldout_pairs(tmp_path, data_cache):
   workdir = tmp_path / "colab"
   out = _recipe(workdir, data_cache)
   assert out.returncode == 0, out.stderr[-5000:]
 
-  pre, mid = read_metrics(workdir / "pretrain"), read_metrics(workdir / "midtrain")
-  assert pre[-1]["step"] == 80 and mid[-1]["step"] == 12
+  pre, mid, sft, dpo = (read_metrics(workdir / stage) for stage in ("pretrain", "midtrain", "sft", "dpo"))
+  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo)] == [80, 12, 24, 16]
   # From ~ln(100352) = 11.5 at initialization; the full vocabulary makes unigram statistics alone
   # worth several nats, so a working run falls far below it.
   assert pre[0]["loss"] > 10.0
   assert pre[-1]["loss"] < pre[0]["loss"] - 3.0
   assert mid[-1]["loss"] < pre[0]["loss"] - 3.0  # midtraining starts from pretraining's params
   assert set(pre[-1]["loss_per_source"]) == {"acquired", "code", "synthetic", "web", "web_rewrites"}
+  assert sft[-1]["loss"] < sft[0]["loss"] and all(r["target_tokens_per_step"] > 0 for r in sft)
+  assert abs(dpo[0]["loss"] - math.log(2)) < 1e-4  # the policy starts as its reference
+  assert dpo[-1]["loss"] < dpo[0]["loss"]
+  heldout = json.loads((workdir / "heldout.json").read_text())["dpo"]
+  assert heldout["pairs"] >= 100 and heldout["reward_accuracy"] > 0.5, heldout
   assert (workdir / "report.png").stat().st_size > 10_000
-  assert "| pretrain | 80 |" in out.stdout and "| midtrain | 12 |" in out.stdout
-  assert "Samples from midtrain (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
+  for row in ("| pretrain | 80 |", "| midtrain | 12 |", "| sft | 24 |", "| dpo | 16 |", "held-out reward acc"):
+    assert row in out.stdout, out.stdout
+  assert "Samples from dpo (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   assert (workdir / "samples.md").read_text().count(" -> ") == 3
 
   rerun = _recipe(workdir, data_cache)
   assert rerun.returncode == 0, rerun.stderr[-5000:]
-  assert rerun.stderr.count("already finished") == 2  # both stages skipped, nothing retrained
-  assert read_metrics(workdir / "midtrain") == mid
+  assert rerun.stderr.count("already finished") == 4  # every stage skipped, nothing retrained
+  assert read_metrics(workdir / "dpo") == dpo

@@ -1,6 +1,6 @@
 """The mixture planner: each source's epochs from the token budget, fractions and unique tokens.
 
-epochs = fraction x total tokens / unique tokens (PHI4.md, Table 5). A nested mixture's sources
+epochs = fraction x total tokens / unique tokens (docs/RECIPE.md, Table 5). A nested mixture's sources
 get the product of the fractions on their path. Plans whose fractions do not sum to 1, or that
 repeat a source more than its `max_epochs`, are refused with the config field named.
 

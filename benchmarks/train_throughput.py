@@ -39,6 +39,8 @@ import statistics
 import sys
 import time
 
+from bench_common import cpu_model, loadavg, log  # (benchmarks/bench_common.py)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 FULL_SHAPE = dict(vocab_size=100_352, d_model=512, n_layers=8, n_heads=8, n_kv_heads=2, head_dim=64,
@@ -83,28 +85,6 @@ def parse_args(argv=None):
   if args.loss_chunk is None:
     args.loss_chunk = 16 if args.quick else 256
   return args
-
-
-def log(*a):
-  print(*a, file=sys.stderr, flush=True)
-
-
-def loadavg():
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return None
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ def test_colab_recipe_runs_pretrain_midtrain_sft_dpo_and_dpo_ranks_heldout_pairs
   assert mid[-1]["loss"] < pre[0]["loss"] - 3.0  # midtraining starts from pretraining's params
   assert set(pre[-1]["loss_per_source"]) == {"acquired", "code", "synthetic", "web", "web_rewrites"}
   assert sft[-1]["loss"] < sft[0]["loss"] and all(r["target_tokens_per_step"] > 0 for r in sft)
-  assert abs(dpo[0]["loss"] - math.log(2)) < 1e-4  # the policy starts as its reference
+  # The policy starts as its reference: loss ln 2 at step 1 (tests/test_posttrain_stages.py checks
+  # it exactly); this row is the mean of the first log_every steps.
+  assert abs(dpo[0]["loss"] - math.log(2)) < 0.02
   assert dpo[-1]["loss"] < dpo[0]["loss"]
   heldout = json.loads((workdir / "heldout.json").read_text())["dpo"]
   assert heldout["pairs"] >= 100 and heldout["reward_accuracy"] > 0.5, heldout

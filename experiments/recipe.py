@@ -22,7 +22,7 @@ def get_config(arg: str = "colab"):
   c.stages = STAGES  # run in this order; each starts from the one before
   c.sample_prompts = SAMPLE_PROMPTS if arg in ("test", "colab") else ()  # () = no samples
   c.sample_tokens = 24  # new tokens per sample
-  if arg in ("test", "colab"):  # pairs no stage trains on, for the DPO stages' held-out rewards
+  if arg == "colab":  # pairs no stage trains on, for the DPO stages' held-out rewards
     c.dpo_heldout = ml_collections.ConfigDict(data_config.embedded_dpo_sources(heldout=True))
   for stage in STAGES:
     c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")

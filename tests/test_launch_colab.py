@@ -50,7 +50,8 @@ _TINY = (
     ("WORKDIR = ", "WORKDIR = os.environ['NOTEBOOK_WORKDIR']"),
     ("OVERRIDES = ", 'OVERRIDES = {"pretrain.steps": 3, "pretrain.seq_len": 128, "pretrain.log_every": 1, '
      '"pretrain.tensorboard": False, "midtrain.steps": 2, "midtrain.seq_len": 256, '
-     '"midtrain.log_every": 1, "midtrain.tensorboard": False}'),
+     '"midtrain.log_every": 1, "midtrain.tensorboard": False, "sft.steps": 2, "sft.log_every": 1, '
+     '"sft.tensorboard": False, "dpo.steps": 2, "dpo.log_every": 1, "dpo.tensorboard": False}'),
 )
 
 

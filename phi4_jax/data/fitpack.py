@@ -26,7 +26,7 @@ from typing import NamedTuple
 import grain
 import numpy as np
 
-from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS
+from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS, RowStream, copy_counters
 from phi4_jax.data.sources import Skip, Source, count_skip
 
 
@@ -92,7 +92,7 @@ class _Batch:
     return int(self.starts[self.m * (i + 1)] - self.starts[self.m * i])
 
 
-class FitPackedIterator(grain.DatasetIterator):
+class FitPackedIterator(RowStream):
   """Rows of one chat or pairs source from a grain iterator of TokenizeItems batches.
 
   kind "chat": ROW_FIELDS (int32 [seq_len]); "pairs": pairs.PAIR_ROW_FIELDS, `max_items` =
@@ -117,29 +117,13 @@ class FitPackedIterator(grain.DatasetIterator):
     self._ready: collections.deque = collections.deque()
     self._emitted = 0  # rows of the current window emitted
 
-  @staticmethod
-  def _zero_counters() -> dict:
-    return {"docs": 0, "visits_end": 0, "skipped": {}}
-
-  @property
-  def tokens(self) -> int:
-    return self._tokens
-
-  @property
-  def exhausted(self) -> bool:
-    return self._exhausted
-
-  @property
-  def counters(self) -> dict:
-    return _copy(self._counters)
-
   def _pull(self) -> bool:
     state = self._parent.get_state()
     try:
       batch = next(self._parent)
     except StopIteration:
       return False
-    self._batches.append(_Batch(batch, state, _copy(self._counters), self._m))
+    self._batches.append(_Batch(batch, state, copy_counters(self._counters), self._m))
     self._counters["docs"] += len(batch["item_ids"])
     self._counters["visits_end"] = int(batch["visits_end"])
     for skip in batch["skipped"]:
@@ -231,13 +215,13 @@ class FitPackedIterator(grain.DatasetIterator):
     else:
       parent, counters = self._parent.get_state(), self._counters
     return {"parent": parent, "skip_items": self._window[1], "skip_rows": self._emitted,
-            "counters": _copy(counters), "read": _copy(self._counters), "tokens": self._tokens,
+            "counters": copy_counters(counters), "read": copy_counters(self._counters), "tokens": self._tokens,
             "exhausted": self._exhausted}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._reset(state["skip_items"])
-    self._counters = _copy(state["counters"])
+    self._counters = copy_counters(state["counters"])
     self._tokens, self._exhausted = state["tokens"], state["exhausted"]
     skip = state["skip_rows"]
     if skip:
@@ -246,7 +230,3 @@ class FitPackedIterator(grain.DatasetIterator):
         raise ValueError(f"source {self.name}: checkpoint points past the end of its data")
       self._ready.extend(rows[skip:])
       self._emitted = skip
-
-
-def _copy(counters: dict) -> dict:
-  return {**counters, "skipped": dict(counters["skipped"])}

@@ -76,7 +76,34 @@ class RowPacker:
     return row
 
 
-class PackedRowsIterator(grain.DatasetIterator):
+class RowStream(grain.DatasetIterator):
+  """What the mixer reads of a source's row iterator (this module's, and fitpack's): the real
+  tokens emitted, whether it has run dry, and its read counters."""
+
+  _tokens: int
+  _exhausted: bool
+  _counters: dict
+
+  @staticmethod
+  def _zero_counters() -> dict:
+    return {"docs": 0, "visits_end": 0, "skipped": {}}
+
+  @property
+  def tokens(self) -> int:
+    return self._tokens
+
+  @property
+  def exhausted(self) -> bool:
+    return self._exhausted
+
+  @property
+  def counters(self) -> dict:
+    """{"docs", "visits_end", "skipped": {reason: n}} of every batch handed to the packer so far
+    (those whose skips were logged), whether or not all its tokens are in emitted rows yet."""
+    return copy_counters(self._counters)
+
+
+class PackedRowsIterator(RowStream):
   """Rows of one source from a grain iterator of tokenized document batches.
 
   Parent elements: {"tokens": int32 [n], "lengths": int32 [docs], "visits_end": global visit
@@ -96,18 +123,6 @@ class PackedRowsIterator(grain.DatasetIterator):
     self._tokens = 0  # real tokens in emitted rows
     self._exhausted = False
 
-  @staticmethod
-  def _zero_counters() -> dict:
-    return {"docs": 0, "visits_end": 0, "skipped": {}}
-
-  @property
-  def tokens(self) -> int:
-    return self._tokens
-
-  @property
-  def exhausted(self) -> bool:
-    return self._exhausted
-
   def _pull(self) -> bool:
     """Adds the parent's next batch to the packer; False when the parent is exhausted."""
     state = self._parent.get_state()
@@ -115,7 +130,7 @@ class PackedRowsIterator(grain.DatasetIterator):
       batch = next(self._parent)
     except StopIteration:
       return False
-    self._batches.append((state, len(batch["tokens"]), _copy(self._counters)))
+    self._batches.append((state, len(batch["tokens"]), copy_counters(self._counters)))
     self._packer.add(batch["tokens"], batch["lengths"])
     self._counters["docs"] += len(batch["lengths"])
     self._counters["visits_end"] = int(batch["visits_end"])
@@ -139,12 +154,6 @@ class PackedRowsIterator(grain.DatasetIterator):
       self._emitted_in_first -= self._batches.popleft()[1]
     return row
 
-  @property
-  def counters(self) -> dict:
-    """{"docs", "visits_end", "skipped": {reason: n}} of every batch handed to the packer so far
-    (those whose skips were logged), whether or not all its tokens are in emitted rows yet."""
-    return _copy(self._counters)
-
   def get_state(self) -> dict:
     """`counters` are those before the oldest buffered batch (a restore re-reads it, which
     counts it again); `read` is `counters` now, for reports (states without it, written before
@@ -153,14 +162,14 @@ class PackedRowsIterator(grain.DatasetIterator):
       parent, counters = self._batches[0][0], self._batches[0][2]
     else:
       parent, counters = self._parent.get_state(), self._counters
-    return {"parent": parent, "skip_tokens": self._emitted_in_first, "counters": _copy(counters),
-            "read": _copy(self._counters), "tokens": self._tokens, "exhausted": self._exhausted}
+    return {"parent": parent, "skip_tokens": self._emitted_in_first, "counters": copy_counters(counters),
+            "read": copy_counters(self._counters), "tokens": self._tokens, "exhausted": self._exhausted}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._packer = RowPacker(self._packer.seq_len, self._packer.source_id, self._packer.pad_id)
     self._batches.clear()
-    self._counters = _copy(state["counters"])
+    self._counters = copy_counters(state["counters"])
     self._tokens, self._exhausted = state["tokens"], state["exhausted"]
     self._emitted_in_first = 0
     skip = state["skip_tokens"]
@@ -171,5 +180,5 @@ class PackedRowsIterator(grain.DatasetIterator):
       self._emitted_in_first = skip
 
 
-def _copy(counters: dict) -> dict:
+def copy_counters(counters: dict) -> dict:
   return {**counters, "skipped": dict(counters["skipped"])}

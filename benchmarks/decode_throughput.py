@@ -381,6 +381,7 @@ def ours_breakdown(params, cfg, args, prompts, samples: int, reps: int = 3) -> d
   row_ids[:len(group)] = np.arange(len(group))[:, None] * samples + np.arange(samples)
   row_ids = row_ids.reshape(-1)
   done = np.repeat(np.arange(batch) >= len(group), samples)
+  params = gen.decoder.split_layers(params)  # (as generate does, once per call)
   pre, dec = [], []
   for _ in range(reps):  # (both functions were compiled by the timed generate calls)
     t0 = time.perf_counter()

@@ -64,10 +64,10 @@ def cache_sharding(cfg: ModelConfig, mesh: Mesh | None) -> NamedSharding | None:
     return None
   tensor = mesh.shape["tensor"]
   heads = "tensor" if tensor > 1 and cfg.n_kv_heads % tensor == 0 else None
-  return NamedSharding(mesh, PartitionSpec(None, None, None, heads, None))
+  return NamedSharding(mesh, PartitionSpec(None, None, heads, None))
 
 
-def _constrain(cache: dict, sharding: NamedSharding | None) -> dict:
+def _constrain(cache: tuple, sharding: NamedSharding | None) -> tuple:
   return cache if sharding is None else jax.lax.with_sharding_constraint(cache, sharding)
 
 
@@ -77,7 +77,7 @@ def _prefill(params, tokens_BxP, pad_B, *, cfg, cache_len, num_samples, sharding
   batching.note_compile("prefill")
   logits_BxV, cache = decoder.prefill(params, cfg, tokens_BxP, pad_B, cache_len)
   repeat = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
-  return repeat(logits_BxV, 0), _constrain({k: repeat(v, 1) for k, v in cache.items()}, sharding)
+  return repeat(logits_BxV, 0), _constrain(jax.tree.map(lambda x: repeat(x, 0), cache), sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "sampler", "sharding"),
@@ -90,7 +90,7 @@ def _decode(params, cache, logits_BxV, pad_B, row_ids_B, done_B, max_new, seed, 
   donated and returned, so XLA updates it in place.
   """
   batching.note_compile("decode")
-  b, cache_len = logits_BxV.shape[0], cache["k"].shape[2]
+  b, cache_len = logits_BxV.shape[0], cache[0]["k"].shape[1]
   lengths_B = prompt_len - pad_B
   draw = lambda logits, i: sample(logits, row_keys(seed, row_ids_B, i), sampler, temperature, top_p)
   first_B = draw(logits_BxV, 0)
@@ -176,6 +176,7 @@ def generate(params: dict, cfg: ModelConfig, prompts, *, max_new_tokens: int, te
     raise ValueError(f"sample_ids: expected {len(prompts)} distinct ints >= 0, one per prompt")
   if mesh is not None:
     params = model_lib.shard_params(params, cfg, mesh)
+  params = decoder.split_layers(params)
   results: dict[int, list[list[int]]] = {}
   for indices in _groups([len(p) for p in prompts], max(1, max_batch // req.num_samples)):
     results.update(_generate_group(params, cfg, prompts, indices, req, mesh, key_ids))
@@ -200,6 +201,7 @@ def stream(params: dict, cfg: ModelConfig, prompt: Sequence[int], *, max_new_tok
   prompt_len = batching.bucket(len(ids), batching.MIN_PROMPT_BUCKET)
   cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
   tokens, pad = batching.left_padded([ids], 1, prompt_len)
+  params = decoder.split_layers(params)
   logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=1,
                            sharding=None)
   args = (np.uint32(req.seed), np.float32(req.temperature or 1.0), np.float32(req.top_p))

@@ -2,29 +2,89 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array, dtype,
+def _chunked(x_BxTx: jax.Array, chunk: int) -> jax.Array:
+  """[B, T, ...] -> [T / chunk, B, chunk, ...]."""
+  b, t = x_BxTx.shape[:2]
+  return x_BxTx.reshape(b, t // chunk, chunk, *x_BxTx.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunked(x_NxBxCx: jax.Array) -> jax.Array:
+  n, b, c = x_NxBxCx.shape[:3]
+  return x_NxBxCx.swapaxes(0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
+
+
+def _chunk_size(t: int, chunk: int) -> int:
+  return chunk if 0 < chunk <= t and t % chunk == 0 else t
+
+
+def _logits(h_BxCxD, kernel_DxV, dtype) -> jax.Array:
+  return jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel_DxV.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
+  """(log-probs [B, T], log-sum-exps [B, T]), both float32."""
+  chunk = _chunk_size(hidden_BxTxD.shape[1], chunk)
+
+  def one_chunk(_, xs):
+    h_BxCxD, y_BxC = xs
+    logits_BxCxV = _logits(h_BxCxD, kernel_DxV, dtype)
+    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    target_BxC = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    return None, (target_BxC - lse_BxC, lse_BxC)
+
+  _, (logp, lse) = jax.lax.scan(one_chunk, None, (_chunked(hidden_BxTxD, chunk), _chunked(targets_BxT, chunk)))
+  return _unchunked(logp), _unchunked(lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT: jax.Array, dtype: Any,
                     chunk: int = 256) -> jax.Array:
   """log softmax(hidden @ kernel)[target], [B, T] float32, never holding [B, T, V] logits.
 
-  Differentiable: each chunk is rematerialized in the backward pass, so training through it (DPO's
-  sequence log-probs) keeps one chunk of logits alive, as inference does.
+  Differentiable with a hand-written backward pass: it recomputes one chunk of logits at a time,
+  takes their probabilities from the log-sum-exp the forward pass kept ([B, T] floats), and forms
+  d logits = g * (onehot(target) - p) in one elementwise pass, so training through it (DPO's
+  sequence log-probs) keeps one chunk of logits alive and costs four output-layer matmuls per
+  chunk and little else (autodiff of the same forward, rematerialized, took twice as long on CPU:
+  its softmax and gather gradients are several extra passes over every chunk of logits).
   """
-  b, t, d = hidden_BxTxD.shape
-  chunk = chunk if 0 < chunk <= t and t % chunk == 0 else t
-  h_NxBxCxD = hidden_BxTxD.reshape(b, t // chunk, chunk, d).swapaxes(0, 1)
-  y_NxBxC = targets_BxT.reshape(b, t // chunk, chunk).swapaxes(0, 1)
+  return _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk)[0]
+
+
+def _with_residuals(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
+  logp, lse = _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk)
+  return logp, (hidden_BxTxD, kernel_DxV, targets_BxT, lse)
+
+
+def _backward(dtype, chunk, residuals, g_BxT):
+  hidden_BxTxD, kernel_DxV, targets_BxT, lse_BxT = residuals
+  chunk = _chunk_size(hidden_BxTxD.shape[1], chunk)
   kernel = kernel_DxV.astype(dtype)
 
-  @jax.checkpoint
-  def one_chunk(h_BxCxD, y_BxC):
-    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel,
+  def one_chunk(dkernel_DxV, xs):
+    h_BxCxD, y_BxC, lse_BxC, g_BxC = xs
+    logits_BxCxV = _logits(h_BxCxD, kernel, dtype)
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
+    g = g_BxC[..., None]
+    dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * jnp.exp(logits_BxCxV - lse_BxC[..., None])).astype(dtype)
+    dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel, preferred_element_type=jnp.float32)
+    dkernel_DxV += jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
                               preferred_element_type=jnp.float32)
-    target = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
-    return target - jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    return dkernel_DxV, dh_BxCxD
 
-  _, out_NxBxC = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h_NxBxCxD, y_NxBxC))
-  return out_NxBxC.swapaxes(0, 1).reshape(b, t)
+  xs = tuple(_chunked(x, chunk) for x in (hidden_BxTxD, targets_BxT, lse_BxT, g_BxT.astype(jnp.float32)))
+  dkernel_DxV, dh_NxBxCxD = jax.lax.scan(one_chunk, jnp.zeros(kernel_DxV.shape, jnp.float32), xs)
+  return (_unchunked(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype),
+          np.zeros(targets_BxT.shape, jax.dtypes.float0))
+
+
+target_logprobs.defvjp(_with_residuals, _backward)

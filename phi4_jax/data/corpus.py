@@ -20,7 +20,8 @@ seeds than pretraining's):
   sft_identity       chat: "who are you" questions -> the fixed phi4_jax identity answer
   sft_safety         chat: clearly harmful requests -> a short refusal
   dpo_pairs          pairs (conversation form): chosen = a worked solution, rejected = the same
-                     with a wrong final answer or a wrong step; each keeps `answer` for checking
+                     with a wrong final answer or a wrong step, or a wrong answer with no working;
+                     each keeps `answer` for checking
   dpo_pairs_heldout  pairs: the same from other exercises, for evaluation
 """
 
@@ -41,7 +42,7 @@ VERSION = 1
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
-POSTTRAIN_VERSION = 1
+POSTTRAIN_VERSION = 2
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`

@@ -240,13 +240,15 @@ def sft_conversation(index: int) -> dict:
 
 
 def dpo_pair(index: int, seed: int = DPO_SEED) -> dict:
-  """A DPO pair (conversation form): chosen = the worked solution, rejected = the same solution
-  with a wrong final answer, or with a wrong intermediate step and final answer (`kind`)."""
+  """A DPO pair (conversation form): chosen = the worked solution; rejected (`kind`) = the same
+  solution with a wrong final answer, with a wrong intermediate step and final answer, or a wrong
+  final answer guessed without any working (the rejected reply of math preference data)."""
   r = random.Random(f"dpo-{seed}-{index}")
   ex = exercise(index, seed)
-  kind = r.choice(["wrong_answer", "wrong_step"])
+  kind = r.choice(["wrong_answer", "wrong_step", "no_work"])
   solution = wrong_step(ex["solution"], r) if kind == "wrong_step" else ex["solution"]
-  rejected = f"{solution}\n\nFinal answer: {wrong_final_answer(ex['answer'], r)}"
+  wrong = f"Final answer: {wrong_final_answer(ex['answer'], r)}"
+  rejected = wrong if kind == "no_work" else f"{solution}\n\n{wrong}"
   return {"id": f"dpo-{seed}-{index:06d}", "messages": [{"role": "user", "content": ex["question"]}],
           "chosen": worked_solution(ex), "rejected": rejected, "answer": ex["answer"],
           "kind": kind, "topic": ex["topic"]}

@@ -46,11 +46,12 @@ def test_sft_loss_is_the_mean_over_assistant_tokens_only():
 
 
 def _resumes_exactly(stage, workdir, steps=4, **overrides):
-  """Trains `steps` straight, and again with everything after the step-2 checkpoint lost (what a
-  kill -9 loses), then resumed: both runs log the same losses."""
+  """Trains `steps` straight; then a copy of that workdir loses everything after the step-2
+  checkpoint (what a kill -9 loses; its metrics keep the later rows) and resumes: both log the
+  same losses."""
   straight, killed = f"{workdir}_straight", f"{workdir}_killed"
   loop.train(_config(stage, steps=steps, **overrides), straight)
-  loop.train(_config(stage, steps=steps, **overrides), killed)
+  shutil.copytree(straight, killed)
   for later in range(3, steps + 1):
     shutil.rmtree(os.path.join(killed, "checkpoints", str(later)), ignore_errors=True)
   summary = loop.train(_config(stage, steps=steps, **overrides), killed)

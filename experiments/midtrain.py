@@ -24,8 +24,8 @@ LR_RATIO = 0.1  # midtraining peak LR relative to pretraining's
 PRESETS = {
     "test": dict(seq_len=1024, global_batch_size=4, steps=64, warmup=4, mesh=(1, -1, 1),
                  microbatches=1),  # 262K tokens
-    "colab": dict(seq_len=1024, global_batch_size=8, steps=12, warmup=2, mesh=(1, -1, 1),
-                  microbatches=1),  # 98K tokens; batch 8 splits over up to 8 devices
+    "colab": dict(seq_len=1024, global_batch_size=4, steps=12, warmup=2, mesh=(1, -1, 1),
+                  microbatches=1),  # 49K tokens; batch 4 splits over up to 4 devices
     "1b": dict(seq_len=16_384, global_batch_size=64, steps=2_000, warmup=100, mesh=(1, -1, 1),
                microbatches=4),  # 2.1B tokens
     "phi4_14b": dict(seq_len=16_384, global_batch_size=1440, steps=10_597, warmup=200,

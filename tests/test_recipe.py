@@ -29,7 +29,7 @@ def test_colab_recipe_runs_pretrain_midtrain_sft_dpo_and_dpo_ranks_heldout_pairs
   assert out.returncode == 0, out.stderr[-5000:]
 
   pre, mid, sft, dpo = (read_metrics(workdir / stage) for stage in ("pretrain", "midtrain", "sft", "dpo"))
-  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo)] == [80, 12, 24, 16]
+  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo)] == [48, 12, 16, 16]
   # From ~ln(100352) = 11.5 at initialization; the full vocabulary makes unigram statistics alone
   # worth several nats, so a working run falls far below it.
   assert pre[0]["loss"] > 10.0
@@ -44,7 +44,7 @@ def test_colab_recipe_runs_pretrain_midtrain_sft_dpo_and_dpo_ranks_heldout_pairs
   heldout = json.loads((workdir / "heldout.json").read_text())["dpo"]
   assert heldout["pairs"] >= 100 and heldout["reward_accuracy"] > 0.5, heldout
   assert (workdir / "report.png").stat().st_size > 10_000
-  for row in ("| pretrain | 80 |", "| midtrain | 12 |", "| sft | 24 |", "| dpo | 16 |", "held-out reward acc"):
+  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 16 |", "| dpo | 16 |", "held-out reward acc"):
     assert row in out.stdout, out.stdout
   assert "Samples from dpo (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   assert (workdir / "samples.md").read_text().count(" -> ") == 3

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from phi4_jax import hf, inference, model
-from phi4_jax.inference import batching, sampling
+from phi4_jax.inference import batching, decoder, sampling
 
 PEAKED_PROMPT = [5, 17, 9, 3, 25]
 PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [400], [7, 7, 7, 120, 33, 2, 64, 11, 9, 301, 12, 13, 14, 15, 16, 17,
@@ -83,7 +83,8 @@ def test_greedy_equals_argmax_of_a_full_forward_recomputation(tiny):
   # one compile) gives at each position the logits a cache-free recomputation of that step gets.
   width = max(len(p) for p in PROMPTS) + 10
   seqs = [list(p) + out for p, out in zip(PROMPTS, outs)]
-  logits = jax.jit(lambda t: model.forward(params, t, cfg))(jnp.asarray([s + [0] * (width - len(s)) for s in seqs]))
+  padded = jnp.asarray([s + [0] * (width - len(s)) for s in seqs])
+  logits = jax.jit(lambda t: model.forward(params, t, cfg))(padded)
   for prompt, seq, row in zip(PROMPTS, seqs, np.asarray(logits)):
     assert len(seq) == len(prompt) + 10
     assert seq[len(prompt):] == row[len(prompt) - 1:len(seq) - 1].argmax(-1).tolist()
@@ -199,10 +200,15 @@ def test_filter_logits_on_a_hand_table():
 def test_samples_of_one_prompt_share_its_prefill_and_greedy_samples_agree(tiny):
   cfg, params = tiny
   before = batching.COMPILES["prefill"]
-  outs = inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, num_samples=3, stop_ids=())
-  assert len(outs) == 6 and outs[0] == outs[1] == outs[2] and outs[3] == outs[4] == outs[5]
-  assert outs[0::3] == inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, stop_ids=())
+  outs = inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, num_samples=8, stop_ids=())
+  assert len(outs) == 16 and all(o == outs[0] for o in outs[:8]) and all(o == outs[8] for o in outs[8:])
+  # 16 rows decode from the [V, D] copy of the output kernel on CPU, 2 rows from the kernel itself.
+  assert decoder.VOCAB_MAJOR_MIN_ROWS == 16
+  assert outs[0::8] == inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=5, stop_ids=())
   assert batching.COMPILES["prefill"] - before <= 2
+  split = decoder.split_layers(params)  # split once for every call with the same arrays
+  assert split is decoder.split_layers(params) and len(split["layers"]) == cfg.n_layers
+  np.testing.assert_array_equal(split["lm_head_VxD"], params["lm_head"]["kernel"].T)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -10,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _chunked(x_BxTx: jax.Array, chunk: int) -> jax.Array:
+def split_chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:
   """[B, T, ...] -> [T / chunk, B, chunk, ...]."""
   b, t = x_BxTx.shape[:2]
   return x_BxTx.reshape(b, t // chunk, chunk, *x_BxTx.shape[2:]).swapaxes(0, 1)
 
 
-def _unchunked(x_NxBxCx: jax.Array) -> jax.Array:
+def join_chunks(x_NxBxCx: jax.Array) -> jax.Array:
+  """[T / chunk, B, chunk, ...] -> [B, T, ...]."""
   n, b, c = x_NxBxCx.shape[:3]
   return x_NxBxCx.swapaxes(0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
 
@@ -41,8 +42,9 @@ def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
     target_BxC = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
     return None, (target_BxC - lse_BxC, lse_BxC)
 
-  _, (logp, lse) = jax.lax.scan(one_chunk, None, (_chunked(hidden_BxTxD, chunk), _chunked(targets_BxT, chunk)))
-  return _unchunked(logp), _unchunked(lse)
+  xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk))
+  _, (logp, lse) = jax.lax.scan(one_chunk, None, xs)
+  return join_chunks(logp), join_chunks(lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -75,15 +77,16 @@ def _backward(dtype, chunk, residuals, g_BxT):
     logits_BxCxV = _logits(h_BxCxD, kernel, dtype)
     is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
     g = g_BxC[..., None]
-    dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * jnp.exp(logits_BxCxV - lse_BxC[..., None])).astype(dtype)
+    p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+    dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * p_BxCxV).astype(dtype)
     dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel, preferred_element_type=jnp.float32)
     dkernel_DxV += jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
                               preferred_element_type=jnp.float32)
     return dkernel_DxV, dh_BxCxD
 
-  xs = tuple(_chunked(x, chunk) for x in (hidden_BxTxD, targets_BxT, lse_BxT, g_BxT.astype(jnp.float32)))
+  xs = tuple(split_chunks(x, chunk) for x in (hidden_BxTxD, targets_BxT, lse_BxT, g_BxT.astype(jnp.float32)))
   dkernel_DxV, dh_NxBxCxD = jax.lax.scan(one_chunk, jnp.zeros(kernel_DxV.shape, jnp.float32), xs)
-  return (_unchunked(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype),
+  return (join_chunks(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype),
           np.zeros(targets_BxT.shape, jax.dtypes.float0))
 
 

@@ -17,6 +17,7 @@ import optax
 
 from phi4_jax import model as model_lib
 from phi4_jax.model import ModelConfig
+from phi4_jax.model.output import join_chunks, split_chunks
 
 
 def _shift(x: jax.Array, fill) -> jax.Array:
@@ -37,17 +38,6 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(targets [B,T], weights [B,T] float32, target source ids [B,T]) aligned to the inputs."""
   targets, weights = target_weights(batch)
   return targets, weights, _shift(batch["source_ids"], -1)
-
-
-def _chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:
-  """[B, T, ...] -> [T/chunk, B, chunk, ...]."""
-  b, t = x_BxTx.shape[:2]
-  return x_BxTx.reshape(b, t // chunk, chunk, *x_BxTx.shape[2:]).swapaxes(0, 1)
-
-
-def _unchunk(x_NxBxCx: jax.Array) -> jax.Array:
-  n, b, c = x_NxBxCx.shape[:3]
-  return x_NxBxCx.swapaxes(0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
 
 
 def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype):
@@ -73,11 +63,11 @@ def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dt
                               preferred_element_type=jnp.float32)
     return dkernel_DxV, (nll_BxC, dh_BxCxD)
 
-  xs = (_chunks(hidden_BxTxD, chunk), _chunks(targets_BxT, chunk), _chunks(weights_BxT, chunk))
+  xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk), split_chunks(weights_BxT, chunk))
   dkernel_DxV, (nll_NxBxC, dh_NxBxCxD) = jax.lax.scan(
       one_chunk, jnp.zeros(kernel_DxV.shape, jnp.float32), xs)
-  nll_BxT = _unchunk(nll_NxBxC)
-  grads = (_unchunk(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype))
+  nll_BxT = join_chunks(nll_NxBxC)
+  grads = (join_chunks(dh_NxBxCxD).astype(hidden_BxTxD.dtype), dkernel_DxV.astype(kernel_DxV.dtype))
   return (jnp.sum(nll_BxT * weights_BxT), nll_BxT), grads
 
 

@@ -78,7 +78,7 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_pair_per_row():
   mean = lambda p, batch: (lambda total, s: total / s["denominator"])(*loss(p, batch, {"reference": reference}))
   packed = _rows(PAIRS, 32, 3, [[0, 1], [2]])
   padded = _rows(PAIRS, 16, 1, [[0], [1], [2]])
-  (l1, g1), (l2, g2) = (jax.value_and_grad(mean)(policy, b) for b in (packed, padded))
+  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(mean))(policy, b) for b in (packed, padded))
   np.testing.assert_allclose(l1, l2, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
   _, sums = loss(policy, packed, {"reference": reference})

@@ -1,11 +1,11 @@
 """The decoder over a KV cache: prefill a left-padded prompt batch, then one token per step.
 
 Pure functions of the params tree that `model.init` makes, with its layers split by
-`split_layers` into one tree per layer; the math is the model's own (`model.layers`: rms_norm,
-rope_cos_sin, apply_rope), with attention reading cache slots instead of the whole sequence. The
-layers are unrolled, each reading its own weights and cache: on CPU, a scan over the stacked
-layers copies every layer's weights out of the stack at every decode step, which cost 10% of a
-batch-16 step and 25% of a batch-1 step of the decode benchmark's model.
+`split_layers` into one tree per layer (q/k/v and gate/up joined); the math is the model's own
+(`model.layers`: rms_norm, rope_cos_sin, apply_rope), with attention reading cache slots instead
+of the whole sequence. The layers are unrolled, each reading its own weights and cache: on CPU, a
+scan over the stacked layers copies every layer's weights out of the stack at every decode step,
+which cost 10% of a batch-16 step and 25% of a batch-1 step of the decode benchmark's model.
 
 Cache: one {"k", "v"} per layer, each [B, S, K, Dh] in the compute dtype. Row b's prompt fills slots
 [pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
@@ -39,8 +39,8 @@ def _qkv(cfg: ModelConfig, lp: dict, x_BxTxD, cos_BxTxDh, sin_BxTxDh):
   """Normed input -> (q [B,T,H,Dh], k [B,T,K,Dh], v [B,T,K,Dh]) with RoPE applied to q and k."""
   dt = _dtype(cfg)
   h_BxTxD = rms_norm(x_BxTxD, lp["attn_norm"]["scale"], cfg.norm_eps).astype(dt)
-  proj = lambda name: jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["attn"][name]["kernel"].astype(dt))
-  q, k, v = proj("q"), proj("k"), proj("v")
+  qkv_BxTxNxDh = jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["qkv"].astype(dt))
+  q, k, v = jnp.split(qkv_BxTxNxDh, (cfg.n_heads, cfg.n_heads + cfg.n_kv_heads), axis=2)
   return apply_rope(q, cos_BxTxDh, sin_BxTxDh), apply_rope(k, cos_BxTxDh, sin_BxTxDh), v
 
 
@@ -61,8 +61,8 @@ def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
   dt = _dtype(cfg)
   x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", attn_BxTxHxDh, lp["attn"]["o"]["kernel"].astype(dt))
   h_BxTxD = rms_norm(x_BxTxD, lp["mlp_norm"]["scale"], cfg.norm_eps).astype(dt)
-  mlp = lambda name, x: jnp.einsum("btd,df->btf", x, lp["mlp"][name]["kernel"].astype(dt))
-  hidden_BxTxF = jax.nn.silu(mlp("gate", h_BxTxD)) * mlp("up", h_BxTxD)
+  gate_BxTxF, up_BxTxF = jnp.split(jnp.einsum("btd,df->btf", h_BxTxD, lp["gate_up"].astype(dt)), 2, axis=2)
+  hidden_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
   return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["mlp"]["down"]["kernel"].astype(dt))
 
 
@@ -102,10 +102,21 @@ _last_split: list = []  # [weakrefs of the arrays last split, their split params
 @functools.partial(jax.jit, static_argnums=1)
 def _split(params: dict, vocab_major: bool) -> dict:
   n = jax.tree.leaves(params["layers"])[0].shape[0]
-  split = {**params, "layers": tuple(jax.tree.map(lambda w: w[i], params["layers"]) for i in range(n))}
+  split = {**params, "layers": tuple(_decoding_layer(jax.tree.map(lambda w: w[i], params["layers"]))
+                                     for i in range(n))}
   if vocab_major:
     split["lm_head_VxD"] = params["lm_head"]["kernel"].T
   return split
+
+
+def _decoding_layer(lp: dict) -> dict:
+  """One layer's params with q/k/v and gate/up each joined into one matmul (fewer, larger matmuls
+  per decode step: at batch 1 every matmul is a matrix-vector product)."""
+  attn, mlp = lp["attn"], lp["mlp"]
+  return {"attn_norm": lp["attn_norm"], "mlp_norm": lp["mlp_norm"],
+          "qkv": jnp.concatenate([attn[n]["kernel"] for n in ("q", "k", "v")], axis=1),
+          "attn": {"o": attn["o"]}, "mlp": {"down": mlp["down"]},
+          "gate_up": jnp.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=1)}
 
 
 def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Array,

@@ -1,7 +1,7 @@
 """The decoder over a KV cache: prefill a left-padded prompt batch, then one token per step.
 
 Pure functions of the params tree that `model.init` makes, with its layers split by
-`split_layers` into one tree per layer (q/k/v and gate/up joined); the math is the model's own
+`split_layers` into one tree per layer (k/v and gate/up joined); the math is the model's own
 (`model.layers`: rms_norm, rope_cos_sin, apply_rope), with attention reading cache slots instead
 of the whole sequence. The layers are unrolled, each reading its own weights and cache: on CPU, a
 scan over the stacked layers copies every layer's weights out of the stack at every decode step,
@@ -15,7 +15,6 @@ the slots from pad_b up to its own.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import jax
@@ -39,8 +38,9 @@ def _qkv(cfg: ModelConfig, lp: dict, x_BxTxD, cos_BxTxDh, sin_BxTxDh):
   """Normed input -> (q [B,T,H,Dh], k [B,T,K,Dh], v [B,T,K,Dh]) with RoPE applied to q and k."""
   dt = _dtype(cfg)
   h_BxTxD = rms_norm(x_BxTxD, lp["attn_norm"]["scale"], cfg.norm_eps).astype(dt)
-  qkv_BxTxNxDh = jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["qkv"].astype(dt))
-  q, k, v = jnp.split(qkv_BxTxNxDh, (cfg.n_heads, cfg.n_heads + cfg.n_kv_heads), axis=2)
+  q = jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["q"].astype(dt))
+  kv_BxTx2xKxDh = jnp.einsum("btd,dsnk->btsnk", h_BxTxD, lp["kv"].astype(dt))
+  k, v = kv_BxTx2xKxDh[:, :, 0], kv_BxTx2xKxDh[:, :, 1]
   return apply_rope(q, cos_BxTxDh, sin_BxTxDh), apply_rope(k, cos_BxTxDh, sin_BxTxDh), v
 
 
@@ -59,11 +59,11 @@ def _attend(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale: float) -> jax
 def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
   """The rest of the block: output projection and residual, then the SwiGLU MLP and residual."""
   dt = _dtype(cfg)
-  x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", attn_BxTxHxDh, lp["attn"]["o"]["kernel"].astype(dt))
+  x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", attn_BxTxHxDh, lp["o"].astype(dt))
   h_BxTxD = rms_norm(x_BxTxD, lp["mlp_norm"]["scale"], cfg.norm_eps).astype(dt)
-  gate_BxTxF, up_BxTxF = jnp.split(jnp.einsum("btd,df->btf", h_BxTxD, lp["gate_up"].astype(dt)), 2, axis=2)
-  hidden_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
-  return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["mlp"]["down"]["kernel"].astype(dt))
+  gate_up_BxTx2xF = jnp.einsum("btd,dsf->btsf", h_BxTxD, lp["gate_up"].astype(dt))
+  hidden_BxTxF = jax.nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
+  return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["down"].astype(dt))
 
 
 def _logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
@@ -78,50 +78,63 @@ def _logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
 
 
 def split_layers(params: dict) -> dict:
-  """params with "layers" as a tuple of per-layer trees instead of arrays stacked on axis 0 (a
-  copy of the layer weights; split_layers output is returned as it is). On CPU they
-  also carry "lm_head_VxD", a transposed copy of the output kernel: XLA:CPU's [B, D] x [D, V]
-  product at B = 16 took 42 ms from it against 62 ms from [D, V] (but 13.5 against 9.4 ms at B = 1,
-  hence VOCAB_MAJOR_MIN_ROWS)."""
+  """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
+  instead of arrays stacked on axis 0, and, on CPU, "lm_head_VxD": a transposed copy of the output
+  kernel (XLA:CPU's [B, D] x [D, V] product at B = 16 took 42 ms from it against 62 ms from
+  [D, V], but 13.5 against 9.4 ms at B = 1, hence VOCAB_MAJOR_MIN_ROWS). The layer weights are
+  copied once: the copy is kept for the same arrays (a PTS run calls generate thousands of times)
+  until one of them is freed or clear_split_cache() is called. split_layers output is returned as
+  it is."""
   if isinstance(params["layers"], (tuple, list)):
     return params
-  leaves = jax.tree.leaves(params)
-  if _last_split and len(_last_split[0]) == len(leaves) and all(
-      ref() is leaf for ref, leaf in zip(_last_split[0], leaves)):
-    return _last_split[1]  # the same arrays as last time (a PTS run calls generate thousands of times)
-  split = _split(params, jax.default_backend() == "cpu")
-  # Kept while every source array lives: the first one freed drops the copy too.
-  _last_split[:] = [[weakref.ref(leaf, lambda _: _last_split.clear()) for leaf in leaves], split]
+  leaves, structure = jax.tree.flatten(params)
+  if _last_split and _last_split[0] == structure and all(
+      ref() is leaf for ref, leaf in zip(_last_split[1], leaves)):
+    return _last_split[2]
+  split = {**params, "layers": _split_stack(params["layers"])}
+  if jax.default_backend() == "cpu":
+    split["lm_head_VxD"] = _transposed(params["lm_head"]["kernel"])
+  _last_split[:] = [structure, [weakref.ref(leaf, lambda _: clear_split_cache()) for leaf in leaves], split]
   return split
+
+
+def clear_split_cache() -> None:
+  """Drops the kept split_layers copy."""
+  _last_split.clear()
 
 
 VOCAB_MAJOR_MIN_ROWS = 16
-_last_split: list = []  # [weakrefs of the arrays last split, their split params]
+_last_split: list = []  # [tree structure, weakrefs of the arrays last split, their split params]
+_transposed = jax.jit(jnp.transpose)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _split(params: dict, vocab_major: bool) -> dict:
-  n = jax.tree.leaves(params["layers"])[0].shape[0]
-  split = {**params, "layers": tuple(_decoding_layer(jax.tree.map(lambda w: w[i], params["layers"]))
-                                     for i in range(n))}
-  if vocab_major:
-    split["lm_head_VxD"] = params["lm_head"]["kernel"].T
-  return split
+@jax.jit
+def _split_stack(layers: dict) -> tuple:
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return tuple(_decoding_layer(jax.tree.map(lambda w, i=i: w[i], layers)) for i in range(n))
 
 
 def _decoding_layer(lp: dict) -> dict:
-  """One layer's params with q/k/v and gate/up each joined into one matmul (fewer, larger matmuls
-  per decode step: at batch 1 every matmul is a matrix-vector product)."""
+  """One layer's params with k/v and gate/up each stacked into one matmul (fewer matmuls per decode
+  step: at batch 1 each is a matrix-vector product). They are stacked on a new axis, not
+  concatenated, so tensor-parallel shards of heads and mlp stay where they are."""
   attn, mlp = lp["attn"], lp["mlp"]
-  return {"attn_norm": lp["attn_norm"], "mlp_norm": lp["mlp_norm"],
-          "qkv": jnp.concatenate([attn[n]["kernel"] for n in ("q", "k", "v")], axis=1),
-          "attn": {"o": attn["o"]}, "mlp": {"down": mlp["down"]},
-          "gate_up": jnp.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=1)}
+  return {"attn_norm": lp["attn_norm"], "mlp_norm": lp["mlp_norm"], "q": attn["q"]["kernel"],
+          "kv": jnp.stack([attn["k"]["kernel"], attn["v"]["kernel"]], axis=1), "o": attn["o"]["kernel"],
+          "gate_up": jnp.stack([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=1),
+          "down": mlp["down"]["kernel"]}
+
+
+def _check_split(params: dict) -> None:
+  if not isinstance(params["layers"], (tuple, list)):
+    raise TypeError("decoder.prefill/step take decoder.split_layers(params), not model.init's "
+                    "stacked params")
 
 
 def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Array,
             cache_len: int) -> tuple[jax.Array, tuple]:
   """(logits [B, V] of each row's last prompt token, a cache of cache_len slots holding the prompt)."""
+  _check_split(params)
   p = tokens_BxP.shape[1]
   slots = jnp.arange(p)
   positions_BxP = jnp.maximum(slots[None] - pad_B[:, None], 0)
@@ -139,6 +152,7 @@ def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Ar
 def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, positions_B: jax.Array,
          slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, tuple]:
   """Feeds one token per row at cache slot `slot`: (next-token logits [B, V] fp32, updated cache)."""
+  _check_split(params)
   cache_len = cache[0]["k"].shape[1]
   cos, sin = rope_cos_sin(positions_B[:, None], cfg.head_dim, cfg.rope_theta)
   slots = jnp.arange(cache_len)

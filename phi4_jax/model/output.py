@@ -22,22 +22,24 @@ def join_chunks(x_NxBxCx: jax.Array) -> jax.Array:
   return x_NxBxCx.swapaxes(0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
 
 
-def _chunk_size(t: int, chunk: int) -> int:
+def chunk_size(t: int, chunk: int) -> int:
+  """chunk if it divides t (0 < chunk <= t), else t: one chunk."""
   return chunk if 0 < chunk <= t and t % chunk == 0 else t
 
 
-def _logits(h_BxCxD, kernel_DxV, dtype) -> jax.Array:
+def chunk_logits(h_BxCxD, kernel_DxV, dtype) -> jax.Array:
+  """[B, C, V] float32 logits of one chunk."""
   return jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel_DxV.astype(dtype),
                     preferred_element_type=jnp.float32)
 
 
 def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
   """(log-probs [B, T], log-sum-exps [B, T]), both float32."""
-  chunk = _chunk_size(hidden_BxTxD.shape[1], chunk)
+  chunk = chunk_size(hidden_BxTxD.shape[1], chunk)
 
   def one_chunk(_, xs):
     h_BxCxD, y_BxC = xs
-    logits_BxCxV = _logits(h_BxCxD, kernel_DxV, dtype)
+    logits_BxCxV = chunk_logits(h_BxCxD, kernel_DxV, dtype)
     lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
     target_BxC = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
     return None, (target_BxC - lse_BxC, lse_BxC)
@@ -45,6 +47,21 @@ def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
   xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk))
   _, (logp, lse) = jax.lax.scan(one_chunk, None, xs)
   return join_chunks(logp), join_chunks(lse)
+
+
+def logprob_grads(h_BxCxD, kernel_DxV, logits_BxCxV, lse_BxC, y_BxC, g_BxC, dtype):
+  """Gradients of sum(g * log softmax(logits)[y]) for one chunk with respect to its hidden states
+  and the kernel: (dh [B, C, D], dkernel [D, V]), both float32. d logits = g * (onehot(y) - p),
+  formed in one elementwise pass from p = exp(logits - lse)."""
+  is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
+  g = g_BxC[..., None]
+  p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+  dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * p_BxCxV).astype(dtype)
+  dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel_DxV.astype(dtype),
+                        preferred_element_type=jnp.float32)
+  dkernel_DxV = jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
+                           preferred_element_type=jnp.float32)
+  return dh_BxCxD, dkernel_DxV
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -57,7 +74,8 @@ def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT:
   d logits = g * (onehot(target) - p) in one elementwise pass, so training through it (DPO's
   sequence log-probs) keeps one chunk of logits alive and costs four output-layer matmuls per
   chunk and little else (autodiff of the same forward, rematerialized, took twice as long on CPU:
-  its softmax and gather gradients are several extra passes over every chunk of logits).
+  its softmax and gather gradients are several extra passes over every chunk of logits). Reverse
+  mode only: jvp, jacfwd and Hessians through it are not defined.
   """
   return _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk)[0]
 
@@ -69,20 +87,14 @@ def _with_residuals(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
 
 def _backward(dtype, chunk, residuals, g_BxT):
   hidden_BxTxD, kernel_DxV, targets_BxT, lse_BxT = residuals
-  chunk = _chunk_size(hidden_BxTxD.shape[1], chunk)
+  chunk = chunk_size(hidden_BxTxD.shape[1], chunk)
   kernel = kernel_DxV.astype(dtype)
 
   def one_chunk(dkernel_DxV, xs):
     h_BxCxD, y_BxC, lse_BxC, g_BxC = xs
-    logits_BxCxV = _logits(h_BxCxD, kernel, dtype)
-    is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
-    g = g_BxC[..., None]
-    p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
-    dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * p_BxCxV).astype(dtype)
-    dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel, preferred_element_type=jnp.float32)
-    dkernel_DxV += jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
-                              preferred_element_type=jnp.float32)
-    return dkernel_DxV, dh_BxCxD
+    logits_BxCxV = chunk_logits(h_BxCxD, kernel, dtype)
+    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, logits_BxCxV, lse_BxC, y_BxC, g_BxC, dtype)
+    return dkernel_DxV + dk_DxV, dh_BxCxD
 
   xs = tuple(split_chunks(x, chunk) for x in (hidden_BxTxD, targets_BxT, lse_BxT, g_BxT.astype(jnp.float32)))
   dkernel_DxV, dh_NxBxCxD = jax.lax.scan(one_chunk, jnp.zeros(kernel_DxV.shape, jnp.float32), xs)

@@ -17,7 +17,7 @@ import optax
 
 from phi4_jax import model as model_lib
 from phi4_jax.model import ModelConfig
-from phi4_jax.model.output import join_chunks, split_chunks
+from phi4_jax.model.output import chunk_logits, chunk_size, join_chunks, logprob_grads, split_chunks
 
 
 def _shift(x: jax.Array, fill) -> jax.Array:
@@ -42,26 +42,17 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype):
   """(sum of weights x nll, nll [B,T]) and, computed on the way, their gradients."""
-  t = hidden_BxTxD.shape[1]
-  chunk = t if chunk <= 0 or t % chunk else chunk
+  chunk = chunk_size(hidden_BxTxD.shape[1], chunk)
   kernel = kernel_DxV.astype(dtype)
 
   def one_chunk(dkernel_DxV, xs):
     h_BxCxD, y_BxC, w_BxC = xs
-    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD.astype(dtype), kernel,
-                              preferred_element_type=jnp.float32)
-    m = logits_BxCxV.max(axis=-1, keepdims=True)
-    e = jnp.exp(logits_BxCxV - m)
-    z = e.sum(axis=-1, keepdims=True)
-    target_logit = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
-    nll_BxC = (jnp.log(z) + m)[..., 0] - target_logit
-    is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
-    w = w_BxC[..., None]
-    dlogits_BxCxV = (e * (w / z) - jnp.where(is_target, w, 0.0)).astype(dtype)
-    dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel, preferred_element_type=jnp.float32)
-    dkernel_DxV += jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
-                              preferred_element_type=jnp.float32)
-    return dkernel_DxV, (nll_BxC, dh_BxCxD)
+    logits_BxCxV = chunk_logits(h_BxCxD, kernel, dtype)
+    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    nll_BxC = lse_BxC - jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    # nll = -log p: its gradients are those of sum(g * log p) with g = -weight.
+    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, logits_BxCxV, lse_BxC, y_BxC, -w_BxC, dtype)
+    return dkernel_DxV + dk_DxV, (nll_BxC, dh_BxCxD)
 
   xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk), split_chunks(weights_BxT, chunk))
   dkernel_DxV, (nll_NxBxC, dh_NxBxCxD) = jax.lax.scan(

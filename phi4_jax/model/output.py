@@ -49,14 +49,14 @@ def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
   return join_chunks(logp), join_chunks(lse)
 
 
-def logprob_grads(h_BxCxD, kernel_DxV, logits_BxCxV, lse_BxC, y_BxC, g_BxC, dtype):
+def logprob_grads(h_BxCxD, kernel_DxV, e_BxCxV, z_BxC, y_BxC, g_BxC, dtype):
   """Gradients of sum(g * log softmax(logits)[y]) for one chunk with respect to its hidden states
-  and the kernel: (dh [B, C, D], dkernel [D, V]), both float32. d logits = g * (onehot(y) - p),
-  formed in one elementwise pass from p = exp(logits - lse)."""
-  is_target = jax.lax.broadcasted_iota(jnp.int32, logits_BxCxV.shape, 2) == y_BxC[..., None]
+  and the kernel: (dh [B, C, D], dkernel [D, V]), both float32. The softmax is p = e / z (z = None:
+  e is p), and d logits = g * (onehot(y) - p) is formed in one elementwise pass."""
+  is_target = jax.lax.broadcasted_iota(jnp.int32, e_BxCxV.shape, 2) == y_BxC[..., None]
   g = g_BxC[..., None]
-  p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
-  dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - g * p_BxCxV).astype(dtype)
+  scale = g if z_BxC is None else g / z_BxC[..., None]
+  dlogits_BxCxV = (jnp.where(is_target, g, 0.0) - e_BxCxV * scale).astype(dtype)
   dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, kernel_DxV.astype(dtype),
                         preferred_element_type=jnp.float32)
   dkernel_DxV = jnp.einsum("bcd,bcv->dv", h_BxCxD.astype(dtype), dlogits_BxCxV,
@@ -93,7 +93,8 @@ def _backward(dtype, chunk, residuals, g_BxT):
   def one_chunk(dkernel_DxV, xs):
     h_BxCxD, y_BxC, lse_BxC, g_BxC = xs
     logits_BxCxV = chunk_logits(h_BxCxD, kernel, dtype)
-    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, logits_BxCxV, lse_BxC, y_BxC, g_BxC, dtype)
+    p_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, p_BxCxV, None, y_BxC, g_BxC, dtype)
     return dkernel_DxV + dk_DxV, dh_BxCxD
 
   xs = tuple(split_chunks(x, chunk) for x in (hidden_BxTxD, targets_BxT, lse_BxT, g_BxT.astype(jnp.float32)))

@@ -48,10 +48,13 @@ def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dt
   def one_chunk(dkernel_DxV, xs):
     h_BxCxD, y_BxC, w_BxC = xs
     logits_BxCxV = chunk_logits(h_BxCxD, kernel, dtype)
-    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
-    nll_BxC = lse_BxC - jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    m = logits_BxCxV.max(axis=-1, keepdims=True)
+    e = jnp.exp(logits_BxCxV - m)
+    z = e.sum(axis=-1)
+    target_logit = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    nll_BxC = jnp.log(z) + m[..., 0] - target_logit
     # nll = -log p: its gradients are those of sum(g * log p) with g = -weight.
-    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, logits_BxCxV, lse_BxC, y_BxC, -w_BxC, dtype)
+    dh_BxCxD, dk_DxV = logprob_grads(h_BxCxD, kernel, e, z, y_BxC, -w_BxC, dtype)
     return dkernel_DxV + dk_DxV, (nll_BxC, dh_BxCxD)
 
   xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk), split_chunks(weights_BxT, chunk))

@@ -127,20 +127,23 @@ def test_killing_one_process_stops_the_other(probe_module):
 def test_failure_exit_status_is_the_failed_process(probe_module, tmp_path):
   (tmp_path / "fail_probe.py").write_text(
       "import sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
-      "if args['--process_id'] == '1':\n  sys.exit(7)\ntime.sleep(%d)\n" % SLEEP_S)
+      "if args['--process_id'] == '1':\n  sys.exit(7)\ntime.sleep(%d)\nopen(%r, 'w')\n" % (SLEEP_S, str(tmp_path / "slept")))
   out = io.StringIO()
   t0 = time.monotonic()
   assert local.launch([], 2, 1, module="fail_probe", grace_s=1.0, out=out) == 7
-  assert time.monotonic() - t0 < SLEEP_S / 2  # the sleeper was stopped, not waited for
+  assert not (tmp_path / "slept").exists()  # the sleeper was stopped, not waited for
+  assert time.monotonic() - t0 < SLEEP_S / 2  # a hang bound only (SLEEP_S is 600 s; it takes ~1 s)
   assert "[launch] process 1 exited with status 7; stopping the others" in out.getvalue()
 
 
 def test_timeout_stops_a_hung_job(tmp_path, probe_module):
-  (tmp_path / "sleep_probe.py").write_text(f"import time\ntime.sleep({SLEEP_S})\n")
+  sleeper = f"import time\ntime.sleep({SLEEP_S})\nopen({str(tmp_path / 'slept')!r}, 'w')\n"
+  (tmp_path / "sleep_probe.py").write_text(sleeper)
   out = io.StringIO()
   t0 = time.monotonic()
   assert local.launch([], 2, 1, module="sleep_probe", grace_s=0.5, timeout_s=1.0, out=out) == 124
-  assert time.monotonic() - t0 < SLEEP_S / 2  # stopped at the timeout, not waited for
+  assert not (tmp_path / "slept").exists()  # stopped at the timeout, not waited for
+  assert time.monotonic() - t0 < SLEEP_S / 2  # a hang bound only (SLEEP_S is 600 s; it takes ~2 s)
   assert "[launch] still running after 1s; stopping the processes" in out.getvalue()
 
 

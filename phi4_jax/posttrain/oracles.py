@@ -1,0 +1,106 @@
+"""Oracles: is a completion a success for its question? (docs/RECIPE.md, "Pivotal Token Search")
+
+A question record says what success means by its `kind` (default "final_answer"):
+
+  final_answer      {"question", "answer"}: the completion's final answer (the last `\\boxed{...}`,
+                    else the text after the last `Answer:` (e.g. "Final answer:"), else its last
+                    line) states the expected numbers in order (integers, decimals and fractions
+                    compare by value: 0.5 == 1/2), or, for an answer without numbers, the same
+                    words after normalising case, whitespace and a trailing period
+  multiple_choice   {"question", "answer": "B"}: the letter after the last `Answer:`
+  python            {"question", "tests"}: the completion's code (its last ```python block, else
+                    all of it) followed by `tests` exits 0 in the sandbox (sandbox.run_python)
+
+Only the completion is checked, never the prompt: numbers in a question must not count.
+"""
+
+from __future__ import annotations
+
+import re
+
+from phi4_jax.data.synthetic import numbers
+from phi4_jax.posttrain.sandbox import Result, SandboxUnavailable, run_python
+
+__all__ = ["KINDS", "Result", "SandboxUnavailable", "check", "check_choice", "check_final_answer",
+           "check_python", "final_answer", "run_python"]
+
+KINDS = ("final_answer", "multiple_choice", "python")
+_ANSWER = re.compile(r"answer\s*:\s*(.*)", re.IGNORECASE)
+_CHOICE = re.compile(r"answer\s*:\s*\$?\(?\s*([A-Za-z])\s*\)?\$?(?![A-Za-z])", re.IGNORECASE)
+_CODE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def _last_boxed(text: str) -> str | None:
+  start = text.rfind("\\boxed{")
+  if start < 0:
+    return None
+  depth, i = 1, start + len("\\boxed{")
+  for j in range(i, len(text)):
+    depth += {"{": 1, "}": -1}.get(text[j], 0)
+    if depth == 0:
+      return text[i:j]
+  return None  # unbalanced: no boxed answer
+
+
+def final_answer(completion: str) -> str:
+  """The part of `completion` that states its final answer (see the module docstring)."""
+  boxed = _last_boxed(completion)
+  if boxed is not None:
+    return boxed.strip()
+  found = list(_ANSWER.finditer(completion))
+  if found:
+    return found[-1].group(1).strip()
+  lines = [line for line in completion.strip().splitlines() if line.strip()]
+  return lines[-1].strip() if lines else ""
+
+
+def _words(text: str) -> str:
+  return " ".join(text.lower().split()).rstrip(".")
+
+
+def _tex_fractions(text: str) -> str:
+  return re.sub(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", text)
+
+
+def check_final_answer(expected: str, completion: str) -> bool:
+  """True when the completion's final answer states `expected`'s numbers in order (all of them,
+  by value), or its words when `expected` has none."""
+  given = _tex_fractions(final_answer(completion))
+  want = numbers(expected)
+  if not want:
+    return bool(_words(expected)) and _words(given) == _words(expected)
+  try:
+    got = numbers(given)
+  except (ValueError, ZeroDivisionError):  # e.g. "1/0"
+    return False
+  return got[-len(want):] == want
+
+
+def check_choice(expected: str, completion: str) -> bool:
+  """True when the letter after the completion's last `Answer:` is `expected` (case-insensitive)."""
+  found = list(_CHOICE.finditer(completion))
+  return bool(found) and found[-1].group(1).upper() == expected.strip().upper()
+
+
+def program_of(completion: str) -> str:
+  """The code in a completion: its last fenced block, else the whole text."""
+  blocks = _CODE.findall(completion)
+  return blocks[-1] if blocks else completion
+
+
+def check_python(tests: str, completion: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> Result:
+  """The completion's code followed by `tests`, run in the sandbox."""
+  return run_python(program_of(completion) + "\n\n" + tests + "\n", timeout_s=timeout_s,
+                    memory_mb=memory_mb)
+
+
+def check(record: dict, completion: str) -> bool:
+  """Success of `completion` for question `record` (by its `kind`)."""
+  kind = record.get("kind", "final_answer")
+  if kind == "final_answer":
+    return check_final_answer(str(record["answer"]), completion)
+  if kind == "multiple_choice":
+    return check_choice(str(record["answer"]), completion)
+  if kind == "python":
+    return check_python(record["tests"], completion).passed
+  raise ValueError(f"question {record.get('id', '?')}: kind must be one of {KINDS}, got {kind!r}")

@@ -62,7 +62,9 @@ class Rule:
       return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
     if value in self.also:
       return None
-    if math.isnan(value) or not self._in_range(value):
+    if not math.isfinite(value):
+      return f"must be a finite number {self.describe()}".rstrip()
+    if not self._in_range(value):
       return f"must be {self.describe()}"
     return None
 

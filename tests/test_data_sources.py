@@ -14,6 +14,7 @@ from phi4_jax.data import config as data_config
 from phi4_jax.data import make_train_iterator
 from phi4_jax.data.order import EpochOrder
 from phi4_jax.data.sources import Skip, Source, resolve_globs
+from phi4_jax.train.loop import train
 
 DOCS = [f"document {i}: " + "word " * (i % 7 + 1) for i in range(23)]
 
@@ -297,6 +298,9 @@ def test_building_the_train_iterator_names_a_truncated_gzip(tmp_path):
                      rf"{tmp_path}/web\.jsonl\.gz \(in line \d+ of its text\): EOFError"):
     make_train_iterator(c)
   assert _cache_files(tmp_path / "cache") == []
+  with pytest.raises(ValueError, match=r"cannot read .*web\.jsonl\.gz"):  # through a training run:
+    train(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # nothing written into its workdir
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -12,10 +12,9 @@ from phi4_jax.data.packing import ROW_FIELDS
 from phi4_jax.data.pairs import PAIR_ROW_DTYPES, PAIR_ROW_FIELDS, pair_id, split_pair_ids
 from phi4_jax.data.pipeline import (PairIterator, TrainIterator, make_train_iterator,
                                     progress_from_state)
-from phi4_jax.data.planner import Plan, PlanError, make_plan
+from phi4_jax.data.planner import PlanError
 from phi4_jax.data.sources import CacheError, SourceError
 
-__all__ = ["CacheError", "PAIR_ROW_DTYPES", "PAIR_ROW_FIELDS", "PairIterator", "Plan", "PlanError",
-           "ROW_FIELDS", "SourceError", "TrainIterator", "check_config", "make_plan",
-           "make_train_iterator", "pair_id", "progress_from_state", "split_pair_ids",
+__all__ = ["CacheError", "PAIR_ROW_DTYPES", "PAIR_ROW_FIELDS", "PairIterator", "PlanError",
+           "ROW_FIELDS", "SourceError", "TrainIterator", "check_config", "make_train_iterator", "pair_id", "progress_from_state", "split_pair_ids",
            "stage_format", "tokenize_conversation"]

@@ -8,8 +8,8 @@ row can be short: it is padded with segment 0, position 0, loss_mask 0 and sourc
 
 Not grain's `ConcatThenSplitIterDataset`: its rows are the same (segments, positions restarting in
 each piece), but one parent element is one segment, so the tokenized batches would have to become
-one grain element per document, and its per-element Python work packs about 3x slower than this
-packer (24K documents of 20-400 tokens, seq_len 256). FirstFit/BestFit packing pads
+one grain element per document, and its per-element Python work packs several times slower than
+this packer (benchmarks/README.md). FirstFit/BestFit packing pads
 instead of continuing a document into the next row.
 """
 

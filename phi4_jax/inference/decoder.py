@@ -80,8 +80,8 @@ def _logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
 def split_layers(params: dict) -> dict:
   """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
   instead of arrays stacked on axis 0, and, on CPU, "lm_head_VxD": a transposed copy of the output
-  kernel (XLA:CPU's [B, D] x [D, V] product at B = 16 took 42 ms from it against 62 ms from
-  [D, V], but 13.5 against 9.4 ms at B = 1, hence VOCAB_MAJOR_MIN_ROWS). The layer weights are
+  kernel (XLA:CPU's [B, D] x [D, V] product is faster from it at many rows, slower at one: hence
+  VOCAB_MAJOR_MIN_ROWS; benchmarks/README.md has the figures). The layer weights are
   copied once: the copy is kept for the same arrays (a PTS run calls generate thousands of times)
   until one of them is freed or clear_split_cache() is called. split_layers output is returned as
   it is."""

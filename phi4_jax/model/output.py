@@ -73,8 +73,8 @@ def target_logprobs(hidden_BxTxD: jax.Array, kernel_DxV: jax.Array, targets_BxT:
   takes their probabilities from the log-sum-exp the forward pass kept ([B, T] floats), and forms
   d logits = g * (onehot(target) - p) in one elementwise pass, so training through it (DPO's
   sequence log-probs) keeps one chunk of logits alive and costs four output-layer matmuls per
-  chunk and little else (autodiff of the same forward, rematerialized, took twice as long on CPU:
-  its softmax and gather gradients are several extra passes over every chunk of logits). Reverse
+  chunk and little else (autodiff of the same forward, rematerialized, adds several passes over
+  every chunk of logits for the softmax and gather gradients). Reverse
   mode only: jvp, jacfwd and Hessians through it are not defined.
   """
   return _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk)[0]

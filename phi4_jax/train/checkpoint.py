@@ -193,7 +193,7 @@ class ParamReader:
     directory = next(iter(self._leaves.values())).directory
     self._use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(directory)
     # Room for the largest decoded chunk (with a limit of exactly one chunk it was still decoded
-    # again for each row block: export of a training checkpoint took 11 s instead of 1 s).
+    # again for each row block of an export).
     chunk_bytes = max(_chunk_bytes(leaf) for leaf in self._leaves.values())
     cache = ts.Context.Spec({"cache_pool": {"total_bytes_limit": chunk_bytes + chunk_bytes // 16}})
     self._context = ts.Context(

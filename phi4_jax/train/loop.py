@@ -84,12 +84,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = 
   abstract_state = model_lib.with_shardings(
       {"params": abstract_params, "opt_state": jax.eval_shape(optimizer.init, abstract_params),
        "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
+  # Sources are opened (and an unreadable file named) before anything is written to the workdir.
+  data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
   kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
   workdir_lib.check_writable(workdir, (kept + 1) * _state_bytes(abstract_state), config.min_free_disk_gb)
   if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_model_config(workdir, cfg)
-  data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
   objective = objectives.make(config, cfg, len(data_iter.source_names), mesh)
   moved = recovery.apply_resume_step(config, workdir, flag_prefix)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing,

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import jax
+from flax import traverse_util
 
 from phi4_jax.train import workdir as workdir_lib
 
@@ -122,12 +123,7 @@ class MetricsWriter:
       self._tb.close()
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "/"))
-    elif isinstance(value, (int, float)) and math.isfinite(value):
-      out[name] = float(value)
-  return out
+def _flatten(tree: dict) -> dict[str, float]:
+  """TensorBoard's scalars: the finite numbers of a nested row, named by their "a/b" paths."""
+  return {name: float(value) for name, value in traverse_util.flatten_dict(tree, sep="/").items()
+          if isinstance(value, (int, float)) and math.isfinite(value)}

@@ -45,9 +45,10 @@ class CheckpointError(RuntimeError):
 
 def command_line(overrides: dict[str, object]) -> str:
   """The command that started this process with `overrides` set (or replaced) as flags."""
-  if sys.argv and sys.argv[0].endswith(os.path.join("phi4_jax", "main.py")):
+  program = os.path.basename(sys.argv[0]) if sys.argv else ""
+  if sys.argv and (sys.argv[0].endswith(os.path.join("phi4_jax", "main.py")) or program == "phi4-jax"):
     keep = [a for a in sys.argv[1:] if not any(a.startswith(f"{flag}=") for flag in overrides)]
-    start = "python -m phi4_jax.main " + shlex.join(keep)
+    start = ("phi4-jax " if program == "phi4-jax" else "python -m phi4_jax.main ") + shlex.join(keep)
   else:  # (called from Python, not the command line)
     start = "python -m phi4_jax.main <the stage's flags>"
   return " ".join([start, *(f"{flag}={value}" for flag, value in overrides.items())])

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from phi4_jax.posttrain import jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 TOKENIZER = Phi4Tokenizer()
@@ -66,24 +67,6 @@ def stream_to_terminal(params, cfg, ids: list[int], args, out=None) -> list[int]
   return produced
 
 
-def _done_indices(path: str) -> set[int]:
-  """Indices already in an output file; a last line cut short by a kill is removed."""
-  if not os.path.exists(path):
-    return set()
-  with open(path, "rb") as f:
-    data = f.read()
-  if data and not data.endswith(b"\n"):
-    with open(path, "wb") as f:
-      f.write(data[:data.rfind(b"\n") + 1])
-  done = set()
-  for line in data.splitlines():
-    try:
-      done.add(int(json.loads(line)["index"]))
-    except (ValueError, KeyError, TypeError):
-      continue
-  return done
-
-
 def read_prompts(path: str, chat: bool) -> list[list[int]]:
   prompts = []
   with open(path, encoding="utf-8") as f:
@@ -106,7 +89,7 @@ def run_file(params, cfg, args) -> int:
   """Generates for every prompt of args.prompts_file not yet in args.output; returns how many."""
   from phi4_jax import inference
   prompts = read_prompts(args.prompts_file, args.chat)
-  done = _done_indices(args.output)
+  done = {int(i) for i in jsonl_log.read(args.output, "index")}
   todo = [i for i in range(len(prompts)) if i not in done]
   with open(args.output, "a", encoding="utf-8") as out:
     for start in range(0, len(todo), args.batch_prompts):

@@ -1,0 +1,222 @@
+"""Pivotal Token Search over a question file with our sampler: DPO pairs of single tokens.
+
+For each question, num_rollouts rollouts of the bare question measure p(success); questions with
+p_min <= p <= p_max are searched: the first of those rollouts is the solution, bisection.py finds
+its pivotal tokens, and every p(success | question + prefix) it asks for comes from num_rollouts
+continuations, batched across prefixes and questions (questions_per_round at a time), each checked
+by its oracle. A pivot with an alternative first token gives one pair (bisection.pivot_pair):
+
+  {"prompt_ids", "chosen_ids", "rejected_ids", "p_before", "p_after", "question_id", "position"}
+
+the DPO stage's token-id format. A log (OUT.log.jsonl, one line per question, written as each
+round of questions finishes) makes a killed run resumable with the same pairs; OUT is rewritten
+from it at the end. With several processes, each searches every process_count-th question into
+its own log, and whichever finishes last merges them into OUT.
+
+  python -m phi4_jax.posttrain.pts --workdir=MODEL --questions=Q.jsonl --out=PAIRS.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+import ml_collections
+
+from phi4_jax import fields
+from phi4_jax.posttrain import jsonl_log, oracles, rollouts
+from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
+from phi4_jax.posttrain.rollouts import PrefixStats, Roller
+
+__all__ = ["Pivot", "pts_fields", "read_questions", "run", "search", "split_point", "subdivide"]
+
+
+def pts_fields() -> ml_collections.ConfigDict:
+  c = rollouts.sampling_fields()
+  c.p_gap = 0.2  # a token is pivotal when it moves p(success) by at least this
+  c.p_min = 0.2  # questions are searched when p_min <= p(success) <= p_max
+  c.p_max = 0.8
+  c.questions_per_round = 8  # questions searched together (their rollouts batched)
+  return c
+
+
+RULES = {**rollouts.SAMPLING_RULES, "p_gap": fields.number(0, 1, low_open=True),
+         "p_min": fields.number(0, 1), "p_max": fields.number(0, 1), "questions_per_round": fields.integer(1)}
+
+
+def check_settings(settings: ml_collections.ConfigDict, prefix: str = "pts") -> None:
+  fields.unknown(settings.keys(), pts_fields().keys(), prefix)
+  fields.check(settings, RULES, prefix)
+  if settings.p_min > settings.p_max:
+    raise ValueError(f"{prefix}.p_min: must be <= {prefix}.p_max, got {settings.p_min} > {settings.p_max}")
+
+
+def read_questions(path: str) -> list[dict]:
+  """Question records of a JSONL file, checked (each names its file and line), ids unique."""
+  records, seen = [], {}
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if not isinstance(record, dict) or not (record.get("question") or record.get("messages")):
+        raise ValueError(f"{path}:{n}: a question needs 'question' (text) or 'messages'")
+      kind = record.get("kind", "final_answer")
+      need = "tests" if kind == "python" else "answer"
+      if kind not in oracles.KINDS or need not in record:
+        raise ValueError(f"{path}:{n}: kind {kind!r} needs {need!r} (kinds: {', '.join(oracles.KINDS)})")
+      record = {**record, "id": str(record.get("id", f"line-{n}"))}
+      if record["id"] in seen:
+        raise ValueError(f"{path}:{n}: id {record['id']!r} already on line {seen[record['id']]}")
+      seen[record["id"]] = n
+      records.append(record)
+  if not records:
+    raise ValueError(f"{path}: no questions")
+  return records
+
+
+@dataclasses.dataclass
+class _Question:
+  record: dict
+  solution: list[int]
+  search: object  # the bisection generator
+  need: list[int]
+  p: dict[int, float]
+  stats: dict[int, PrefixStats]
+
+
+def _start(roller: Roller, records: list[dict], settings) -> tuple[list[dict], dict[int, _Question]]:
+  """Round 0: p(success) of each bare question; the searched ones get a solution and a search."""
+  stats, groups = roller.estimate([(r, ()) for r in records])
+  results = [{"question_id": r["id"], "p_success": st.p, "searched": False, "solution_ids": [],
+              "pivots": [], "pairs": []} for r, st in zip(records, stats)]
+  picked = [i for i, st in enumerate(stats)
+            if settings.p_min <= st.p <= settings.p_max and rollouts.content(groups[i][0])]
+  solutions = {i: rollouts.content(groups[i][0]) for i in picked}
+  lps = roller.logprobs([rollouts.question_prompt(records[i]) for i in picked], [solutions[i] for i in picked])
+  full = rollouts.check_all([(records[i], rollouts.TOKENIZER.decode(solutions[i])) for i in picked])
+  active = {}
+  for i, lp, ok in zip(picked, lps, full):
+    results[i].update(searched=True, solution_ids=solutions[i])
+    search = bisect(len(solutions[i]), lp, settings.p_gap)
+    active[i] = _Question(records[i], solutions[i], search, next(search),
+                          {0: stats[i].p, len(solutions[i]): float(ok)}, {0: stats[i]})
+  return results, active
+
+
+def search(roller: Roller, records: list[dict], settings: ml_collections.ConfigDict) -> list[dict]:
+  """One result per question: {"question_id", "p_success", "searched", "solution_ids", "pivots",
+  "pairs"}. A question's rollouts are a function of settings.seed, its id and its prefixes, so its
+  result does not depend on the questions searched with it."""
+  results, active = _start(roller, records, settings)
+  while active:
+    wanted = [(i, k) for i, q in active.items() for k in q.need if k not in q.p]
+    if wanted:
+      stats, _ = roller.estimate([(active[i].record, tuple(active[i].solution[:k])) for i, k in wanted])
+      for (i, k), st in zip(wanted, stats):
+        active[i].p[k], active[i].stats[k] = st.p, st
+    for i in list(active):
+      q = active[i]
+      try:
+        q.need = q.search.send({k: q.p[k] for k in q.need})
+      except StopIteration as done:
+        results[i]["pivots"], results[i]["pairs"] = _pairs(q, done.value)
+        del active[i]
+  return results
+
+
+def _pairs(q: _Question, found) -> tuple[list[dict], list[dict]]:
+  prompt = rollouts.question_prompt(q.record)
+  pivots, pairs = [], []
+  for k, before, after in found:
+    pivot = Pivot(k, q.solution[k], before, after)
+    pivots.append(dataclasses.asdict(pivot))
+    chosen_rejected = pivot_pair(pivot, q.stats[k])
+    if chosen_rejected:
+      pairs.append({"prompt_ids": prompt + q.solution[:k], "chosen_ids": [chosen_rejected[0]],
+                    "rejected_ids": [chosen_rejected[1]], "p_before": before, "p_after": after,
+                    "question_id": q.record["id"], "position": k})
+  return pivots, pairs
+
+
+def _merge(out: str, questions: list[dict], process_count: int) -> bool:
+  """Writes OUT's pairs, in question order, once every process's log holds all its questions."""
+  logged = {}
+  for index in range(process_count):
+    logged.update(jsonl_log.read(jsonl_log.part_path(out + ".log.jsonl", index, process_count), "question_id"))
+  if any(q["id"] not in logged for q in questions):
+    return False
+  jsonl_log.write_atomic(out, [pair for q in questions for pair in logged[q["id"]]["pairs"]])
+  return True
+
+
+def run(roller: Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
+        process_index: int = 0, process_count: int = 1, progress=sys.stderr) -> dict:
+  """Searches this process's share of `questions` not yet in its log; writes OUT when all are.
+  Returns counts: questions, searched, pivots, pairs, rollouts, seconds, merged."""
+  check_settings(settings)
+  log = jsonl_log.part_path(out + ".log.jsonl", process_index, process_count)
+  mine = questions[process_index::process_count]
+  done = jsonl_log.read(log, "question_id")
+  start, step = time.monotonic(), settings.questions_per_round
+  for begin in range(0, len(mine), step):
+    batch = mine[begin:begin + step]
+    if all(q["id"] in done for q in batch):
+      continue
+    results = search(roller, batch, settings)
+    jsonl_log.append(log, [r for r in results if r["question_id"] not in done])
+    done.update((r["question_id"], r) for r in results)
+    if progress:
+      rate = roller.rollouts / max(time.monotonic() - start, 1e-9)
+      print(f"pts: {min(begin + step, len(mine))}/{len(mine)} questions, "
+            f"{sum(len(r['pairs']) for r in done.values())} pairs, {rate:.0f} rollouts/s", file=progress)
+  logged = [done[q["id"]] for q in mine]
+  return {"questions": len(mine), "searched": sum(r["searched"] for r in logged),
+          "pivots": sum(len(r["pivots"]) for r in logged), "pairs": sum(len(r["pairs"]) for r in logged),
+          "rollouts": roller.rollouts, "seconds": time.monotonic() - start,
+          "merged": _merge(out, questions, process_count)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.pts", description=__doc__.split("\n")[0])
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="the model: a stage's workdir (latest checkpoint, or --step)")
+  source.add_argument("--hf_dir", help="the model: a Hugging Face Phi3ForCausalLM folder")
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--questions", required=True, help="JSONL of questions (see posttrain/oracles.py)")
+  p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
+  p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
+  p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
+  defaults = pts_fields()
+  for name, value in defaults.items():
+    p.add_argument(f"--{name}", type=type(value), default=value)
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  import jax
+
+  from phi4_jax import distributed, inference
+  distributed.initialize()
+  settings = ml_collections.ConfigDict({name: getattr(args, name) for name in pts_fields()})
+  check_settings(settings)
+  questions = read_questions(args.questions)
+  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
+  index = jax.process_index() if args.process_index is None else args.process_index
+  count = jax.process_count() if args.process_count is None else args.process_count
+  summary = run(Roller(params, cfg, settings), questions, args.out, settings, index, count)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:  # bad arguments or files: one line, no traceback
+    sys.exit(f"error: {e}")

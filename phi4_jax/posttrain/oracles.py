@@ -22,7 +22,7 @@ from phi4_jax.data.synthetic import numbers
 from phi4_jax.posttrain.sandbox import Result, SandboxUnavailable, run_python
 
 __all__ = ["KINDS", "Result", "SandboxUnavailable", "check", "check_choice", "check_final_answer",
-           "check_python", "final_answer", "run_python"]
+           "check_python", "choice_letter", "final_answer", "run_python"]
 
 KINDS = ("final_answer", "multiple_choice", "python")
 _ANSWER = re.compile(r"answer\s*:\s*(.*)", re.IGNORECASE)
@@ -76,10 +76,15 @@ def check_final_answer(expected: str, completion: str) -> bool:
   return got[-len(want):] == want
 
 
+def choice_letter(completion: str) -> str | None:
+  """The letter after the completion's last `Answer:` (upper case), or None."""
+  found = list(_CHOICE.finditer(completion))
+  return found[-1].group(1).upper() if found else None
+
+
 def check_choice(expected: str, completion: str) -> bool:
   """True when the letter after the completion's last `Answer:` is `expected` (case-insensitive)."""
-  found = list(_CHOICE.finditer(completion))
-  return bool(found) and found[-1].group(1).upper() == expected.strip().upper()
+  return choice_letter(completion) == expected.strip().upper()
 
 
 def program_of(completion: str) -> str:

@@ -27,7 +27,8 @@ import time
 import ml_collections
 
 from phi4_jax import fields
-from phi4_jax.posttrain import jsonl_log, oracles, rollouts
+from phi4_jax.posttrain import jsonl_log, rollouts
+from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
 from phi4_jax.posttrain.rollouts import PrefixStats, Roller
 
@@ -52,33 +53,6 @@ def check_settings(settings: ml_collections.ConfigDict, prefix: str = "pts") -> 
   fields.check(settings, RULES, prefix)
   if settings.p_min > settings.p_max:
     raise ValueError(f"{prefix}.p_min: must be <= {prefix}.p_max, got {settings.p_min} > {settings.p_max}")
-
-
-def read_questions(path: str) -> list[dict]:
-  """Question records of a JSONL file, checked (each names its file and line), ids unique."""
-  records, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not (record.get("question") or record.get("messages")):
-        raise ValueError(f"{path}:{n}: a question needs 'question' (text) or 'messages'")
-      kind = record.get("kind", "final_answer")
-      need = "tests" if kind == "python" else "answer"
-      if kind not in oracles.KINDS or need not in record:
-        raise ValueError(f"{path}:{n}: kind {kind!r} needs {need!r} (kinds: {', '.join(oracles.KINDS)})")
-      record = {**record, "id": str(record.get("id", f"line-{n}"))}
-      if record["id"] in seen:
-        raise ValueError(f"{path}:{n}: id {record['id']!r} already on line {seen[record['id']]}")
-      seen[record["id"]] = n
-      records.append(record)
-  if not records:
-    raise ValueError(f"{path}: no questions")
-  return records
 
 
 @dataclasses.dataclass

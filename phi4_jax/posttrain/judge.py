@@ -1,0 +1,202 @@
+"""Judge-guided DPO pairs (docs/RECIPE.md, "Post-training", DPO stage 2).
+
+Responses: num_responses per prompt from each responder (our sampler on a workdir or HF folder,
+or an OpenAI-compatible endpoint). A judge scores every response 1-5 on accuracy, style and
+detail with the rubric in judge_rubric.txt (or, as `oracle`, by rule: accuracy from the prompt's
+oracle, style and detail from the reply's form); a verdict that does not parse strictly (exactly
+the three `name: N` lines) is asked again up to judge_retries times, then the response is dropped
+and counted. The pair of a prompt is its best and worst response by (accuracy, mean of the three):
+the positive has the higher accuracy or, on an accuracy tie, the higher mean; a full tie gives no
+pair. Pairs are written in the DPO stage's conversation format with the scores kept:
+
+  {"messages", "chosen", "rejected", "chosen_scores", "rejected_scores", "rule", "prompt_id"}
+
+  python -m phi4_jax.posttrain.judge --prompts=P.jsonl --out=PAIRS.jsonl \
+      --responder=workdir:RUN/dpo_pts --responder=http://host:8000/v1,model=NAME --judge=oracle
+
+Resumable like PTS: one line per prompt in OUT.log.jsonl, OUT rewritten from it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import zlib
+
+import ml_collections
+
+from phi4_jax import fields
+from phi4_jax.posttrain import jsonl_log, rollouts
+from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
+from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
+from phi4_jax.posttrain.questions import read_questions
+
+
+def judge_fields() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.num_responses = 4  # responses per prompt from each responder
+  c.temperature = 0.8  # responders' sampling temperature
+  c.top_p = 1.0
+  c.max_new_tokens = 256  # tokens per response
+  c.judge_retries = 2  # a verdict that does not parse is asked again this many times
+  c.judge_max_tokens = 32  # tokens per verdict
+  c.concurrency = 8  # HTTP requests in flight per endpoint
+  c.prompts_per_round = 16  # prompts answered and judged together
+  c.max_batch = 256  # rows decoded together by our sampler
+  c.seed = 0
+  return c
+
+
+RULES = {"num_responses": fields.integer(1), "temperature": fields.number(0), "top_p": fields.number(0, 1, low_open=True),
+         "max_new_tokens": fields.integer(1), "judge_retries": fields.integer(0), "judge_max_tokens": fields.integer(8),
+         "concurrency": fields.integer(1), "prompts_per_round": fields.integer(1), "max_batch": fields.integer(1),
+         "seed": fields.integer(0)}
+
+
+class SamplerPolicy:
+  """Responds or judges with our sampler (a workdir or an HF folder)."""
+
+  def __init__(self, name: str, path: str, settings):
+    from phi4_jax import inference
+    self.name, self.settings = name, settings
+    self.cfg, self.params = inference.load(path)
+
+  def _generate(self, prompts, n, keys, temperature, max_new_tokens) -> list[str]:
+    from phi4_jax import inference
+    outs = inference.generate(self.params, self.cfg, prompts, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=self.settings.top_p, num_samples=n,
+                              seed=self.settings.seed, stop_ids=rollouts.STOP_IDS,
+                              max_batch=self.settings.max_batch, sample_ids=keys)
+    return [rollouts.TOKENIZER.decode(rollouts.content(c)) for c in outs]
+
+  def respond(self, records: list[dict], n: int) -> list[list[str | None]]:
+    keys = rollouts.sample_keys([(f"{r['id']}\0{self.name}", 0) for r in records], n)
+    texts = self._generate([rollouts.question_prompt(r) for r in records], n, keys,
+                           self.settings.temperature, self.settings.max_new_tokens)
+    return [texts[i * n:(i + 1) * n] for i in range(len(records))]
+
+  def complete(self, conversations: list[list[dict]], ids: list[str], attempt: int) -> list[str | None]:
+    """Greedy verdicts first; a retry samples (temperature 0.7) so that it can differ."""
+    keys = rollouts.sample_keys([(f"{i}\0judge", attempt) for i in ids], 1)
+    return self._generate([rollouts.question_prompt({"messages": m}) for m in conversations], 1, keys,
+                          0.0 if attempt == 0 else 0.7, self.settings.judge_max_tokens)
+
+
+class EndpointPolicy:
+  """Responds or judges through an OpenAI-compatible endpoint."""
+
+  def __init__(self, name: str, spec: str, settings):
+    self.name, self.settings, self.endpoint = name, settings, Endpoint.parse(spec)
+
+  def respond(self, records: list[dict], n: int) -> list[list[str | None]]:
+    jobs = [(r, k) for r in records for k in range(n)]
+    messages = lambda r: r.get("messages") or [{"role": "user", "content": r["question"]}]
+    outs = map_concurrently(lambda job: self.endpoint.chat(messages(job[0]), temperature=self.settings.temperature,
+                                                           max_tokens=self.settings.max_new_tokens),
+                            jobs, self.settings.concurrency)
+    outs = [o if isinstance(o, str) else None for o in outs]  # a failed request: no response
+    return [outs[i * n:(i + 1) * n] for i in range(len(records))]
+
+  def complete(self, conversations: list[list[dict]], ids: list[str], attempt: int) -> list[str | None]:
+    outs = map_concurrently(lambda m: self.endpoint.chat(m, temperature=0.0 if attempt == 0 else 0.7,
+                                                         max_tokens=self.settings.judge_max_tokens),
+                            conversations, self.settings.concurrency)
+    return [o if isinstance(o, str) else None for o in outs]
+
+
+def policy(spec: str, settings, name: str | None = None):
+  """`workdir:PATH`, `hf:PATH` (our sampler) or `http(s)://...,model=NAME` (an endpoint)."""
+  if spec.startswith(("http://", "https://")):
+    return EndpointPolicy(name or spec.split(",")[0], spec, settings)
+  kind, sep, path = spec.partition(":")
+  if not sep or kind not in ("workdir", "hf") or not path:
+    raise ValueError(f"{spec!r}: expected workdir:PATH, hf:PATH or http(s)://URL,model=NAME")
+  return SamplerPolicy(name or spec, os.path.expanduser(path), settings)
+
+
+def score(judge, items: list[tuple[dict, str]], retries: int) -> list[dict | None]:
+  """Scores of (record, response) items; None for a verdict that never parsed."""
+  if judge == "oracle":
+    return [oracle_scores(r, text) for r, text in items]
+  scores: list[dict | None] = [None] * len(items)
+  pending = list(range(len(items)))
+  for attempt in range(retries + 1):
+    verdicts = judge.complete([rubric_messages(*items[i]) for i in pending],
+                              [f"{items[i][0]['id']}\0{zlib.crc32(items[i][1].encode())}" for i in pending],
+                              attempt)
+    for i, verdict in zip(pending, verdicts):
+      scores[i] = parse_scores(verdict) if isinstance(verdict, str) else None
+    pending = [i for i in pending if scores[i] is None]
+    if not pending:
+      break
+  return scores
+
+
+def judge_round(responders: list, judge, records: list[dict], settings) -> list[dict]:
+  """One log line per prompt: its scored responses, how many were dropped, and its pair."""
+  answers = [p.respond(records, settings.num_responses) for p in responders]
+  per_prompt = [[(p.name, text) for p, texts in zip(responders, answers) for text in texts[i]]
+                for i in range(len(records))]
+  items = [(r, text) for r, responses in zip(records, per_prompt) for _, text in responses if text is not None]
+  scores = iter(score(judge, items, settings.judge_retries))
+  lines = []
+  for r, responses in zip(records, per_prompt):
+    scored = [{"policy": name, "text": text, "scores": next(scores) if text is not None else None}
+              for name, text in responses]
+    kept = [s for s in scored if s["scores"] is not None]
+    pair = choose_pair([(s["text"], s["scores"]) for s in kept])
+    record = None
+    if pair:
+      chosen, rejected = kept[pair[0]], kept[pair[1]]
+      record = {"messages": r.get("messages") or [{"role": "user", "content": r["question"]}],
+                "chosen": chosen["text"], "rejected": rejected["text"], "chosen_scores": chosen["scores"],
+                "rejected_scores": rejected["scores"], "rule": pair[2], "prompt_id": r["id"]}
+    lines.append({"prompt_id": r["id"], "responses": scored, "dropped": len(scored) - len(kept), "pair": record})
+  return lines
+
+
+def run(responders: list, judge, prompts: list[dict], out: str, settings, progress=sys.stderr) -> dict:
+  """Answers, judges and pairs every prompt not yet in OUT.log.jsonl; writes OUT. Returns counts."""
+  fields.unknown(settings.keys(), judge_fields().keys(), "judge")
+  fields.check(settings, RULES, "judge")
+  log = out + ".log.jsonl"
+  done = jsonl_log.read(log, "prompt_id")
+  todo = [p for p in prompts if p["id"] not in done]
+  for begin in range(0, len(todo), settings.prompts_per_round):
+    lines = judge_round(responders, judge, todo[begin:begin + settings.prompts_per_round], settings)
+    jsonl_log.append(log, lines)
+    done.update((line["prompt_id"], line) for line in lines)
+    if progress:
+      print(f"judge: {len(done)}/{len(prompts)} prompts", file=progress)
+  logged = [done[p["id"]] for p in prompts]
+  jsonl_log.write_atomic(out, [line["pair"] for line in logged if line["pair"]])
+  rules = collections.Counter(line["pair"]["rule"] for line in logged if line["pair"])
+  return {"prompts": len(prompts), "pairs": sum(rules.values()), "accuracy_pairs": rules["accuracy"],
+          "overall_pairs": rules["overall"], "dropped_responses": sum(line["dropped"] for line in logged)}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.judge", description=__doc__.split("\n")[0])
+  p.add_argument("--prompts", required=True, help="JSONL of prompts (question or messages; answer optional)")
+  p.add_argument("--out", required=True, help="JSONL of pairs (the DPO stage's conversation format)")
+  p.add_argument("--responder", action="append", required=True,
+                 help="workdir:PATH, hf:PATH or http(s)://URL,model=NAME (repeatable)")
+  p.add_argument("--judge", default="oracle", help="oracle (rule-based), workdir:PATH, hf:PATH or an endpoint")
+  for name, value in judge_fields().items():
+    p.add_argument(f"--{name}", type=type(value), default=value)
+  args = p.parse_args(argv)
+  settings = ml_collections.ConfigDict({name: getattr(args, name) for name in judge_fields()})
+  prompts = read_questions(args.prompts, need_answer=False)
+  responders = [policy(spec, settings) for spec in args.responder]
+  judge = "oracle" if args.judge == "oracle" else policy(args.judge, settings, name="judge")
+  print(json.dumps(run(responders, judge, prompts, args.out, settings)))
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")

@@ -21,7 +21,7 @@ from phi4_jax.posttrain import dpo
 PRESETS = {
     "test": dict(seq_len=512, global_batch_size=4, steps=8, peak_lr=1e-4, warmup=2, mesh=(1, -1, 1),
                  microbatches=1),
-    "colab": dict(seq_len=512, global_batch_size=4, steps=16, peak_lr=2e-4, warmup=2, mesh=(1, -1, 1),
+    "colab": dict(seq_len=512, global_batch_size=4, steps=8, peak_lr=2e-4, warmup=2, mesh=(1, -1, 1),
                   microbatches=1),
     "1b": dict(seq_len=4096, global_batch_size=64, steps=500, peak_lr=1e-6, warmup=20,
                mesh=(1, -1, 1), microbatches=2),

@@ -3,9 +3,12 @@ compilation cache for the session, its subprocesses included (the same train ste
 by many tests and by every stage a subprocess runs); it starts empty and is removed at exit."""
 
 import atexit
+import http.server
+import json
 import os
 import shutil
 import tempfile
+import threading
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
@@ -26,3 +29,45 @@ def data_cache(tmp_path_factory) -> str:
   path = str(tmp_path_factory.mktemp("phi4_jax_cache"))
   corpus.build(path)
   return path
+
+
+class FakeOpenAI(http.server.BaseHTTPRequestHandler):
+  """Replies by the scripted behaviours of the server, one per request, then the default."""
+
+  def do_POST(self):
+    server = self.server
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    server.requests.append((body, self.headers.get("Authorization")))
+    action = server.script.pop(0) if server.script else server.default
+    if action == "500":
+      self.send_response(500)
+      self.end_headers()
+      return
+    if action == "hang":  # never answers until the test ends: the client's timeout fires
+      server.release.wait()
+      return
+    text = b"{not json" if action == "malformed" else json.dumps(
+        {"choices": [{"message": {"role": "assistant", "content": server.reply(body)}}]}).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(text)))
+    self.end_headers()
+    self.wfile.write(text)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def openai_server():
+  """A fake OpenAI-compatible chat server on loopback: `script` (per-request faults), `reply`."""
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+  srv.daemon_threads = True
+  srv.script, srv.default, srv.requests, srv.release = [], "ok", [], threading.Event()
+  srv.reply = lambda body: "hello"
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  yield srv
+  srv.release.set()
+  srv.shutdown()
+  srv.server_close()

@@ -1,9 +1,7 @@
 """Judge-guided pairs: strict verdicts, the pair rules on hand-built score tables, the rule-based
 judge, and the OpenAI-compatible client against a fake server on loopback (faults included)."""
 
-import http.server
 import json
-import threading
 
 import pytest
 
@@ -42,53 +40,13 @@ def test_rule_based_judge():
   assert judge_rules.oracle_scores({"question": "Tell me a story."}, "Once.")["accuracy"] == 3
 
 
-class FakeOpenAI(http.server.BaseHTTPRequestHandler):
-  """Replies by the scripted behaviours of the server, one per request, then the default."""
-
-  def do_POST(self):
-    server = self.server
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-    server.requests.append((body, self.headers.get("Authorization")))
-    action = server.script.pop(0) if server.script else server.default
-    if action == "500":
-      self.send_response(500)
-      self.end_headers()
-      return
-    if action == "hang":  # never answers until the test ends: the client's timeout fires
-      server.release.wait()
-      return
-    text = b"{not json" if action == "malformed" else json.dumps(
-        {"choices": [{"message": {"role": "assistant", "content": server.reply(body)}}]}).encode()
-    self.send_response(200)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(text)))
-    self.end_headers()
-    self.wfile.write(text)
-
-  def log_message(self, *args):
-    pass
-
-
-@pytest.fixture
-def server():
-  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-  srv.daemon_threads = True
-  srv.script, srv.default, srv.requests, srv.release = [], "ok", [], threading.Event()
-  srv.reply = lambda body: "hello"
-  thread = threading.Thread(target=srv.serve_forever, daemon=True)
-  thread.start()
-  yield srv
-  srv.release.set()
-  srv.shutdown()
-  srv.server_close()
-
-
 def _endpoint(srv, **kw):
   return Endpoint.parse(f"http://127.0.0.1:{srv.server_address[1]}/v1,model=fake,timeout_s=0.5,retries=3",
                         backoff_s=0.0, **kw)
 
 
-def test_client_retries_a_500_a_timeout_and_a_malformed_body(server, monkeypatch):
+def test_client_retries_a_500_a_timeout_and_a_malformed_body(openai_server, monkeypatch):
+  server = openai_server
   monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
   server.script = ["500", "hang", "malformed"]
   assert _endpoint(server).chat([{"role": "user", "content": "hi"}]) == "hello"
@@ -109,7 +67,8 @@ def test_endpoint_specs_are_checked():
     judge.policy("ftp://h", judge.judge_fields())
 
 
-def test_judge_run_over_http_pairs_by_the_rules_retries_and_counts_unparsable_verdicts(server, tmp_path):
+def test_judge_run_over_http_pairs_by_the_rules_retries_and_counts_unparsable_verdicts(openai_server, tmp_path):
+  server = openai_server
   replies = iter(["Final answer: 7", "Final answer: 8", "Final answer: 7", "Final answer: 7"] * 4)
 
   def reply(body):

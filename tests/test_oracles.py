@@ -21,6 +21,9 @@ from phi4_jax.posttrain import oracles
     ("3 + 4 = 7, so Final answer: 8", False),  # only the final answer counts
     ("", False),
     ("Answer: 1/0", False),
+    ("Final answer: 7 answer: 8", False),  # the last `Answer:` on a line counts, not the first
+    ("Final answer: 8 answer: 7", True),
+    ("Final answer:\n\n7", True),
 ])
 def test_final_answer_by_value_and_only_the_final_statement(completion, ok):
   assert oracles.check({"question": "Solve 2x = 14.", "answer": "x = 7"}, completion) is ok

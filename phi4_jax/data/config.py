@@ -70,8 +70,8 @@ def pairs_source(globs: str, fraction: float, **overrides) -> ml_collections.Con
 
 
 def embedded_sft_sources() -> dict[str, ml_collections.ConfigDict]:
-  """SFT's mix (math, identity, safety) on the embedded post-training corpus."""
-  return {"math": chat_source("corpus:sft_math", 0.9),
+  """SFT's mix (math, parity, identity, safety) on the embedded post-training corpus."""
+  return {"math": chat_source("corpus:sft_math", 0.3), "parity": chat_source("corpus:sft_parity", 0.6),
           "identity": chat_source("corpus:sft_identity", 0.05),
           "safety": chat_source("corpus:sft_safety", 0.05)}
 

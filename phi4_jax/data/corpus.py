@@ -17,6 +17,7 @@ seeds than pretraining's):
 
   sft_math           chat: an exercise (sometimes after a tutor system turn, or two in a row)
                      answered with its worked solution ending `Final answer: <answer>`
+  sft_parity         chat: "What is the remainder of N divided by 2?" -> `Final answer: 0|1`
   sft_identity       chat: "who are you" questions -> the fixed phi4_jax identity answer
   sft_safety         chat: clearly harmful requests -> a short refusal
   dpo_pairs          pairs (conversation form): chosen = a worked solution, rejected = the same
@@ -42,11 +43,11 @@ VERSION = 1
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
-POSTTRAIN_VERSION = 2
-POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_identity": "chat", "sft_safety": "chat",
+POSTTRAIN_VERSION = 3
+POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
-_SFT_MATH, _DPO_PAIRS, _DPO_HELDOUT = 1200, 800, 200  # records
+_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 1200, 800, 100  # records
 IDENTITY = ("I am phi4_jax, a small language model trained with phi4_jax, a JAX/Flax reproduction "
             "of the Phi-4 training recipe. I work through math exercises step by step and end "
             "with a final answer.")
@@ -248,6 +249,7 @@ def posttrain_sources() -> dict[str, list[dict]]:
             for i, (system, q) in enumerate((s, q) for s in ("", "You are a helpful assistant.")
                                             for q in _HARMFUL)]
   return {"sft_math": [synthetic.sft_conversation(i) for i in range(_SFT_MATH)],
+          "sft_parity": [synthetic.parity_conversation(i) for i in range(_SFT_PARITY)],
           "sft_identity": identity, "sft_safety": safety,
           "dpo_pairs": [synthetic.dpo_pair(i, synthetic.DPO_SEED) for i in range(_DPO_PAIRS)],
           "dpo_pairs_heldout": [synthetic.dpo_pair(i, synthetic.DPO_HELDOUT_SEED)

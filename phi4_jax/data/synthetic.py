@@ -192,6 +192,7 @@ def exercise(index: int, seed: int = 0) -> dict:
 
 # Post-training: the same exercises as SFT conversations and DPO preference pairs.
 SFT_SEED, DPO_SEED, DPO_HELDOUT_SEED = 1, 2, 3  # seed 0 is pretraining's `synthetic` corpus
+PARITY_SFT_SEED, PARITY_SEARCH_SEED = 4, 5  # parity questions: SFT's, and Pivotal Token Search's
 TUTOR = "You are a careful math tutor. Show your steps and end with 'Final answer:'."
 
 
@@ -252,3 +253,23 @@ def dpo_pair(index: int, seed: int = DPO_SEED) -> dict:
   return {"id": f"dpo-{seed}-{index:06d}", "messages": [{"role": "user", "content": ex["question"]}],
           "chosen": worked_solution(ex), "rejected": rejected, "answer": ex["answer"],
           "kind": kind, "topic": ex["topic"]}
+
+
+def parity_question(index: int, seed: int = PARITY_SEARCH_SEED) -> dict:
+  """A question whose reply is one digit ("What is the remainder of 4817 divided by 2?" ->
+  `Final answer: 1`): the colab-scale model learns the reply's form in a few SFT steps but not
+  the rule, so it is right part of the time, and the digit after "Final answer:" is pivotal
+  (Pivotal Token Search's embedded question family). {"id", "question", "answer", "solution",
+  "topic"}."""
+  r = random.Random(f"parity-{seed}-{index}")
+  n = r.randint(10, 99_999)
+  return {"id": f"parity-{seed}-{index:06d}", "question": f"What is the remainder of {n} divided by 2?",
+          "answer": str(n % 2), "solution": f"Final answer: {n % 2}", "topic": "parity"}
+
+
+def parity_conversation(index: int) -> dict:
+  """SFT record `index` of the parity family (its answer as the assistant's reply)."""
+  q = parity_question(index, PARITY_SFT_SEED)
+  return {"id": f"sft-parity-{index:06d}", "answer": q["answer"], "topic": "parity",
+          "messages": [{"role": "user", "content": q["question"]},
+                       {"role": "assistant", "content": q["solution"]}]}

@@ -59,10 +59,14 @@ RULES = {"num_responses": fields.integer(1), "temperature": fields.number(0), "t
 class SamplerPolicy:
   """Responds or judges with our sampler (a workdir or an HF folder)."""
 
-  def __init__(self, name: str, path: str, settings):
+  def __init__(self, name: str, cfg, params, settings):
+    self.name, self.cfg, self.params, self.settings = name, cfg, params, settings
+
+  @classmethod
+  def load(cls, name: str, path: str, settings) -> "SamplerPolicy":
     from phi4_jax import inference
-    self.name, self.settings = name, settings
-    self.cfg, self.params = inference.load(path)
+    cfg, params = inference.load(path)
+    return cls(name, cfg, params, settings)
 
   def _generate(self, prompts, n, keys, temperature, max_new_tokens) -> list[str]:
     from phi4_jax import inference
@@ -114,7 +118,7 @@ def policy(spec: str, settings, name: str | None = None):
   kind, sep, path = spec.partition(":")
   if not sep or kind not in ("workdir", "hf") or not path:
     raise ValueError(f"{spec!r}: expected workdir:PATH, hf:PATH or http(s)://URL,model=NAME")
-  return SamplerPolicy(name or spec, os.path.expanduser(path), settings)
+  return SamplerPolicy.load(name or spec, os.path.expanduser(path), settings)
 
 
 def score(judge, items: list[tuple[dict, str]], retries: int) -> list[dict | None]:

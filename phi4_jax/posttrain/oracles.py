@@ -6,7 +6,7 @@ A question record says what success means by its `kind` (default "final_answer")
                     else the text after the last `Answer:` (e.g. "Final answer:"), else its last
                     line) states the expected numbers in order (integers, decimals and fractions
                     compare by value: 0.5 == 1/2), or, for an answer without numbers, the same
-                    words after normalising case, whitespace and a trailing period
+                    words after normalising case, whitespace and punctuation at either end
   multiple_choice   {"question", "answer": "B"}: the letter after the last `Answer:`
   python            {"question", "tests"}: the completion's code (its last ```python block, else
                     all of it) followed by `tests` exits 0 in the sandbox (sandbox.run_python)
@@ -22,10 +22,10 @@ from phi4_jax.data.synthetic import numbers
 from phi4_jax.posttrain.sandbox import Result, SandboxUnavailable, run_python
 
 __all__ = ["KINDS", "Result", "SandboxUnavailable", "check", "check_choice", "check_final_answer",
-           "check_python", "choice_letter", "final_answer", "run_python"]
+           "check_python", "choice_letter", "final_answer", "run_python", "words"]
 
 KINDS = ("final_answer", "multiple_choice", "python")
-_ANSWER = re.compile(r"answer\s*:\s*(.*)", re.IGNORECASE)
+_ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
 _CHOICE = re.compile(r"answer\s*:\s*\$?\(?\s*([A-Za-z])\s*\)?\$?(?![A-Za-z])", re.IGNORECASE)
 _CODE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -48,14 +48,16 @@ def final_answer(completion: str) -> str:
   if boxed is not None:
     return boxed.strip()
   found = list(_ANSWER.finditer(completion))
-  if found:
-    return found[-1].group(1).strip()
+  if found:  # the rest of the last `Answer:`'s line, else the next non-blank line
+    rest = [line.strip() for line in completion[found[-1].end():].splitlines()]
+    return next((line for line in rest if line), "")
   lines = [line for line in completion.strip().splitlines() if line.strip()]
   return lines[-1].strip() if lines else ""
 
 
-def _words(text: str) -> str:
-  return " ".join(text.lower().split()).rstrip(".")
+def words(text: str) -> str:
+  """Lower case, single spaces, no punctuation or `$` at either end ("Answer:: Even." -> "even")."""
+  return " ".join(text.lower().split()).strip(" .,:;!?$")
 
 
 def _tex_fractions(text: str) -> str:
@@ -68,7 +70,7 @@ def check_final_answer(expected: str, completion: str) -> bool:
   given = _tex_fractions(final_answer(completion))
   want = numbers(expected)
   if not want:
-    return bool(_words(expected)) and _words(given) == _words(expected)
+    return bool(words(expected)) and words(given) == words(expected)
   try:
     got = numbers(given)
   except (ValueError, ZeroDivisionError):  # e.g. "1/0"

@@ -52,8 +52,7 @@ def normalize(completion: str, kind: str = "final_answer") -> str | None:
     return None
   if values:
     return " ".join(str(v) for v in values)
-  words = " ".join(answer.lower().split()).rstrip(".")
-  return words or None
+  return oracles.words(answer) or None
 
 
 def vote(answers: list[str | None], *, max_share: float = 1.0, min_share: float = 0.0) -> tuple[str | None, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+from phi4_jax.posttrain import stages as data_stages
 from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
 
@@ -22,12 +23,14 @@ HELDOUT = "heldout.json"
 def write(config, workdir: str, stages: list[tuple], evaluate: bool = True) -> str:
   """Writes the report files of a finished (or interrupted) recipe; returns the text to print."""
   stage_rows = [(name, read_metrics(stage_dir)) for name, _, stage_dir in stages]
+  made = {name: _read_json(os.path.join(stage_dir, data_stages.SUMMARY)) for name, stage, stage_dir in stages
+          if data_stages.is_generation(stage)}
   heldout = heldout_rewards(config, stages, _read_json(workdir_lib.path(workdir, HELDOUT))) if evaluate else {}
   if heldout:
     with open(workdir_lib.path(workdir, HELDOUT), "w") as f:
       json.dump(heldout, f, indent=1)
   write_curves(workdir, stage_rows)
-  text = summary_table(stage_rows, heldout)
+  text = summary_table(stage_rows, heldout, made)
   if evaluate and config.get("sample_prompts"):
     text += "\n" + write_samples(workdir, stages[-1], config.sample_prompts, config.get("sample_tokens", 24))
   return text
@@ -51,7 +54,7 @@ def heldout_rewards(config, stages: list[tuple], known: dict | None = None) -> d
   pairs, out = None, {}
   for name, stage, stage_dir in stages:
     step = checkpoint.latest_step(stage_dir)
-    if stage.objective != "dpo" or step is None:
+    if stage.get("objective") != "dpo" or step is None:
       continue
     if (known or {}).get(name, {}).get("step") == step:
       out[name] = known[name]
@@ -63,11 +66,27 @@ def heldout_rewards(config, stages: list[tuple], known: dict | None = None) -> d
   return out
 
 
-def summary_table(stage_rows: list[tuple[str, list[dict]]], heldout: dict | None = None) -> str:
-  """A Markdown table: one row per stage with steps, first and last loss, tokens/s and notes."""
+def data_note(summary: dict) -> str:
+  """What a data stage made, for the report's notes column."""
+  if not summary:
+    return "not run"
+  if "searched" in summary:
+    return (f"searched {summary['searched']} of {summary['questions']} questions, "
+            f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs")
+  return (f"{summary['pairs']} pairs from {summary['prompts']} prompts ({summary['accuracy_pairs']} by "
+          f"accuracy, {summary['overall_pairs']} overall), {summary['dropped_responses']} responses dropped")
+
+
+def summary_table(stage_rows: list[tuple[str, list[dict]]], heldout: dict | None = None,
+                  made: dict | None = None) -> str:
+  """A Markdown table: one row per stage with steps, first and last loss, tokens/s and notes (what
+  a data stage of `made` produced)."""
   lines = ["| stage | steps | first loss | final loss | tokens/s (median) | notes |",
            "|---|---|---|---|---|---|"]
   for name, rows in stage_rows:
+    if made is not None and name in made:
+      lines.append(f"| {name} | - | - | - | - | {data_note(made[name])} |")
+      continue
     if not rows:
       lines.append(f"| {name} | 0 | - | - | - | |")
       continue

@@ -1,0 +1,33 @@
+"""Pivotal Token Search (docs/RECIPE.md, "Pivotal Token Search"): DPO pairs of single tokens from
+the SFT model's rollouts, for the first DPO stage.
+
+colab searches the embedded parity family ("What is the remainder of N divided by 2?"), which the
+colab SFT model answers in the right form but right only part of the time, so that the digit after
+"Final answer:" is pivotal; 1b the embedded math exercises and parity questions; phi4_14b
+$PHI4_DATA/pts/questions.jsonl (oracles.py's records: final answers, multiple choice, Python tests).
+
+  python -m phi4_jax.main --config=experiments/pts.py:colab --workdir=W --config.init_from=SFT_W
+"""
+
+from phi4_jax.posttrain import stages
+
+# preset -> questions, how many, rollouts per prefix, tokens per rollout, temperature, questions per round
+PRESETS = {
+    "test": dict(questions="corpus:parity", num=4, rollouts=8, tokens=8, temperature=0.5, per_round=4),
+    "colab": dict(questions="corpus:parity", num=16, rollouts=16, tokens=8, temperature=0.5, per_round=16),
+    "1b": dict(questions="corpus:mixed", num=4_000, rollouts=64, tokens=512, temperature=1.0, per_round=16),
+    "phi4_14b": dict(questions="$PHI4_DATA/pts/questions.jsonl", num=0, rollouts=64, tokens=2_048,
+                     temperature=1.0, per_round=32),
+}
+
+
+def get_config(arg: str = "colab"):
+  if arg not in PRESETS:
+    raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(PRESETS)}")
+  p = PRESETS[arg]
+  c = stages.stage_fields("pts")
+  c.questions, c.num_questions = p["questions"], p["num"]
+  s = c.settings
+  s.num_rollouts, s.max_new_tokens, s.temperature = p["rollouts"], p["tokens"], p["temperature"]
+  s.questions_per_round = p["per_round"]
+  return c

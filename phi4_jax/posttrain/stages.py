@@ -1,0 +1,121 @@
+"""Data-making stages of a recipe: Pivotal Token Search and judge-guided pairs from a model.
+
+A stage config with `kind` "pts" or "judge" samples from its `init_from` model (a recipe fills it
+with the last training stage before it) and writes W/pairs.jsonl, which a later DPO stage reads
+through a source glob `stage:<name>` (train/recipe.py resolves it). W/summary.json marks the stage
+done; until then a rerun resumes from the tool's log (W/pairs.jsonl.log.jsonl).
+
+Questions (pts) and prompts (judge) come from a JSONL file or the embedded families:
+  corpus:parity        "What is the remainder of N divided by 2?" (synthetic.parity_question, a
+                       seed no SFT record uses)
+  corpus:exercises     the synthetic math exercises (a seed no other stage uses)
+  corpus:mixed         both, alternating
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from phi4_jax import fields
+from phi4_jax.data import synthetic
+from phi4_jax.posttrain import judge, pts
+from phi4_jax.posttrain.questions import read_questions
+from phi4_jax.posttrain.rollouts import Roller
+
+KINDS = ("pts", "judge")
+PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
+EMBEDDED = ("corpus:parity", "corpus:exercises", "corpus:mixed")
+EXERCISE_SEED = 6  # the embedded exercises' seed here (0-5 are pretraining's, SFT's, DPO's, parity's)
+
+
+def stage_fields(kind: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.kind = kind  # "pts" or "judge"
+  c.stage = kind  # the stage's name in logs
+  c.init_from = ""  # the model's workdir (a recipe fills it)
+  c.init_step = -1  # its checkpoint step (-1 = latest)
+  c.questions = "corpus:parity"  # a JSONL file or an embedded family (see EMBEDDED)
+  c.num_questions = 0  # how many of them (0 = all of a file; required for an embedded family)
+  c.settings = pts.pts_fields() if kind == "pts" else judge.judge_fields()
+  if kind == "judge":
+    c.responders = ""  # responder specs (judge.policy) separated by ";"; "" = the init_from model
+    c.judge = "oracle"  # "oracle" or a judge spec
+  return c
+
+
+RULES = {"kind": fields.choice(KINDS), "stage": fields.string(), "init_from": fields.string(),
+         "init_step": fields.integer(-1), "questions": fields.string(), "num_questions": fields.integer(0),
+         "responders": fields.string(), "judge": fields.string()}
+
+
+def is_generation(config: ml_collections.ConfigDict) -> bool:
+  """A data stage (a stage config with a `kind`; training stages have none)."""
+  return "kind" in config
+
+
+def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
+  """Every field known and in range (before a recipe's first stage trains)."""
+  fields.check(config, {"kind": RULES["kind"]}, prefix)
+  fields.unknown(config.keys(), stage_fields(config.kind).keys(), prefix)
+  fields.check(config, RULES, prefix)
+  if config.kind == "pts":
+    pts.check_settings(config.settings, f"{prefix}.settings")
+  else:
+    fields.unknown(config.settings.keys(), judge.judge_fields().keys(), f"{prefix}.settings")
+    fields.check(config.settings, judge.RULES, f"{prefix}.settings")
+  if config.questions in EMBEDDED and config.num_questions < 1:
+    raise ValueError(f"{prefix}.num_questions: must be >= 1 for the embedded {config.questions}, got "
+                     f"{config.num_questions}")
+  if config.questions not in EMBEDDED and not config.questions.endswith(".jsonl"):
+    raise ValueError(f"{prefix}.questions: a .jsonl file or one of {', '.join(EMBEDDED)}, got "
+                     f"{config.questions!r}")
+
+
+def questions(spec: str, count: int) -> list[dict]:
+  """The stage's questions: an embedded family (`count` of them) or a JSONL file's (the first
+  `count`, 0 = all)."""
+  if spec in EMBEDDED:
+    parity = lambda i: synthetic.parity_question(i)
+    def exercise(i):
+      ex = synthetic.exercise(i, EXERCISE_SEED)
+      return {"id": f"exercise-{i:06d}", "question": ex["question"], "answer": ex["answer"]}
+    pick = {"corpus:parity": parity, "corpus:exercises": exercise,
+            "corpus:mixed": lambda i: (parity, exercise)[i % 2](i // 2)}[spec]
+    return [pick(i) for i in range(count)]
+  records = read_questions(os.path.expanduser(os.path.expandvars(spec)), need_answer=False)
+  return records[:count] if count else records
+
+
+def finished(stage_dir: str) -> bool:
+  return os.path.exists(os.path.join(stage_dir, SUMMARY))
+
+
+def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
+  """Makes W/pairs.jsonl from the init_from model, then W/summary.json; returns the summary."""
+  from phi4_jax import inference
+  validate(config)
+  if not config.init_from:
+    raise ValueError(f"config.init_from: stage {config.stage} needs a model to sample from")
+  os.makedirs(stage_dir, exist_ok=True)
+  step = None if config.init_step < 0 else config.init_step
+  cfg, params = inference.load(config.init_from, step)
+  records = questions(config.questions, config.num_questions)
+  out = os.path.join(stage_dir, PAIRS)
+  if config.kind == "pts":
+    summary = pts.run(Roller(params, cfg, config.settings), records, out, config.settings)
+  else:
+    specs = [s for s in config.responders.split(";") if s] if config.responders else []
+    responders = [judge.policy(s, config.settings) for s in specs] or [
+        judge.SamplerPolicy("policy", cfg, params, config.settings)]
+    judge_with = "oracle" if config.judge == "oracle" else judge.policy(config.judge, config.settings, "judge")
+    summary = judge.run(responders, judge_with, records, out, config.settings)
+  if not summary.get("pairs"):
+    raise ValueError(f"stage {config.stage}: no pairs from {len(records)} questions ({json.dumps(summary)}); "
+                     f"a DPO stage cannot train on {out}")
+  summary = {"stage": config.stage, "workdir": stage_dir, **summary}
+  with open(os.path.join(stage_dir, SUMMARY), "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary

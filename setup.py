@@ -33,7 +33,7 @@ setup(
     ],
     entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
-        "test": ["pytest>=8,<10", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
         # benchmarks/decode_throughput.py: Tunix's sampler and transformers' generate as baselines;
         # benchmarks/dpo_throughput.py: TRL's DPOTrainer (Tunix pins its own transformers: install
         # into a separate venv, benchmarks/README.md)

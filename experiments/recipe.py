@@ -42,6 +42,7 @@ def get_config(arg: str = "colab"):
   c.sample_tokens = 24  # new tokens per sample
   if arg == "colab":  # pairs no stage trains on, for the DPO stages' held-out rewards
     c.dpo_heldout = ml_collections.ConfigDict(data_config.embedded_dpo_sources(heldout=True))
+    c.dpo_heldout_pairs = 100  # the first 100 of them (0 = all)
   for stage in ("pretrain", "midtrain", "sft") + (("dpo",) if arg == "test" else ("pts", "judge")):
     c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")
   if arg != "test":

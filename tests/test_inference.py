@@ -251,3 +251,20 @@ def test_packing_is_first_fit_decreasing_and_never_overflows():
   assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
   assert all(sum(lengths[i] for i in r) <= 32 for r in rows)
   assert len(rows) == 4  # 102 tokens need at least 4 rows of 32
+
+
+def test_inverse_cdf_draws_each_token_by_its_probability_and_never_a_masked_one():
+
+  from phi4_jax.inference.sampling import BLOCK, inverse_cdf
+  rng = np.random.default_rng(0)
+  V, n = 2 * BLOCK + 300, 20_000  # three blocks, the last one padded
+  logits = rng.normal(size=V).astype(np.float32) * 2
+  logits[rng.choice(V, 500, replace=False)] = -np.inf
+  logits[BLOCK - 1], logits[BLOCK] = 6.0, 6.0  # mass on both sides of a block boundary
+  u = (np.arange(n) + 0.5) / n  # an even grid of uniforms: counts must be n * p to within one
+  tokens = np.asarray(inverse_cdf(jnp.asarray(np.tile(logits, (n, 1))), jnp.asarray(u, jnp.float32)))
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  counts = np.bincount(tokens, minlength=V)
+  assert np.abs(counts - n * p).max() <= 1.5
+  assert counts[np.isneginf(logits)].sum() == 0

@@ -47,9 +47,11 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
   assert len(pairs) == pts["pairs"] and all(len(p["chosen_ids"]) == len(p["rejected_ids"]) == 1 for p in pairs)
   assert all(p["chosen_ids"] != p["rejected_ids"] and abs(p["p_after"] - p["p_before"]) >= 0.2 - 1e-9 for p in pairs)
   # Both DPO stages trained on their stage's pairs (half of each batch) from their reference.
+  # (Each starts at exactly ln 2, test_posttrain_stages.py checks; a row is a 4-step mean.)
   for rows, made in ((dpo_pts, "pts"), (dpo_judge, "judge")):
     assert made in rows[-1]["loss_per_source"], rows[-1]
-    assert abs(rows[0]["loss"] - math.log(2)) < 0.05  # the mean of the first 4 steps, near ln 2
+    assert rows[0]["loss"] < math.log(2) + 0.02
+  assert dpo_judge[-1]["loss"] < math.log(2) - 0.05  # the judge's pairs are learned
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
   assert judge["pairs"] >= 1 and judge["prompts"] == 16, judge
   heldout = json.loads((workdir / "heldout.json").read_text())

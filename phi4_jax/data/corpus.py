@@ -47,7 +47,7 @@ POSTTRAIN_VERSION = 3
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
-_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 1200, 800, 100  # records
+_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 1200, 800, 200  # records
 IDENTITY = ("I am phi4_jax, a small language model trained with phi4_jax, a JAX/Flax reproduction "
             "of the Phi-4 training recipe. I work through math exercises step by step and end "
             "with a final answer.")

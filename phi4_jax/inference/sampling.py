@@ -47,10 +47,35 @@ def filter_logits(logits_BxV: jax.Array, sampler: Sampler, top_p: jax.Array) -> 
   return logits_BxV
 
 
+BLOCK = 1024  # inverse-CDF sampling picks a block of this many tokens by mass, then a token in it
+
+
+def inverse_cdf(logits_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
+  """int32 [B]: the token whose cumulative probability interval holds (1 - u) of each row's mass
+  (u in [0, 1)): an exact draw from softmax(logits), -inf logits never chosen. Two levels (block
+  sums, then one block's prefix sums) so that a row costs one exp pass and one sum over the
+  vocabulary instead of a random number per token (JAX's categorical)."""
+  B, V = logits_BxV.shape
+  nb = -(-V // BLOCK)
+  p_BxV = jnp.exp(logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True))
+  p_BxNxK = jnp.pad(p_BxV, ((0, 0), (0, nb * BLOCK - V))).reshape(B, nb, BLOCK)
+  block_cdf_BxN = jnp.cumsum(p_BxNxK.sum(-1), axis=-1)
+  target_B = (1.0 - uniform_B) * block_cdf_BxN[:, -1]  # in (0, total]
+  block_B = jnp.minimum(jnp.sum(block_cdf_BxN < target_B[:, None], axis=-1), nb - 1)
+  before_B = jnp.where(block_B > 0, jnp.take_along_axis(
+      block_cdf_BxN, jnp.maximum(block_B - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+  inner_BxK = jnp.take_along_axis(p_BxNxK, block_B[:, None, None], axis=1)[:, 0]
+  cdf_BxK = jnp.cumsum(inner_BxK, axis=-1) + before_B[:, None]
+  last_B = BLOCK - 1 - jnp.argmax((inner_BxK > 0)[:, ::-1], axis=-1)  # (rounding never picks p = 0)
+  index_B = jnp.minimum(jnp.sum(cdf_BxK < target_B[:, None], axis=-1), last_B)
+  return (block_B * BLOCK + index_B).astype(jnp.int32)
+
+
 def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampler: Sampler, temperature: jax.Array,
            top_p: jax.Array) -> jax.Array:
   """int32 [B]: the next token of every row."""
   if sampler.greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits_BxV = filter_logits(logits_BxV / temperature, sampler, top_p)
-  return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
+  uniform_B = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(keys_B)
+  return inverse_cdf(logits_BxV.astype(jnp.float32), uniform_B)

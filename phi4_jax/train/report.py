@@ -45,8 +45,9 @@ def _read_json(path: str) -> dict:
 
 
 def heldout_rewards(config, stages: list[tuple], known: dict | None = None) -> dict[str, dict]:
-  """{dpo stage: its reward accuracy and margin on config.dpo_heldout} for every DPO stage with a
-  checkpoint; `known` (the last report's) is reused for a stage whose checkpoint has not changed."""
+  """{dpo stage: its reward accuracy and margin on config.dpo_heldout (the first
+  config.dpo_heldout_pairs of them; 0 = all)} for every DPO stage with a checkpoint; `known` (the
+  last report's) is reused for a stage whose checkpoint has not changed."""
   if not config.get("dpo_heldout"):
     return {}
   from phi4_jax.posttrain import dpo
@@ -59,7 +60,8 @@ def heldout_rewards(config, stages: list[tuple], known: dict | None = None) -> d
     if (known or {}).get(name, {}).get("step") == step:
       out[name] = known[name]
       continue
-    pairs = pairs if pairs is not None else dpo.read_pairs(config.dpo_heldout, stage.data.cache_dir)
+    if pairs is None:
+      pairs = dpo.read_pairs(config.dpo_heldout, stage.data.cache_dir)[:config.get("dpo_heldout_pairs", 0) or None]
     cfg, policy = workdir_lib.restore_params(stage_dir)
     _, reference = workdir_lib.restore_params(stage.init_from, cfg=cfg)
     out[name] = {"step": step, **dpo.heldout_rewards(policy, reference, cfg, pairs, stage.dpo.beta)}

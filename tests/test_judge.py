@@ -61,6 +61,8 @@ def test_client_retries_a_500_a_timeout_and_a_malformed_body(openai_server, monk
 def test_endpoint_specs_are_checked():
   with pytest.raises(ValueError, match="needs model=NAME"):
     Endpoint.parse("http://h/v1")
+  with pytest.raises(ValueError, match="retries must be >= 0"):
+    Endpoint.parse("http://h/v1,model=x,retries=-1")
   with pytest.raises(ValueError, match="unknown option 'modle=x'"):
     Endpoint.parse("http://h/v1,modle=x")
   with pytest.raises(ValueError, match="expected workdir:PATH, hf:PATH or http"):

@@ -91,6 +91,9 @@ def test_sandbox_contains_a_loop_a_fork_bomb_memory_network_and_writes(tmp_path)
       "write /etc": (f"open('/etc/{marker}', 'w').write('x')", "error: OSError"),
       "write here": (f"open({str(tmp_path / marker)!r}, 'w').write('x')", "error:"),
       "escape by setsid": ("import os, time\nif os.fork() == 0:\n  os.setsid()\n  time.sleep(600)", "ok"),
+      "shared memory": (f"open('/dev/shm/{marker}', 'w').write('x')", "ok"),  # its own, not the host's
+      "fill the scratch": ("for i in range(8):\n  open(f'/tmp/f{i}', 'wb').write(bytes(60 * 2**20))",
+                           "error: OSError"),  # 256 MB of tmpfs, then no space
   }
   for name, (program, reason) in cases.items():
     result = oracles.run_python(program, timeout_s=2.0, memory_mb=512)
@@ -100,6 +103,7 @@ def test_sandbox_contains_a_loop_a_fork_bomb_memory_network_and_writes(tmp_path)
   with pytest.raises(socket.timeout):
     server.accept()  # nothing connected
   assert not os.path.exists(f"/etc/{marker}") and not (tmp_path / marker).exists()
+  assert not os.path.exists(f"/dev/shm/{marker}")
   assert _processes_of_other_uids() == 0  # nothing left behind (the setsid sleeper included)
 
 

@@ -8,6 +8,7 @@ from phi4_jax.posttrain.rollouts import TOKENIZER
 
 def test_normalize_by_value_words_and_letters():
   assert plurality.normalize("so... Final answer: 0.5") == plurality.normalize("\\boxed{1/2}") == "1/2"
+  assert plurality.normalize("\\boxed{\\frac{1}{2}}") == "1/2"
   assert plurality.normalize("Answer: x = 3 or x = -4") == "3 -4"
   assert plurality.normalize("Answer:  Paris.") == "paris"
   assert plurality.normalize("Answer: (c)", "multiple_choice") == "C"

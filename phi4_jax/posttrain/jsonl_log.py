@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 
-def read(path: str, key: str) -> dict[object, dict]:
+def read(path: str, key: str, repair: bool = True) -> dict[object, dict]:
   """{record[key]: record} of the complete lines of `path` (none if it does not exist). A last line
-  cut short by a kill is removed from the file."""
+  cut short by a kill is removed from the file (repair=False: only ignored, for another process's
+  log, which may be mid-append)."""
   if not os.path.exists(path):
     return {}
   with open(path, "rb") as f:
     data = f.read()
-  if data and not data.endswith(b"\n"):
+  if repair and data and not data.endswith(b"\n"):
     with open(path, "wb") as f:
       f.write(data[:data.rfind(b"\n") + 1])
   records = {}
-  for line in data.splitlines():
+  for line in (data if data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]).splitlines():
     try:
       record = json.loads(line)
       records[record[key]] = record
@@ -42,7 +44,7 @@ def append(path: str, records: list[dict]) -> None:
 
 def write_atomic(path: str, records: list[dict]) -> None:
   """Replace `path` by these records in one rename (readers never see half a file)."""
-  tmp = f"{path}.tmp{os.getpid()}"
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write("".join(json.dumps(r) + "\n" for r in records))
     f.flush()

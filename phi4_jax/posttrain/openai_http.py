@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import http.client
 import json
 import os
 import socket
@@ -47,7 +48,10 @@ class Endpoint:
       kwargs[key] = {"timeout_s": float, "backoff_s": float, "retries": int}.get(key, str)(value)
     if "model" not in kwargs:
       raise ValueError(f"{spec!r}: needs model=NAME")
-    return cls(url.rstrip("/"), **{**kwargs, **overrides})
+    endpoint = cls(url.rstrip("/"), **{**kwargs, **overrides})
+    if endpoint.retries < 0 or not endpoint.timeout_s > 0 or endpoint.backoff_s < 0:
+      raise ValueError(f"{spec!r}: retries must be >= 0, timeout_s > 0 and backoff_s >= 0")
+    return endpoint
 
   def _request(self, body: dict) -> dict:
     headers = {"Content-Type": "application/json"}
@@ -74,7 +78,8 @@ class Endpoint:
         last = f"HTTP {e.code}"
         if e.code != 429 and e.code < 500:
           break
-      except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+      except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+              http.client.HTTPException) as e:
         last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
       except (ValueError, KeyError, IndexError, TypeError) as e:
         last = f"malformed body: {type(e).__name__}"

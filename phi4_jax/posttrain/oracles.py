@@ -22,7 +22,7 @@ from phi4_jax.data.synthetic import numbers
 from phi4_jax.posttrain.sandbox import Result, SandboxUnavailable, run_python
 
 __all__ = ["KINDS", "Result", "SandboxUnavailable", "check", "check_choice", "check_final_answer",
-           "check_python", "choice_letter", "final_answer", "run_python", "words"]
+           "check_python", "choice_letter", "final_answer", "plain_fractions", "run_python", "words"]
 
 KINDS = ("final_answer", "multiple_choice", "python")
 _ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
@@ -60,14 +60,15 @@ def words(text: str) -> str:
   return " ".join(text.lower().split()).strip(" .,:;!?$")
 
 
-def _tex_fractions(text: str) -> str:
+def plain_fractions(text: str) -> str:
+  """TeX fractions as p/q (`\\frac{1}{2}` -> 1/2)."""
   return re.sub(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", text)
 
 
 def check_final_answer(expected: str, completion: str) -> bool:
   """True when the completion's final answer states `expected`'s numbers in order (all of them,
   by value), or its words when `expected` has none."""
-  given = _tex_fractions(final_answer(completion))
+  given = plain_fractions(final_answer(completion))
   want = numbers(expected)
   if not want:
     return bool(words(expected)) and words(given) == words(expected)

@@ -45,7 +45,7 @@ def normalize(completion: str, kind: str = "final_answer") -> str | None:
   """The comparable form of a completion's answer, or None when it states none."""
   if kind == "multiple_choice":
     return oracles.choice_letter(completion)
-  answer = oracles.final_answer(completion)
+  answer = oracles.plain_fractions(oracles.final_answer(completion))
   try:
     values = numbers(answer)
   except (ValueError, ZeroDivisionError):

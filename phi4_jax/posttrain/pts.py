@@ -32,7 +32,7 @@ from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
 from phi4_jax.posttrain.rollouts import PrefixStats, Roller
 
-__all__ = ["Pivot", "pts_fields", "read_questions", "run", "search", "split_point", "subdivide"]
+__all__ = ["Pivot", "merge", "pts_fields", "read_questions", "run", "search", "split_point", "subdivide"]
 
 
 def pts_fields() -> ml_collections.ConfigDict:
@@ -119,15 +119,19 @@ def _pairs(q: _Question, found) -> tuple[list[dict], list[dict]]:
   return pivots, pairs
 
 
-def _merge(out: str, questions: list[dict], process_count: int) -> bool:
-  """Writes OUT's pairs, in question order, once every process's log holds all its questions."""
+def merge(out: str, questions: list[dict], process_count: int) -> dict | None:
+  """Once every process's log holds all its questions: writes OUT's pairs in question order and
+  returns the counts (questions, searched, pivots, pairs); None until then."""
   logged = {}
   for index in range(process_count):
-    logged.update(jsonl_log.read(jsonl_log.part_path(out + ".log.jsonl", index, process_count), "question_id"))
+    logged.update(jsonl_log.read(jsonl_log.part_path(out + ".log.jsonl", index, process_count), "question_id",
+                                 repair=False))
   if any(q["id"] not in logged for q in questions):
-    return False
-  jsonl_log.write_atomic(out, [pair for q in questions for pair in logged[q["id"]]["pairs"]])
-  return True
+    return None
+  results = [logged[q["id"]] for q in questions]
+  jsonl_log.write_atomic(out, [pair for r in results for pair in r["pairs"]])
+  return {"questions": len(results), "searched": sum(r["searched"] for r in results),
+          "pivots": sum(len(r["pivots"]) for r in results), "pairs": sum(len(r["pairs"]) for r in results)}
 
 
 def run(roller: Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
@@ -154,7 +158,7 @@ def run(roller: Roller, questions: list[dict], out: str, settings: ml_collection
   return {"questions": len(mine), "searched": sum(r["searched"] for r in logged),
           "pivots": sum(len(r["pivots"]) for r in logged), "pairs": sum(len(r["pairs"]) for r in logged),
           "rollouts": roller.rollouts, "seconds": time.monotonic() - start,
-          "merged": _merge(out, questions, process_count)}
+          "merged": merge(out, questions, process_count) is not None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

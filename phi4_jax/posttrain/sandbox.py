@@ -1,7 +1,7 @@
 """`run_python`: a model-written program run in a sandboxed subprocess, never in-process.
 
-The program gets its own empty directory (its /tmp), a clean environment, no network, a read-only
-view of everything else, limits on wall-clock and CPU time, address space, processes and file
+The program gets its own empty /tmp (a size-limited tmpfs, also its /var/tmp and /dev/shm), a clean
+environment, no network, a read-only view of everything else, limits on wall-clock and CPU time, address space, processes and file
 size, and, when we are root (as on CI), a fresh unprivileged uid so that the limits and the file
 system's permissions hold. On timeout its process group and every process of its uid are killed:
 nothing is left behind. sandbox_child.py does the confining; this side supervises.
@@ -43,10 +43,10 @@ class Result:
 def _reason(returncode: int, timed_out: bool, stderr: str) -> str:
   if timed_out or returncode == -signal.SIGXCPU:
     return "timeout"
-  if "MemoryError" in stderr:
-    return "memory"
   if returncode == 0:
     return "ok"
+  if "MemoryError" in stderr:
+    return "memory"
   if returncode < 0:
     return "killed"
   lines = [line for line in stderr.splitlines() if line.strip()]

@@ -5,12 +5,14 @@ standard library only, single-threaded), confines itself, then execs the program
   python -I -S sandbox_child.py kill UID                      (root: SIGKILL every process of UID)
 
 Confinement, each step where the kernel allows it:
-  1. new mount and network namespaces (root, or as root of a new user namespace otherwise): no
-     network interface but a down loopback; DIR bound over /tmp, /var/tmp and /dev/shm; every
-     other mount remounted read-only;
+  1. new mount, network, PID and IPC namespaces (root, or as root of a new user namespace
+     otherwise): no network interface but a down loopback; every mount remounted read-only (its
+     other flags kept); a fresh SCRATCH_MB tmpfs holding program.py as /tmp, /var/tmp and /dev/shm;
   2. resource limits: address space, CPU seconds, processes (per uid), file size, open files, no
      core dumps;
-  3. as root: all groups dropped, then uid and gid set to UID (which owns DIR and nothing else).
+  3. as root: all groups dropped, then uid and gid set to UID (which owns nothing else); otherwise
+     a nested user namespace, so that the read-only mounts are locked; no new privileges; killed
+     when its runner dies.
 Without a network namespace, sockets are refused inside the interpreter instead (a weaker guard).
 Exit 97 with a line on stderr: no confinement of the file system was possible (not root and no
 user namespace); the program is then not run at all.
@@ -22,11 +24,16 @@ import resource
 import signal
 import sys
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+# statvfs flags a read-only remount must keep (the kernel refuses to clear locked ones): ST_ -> MS_
+KEPT_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: 1024, 2048: 2048, 4096: 1 << 21}
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+SCRATCH_MB = 256  # the program's /tmp: a tmpfs this large (nothing it writes reaches a disk)
 UNAVAILABLE = 97  # exit status: no sandbox could be set up, nothing was run
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # kernel interfaces: left as they are (root-only writes)
-SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # where programs expect to write: the sandbox dir
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # where programs expect to write: one private tmpfs
 NO_SOCKETS = """import socket, runpy
 def _refused(*args, **kwargs):
   raise PermissionError("network access is disabled in the sandbox")
@@ -37,15 +44,14 @@ runpy.run_path("program.py", run_name="__main__")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(source, target, flags) -> bool:
+def _mount(source, target, flags, fstype=None, data=None) -> bool:
   enc = lambda s: None if s is None else s.encode()
-  fstype = b"tmpfs" if source == "tmpfs" else None
-  return _libc.mount(enc(source), enc(target), fstype, flags, None) == 0
+  return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
 
 
 def _enter_user_namespace() -> bool:
   uid, gid = os.getuid(), os.getgid()
-  if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID) != 0:
+  if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC) != 0:
     return False
   for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
     with open(f"/proc/self/{name}", "w") as f:
@@ -73,7 +79,7 @@ def _expose_interpreter(sandbox_dir: str) -> None:
   stash = os.path.join(sandbox_dir, ".python")
   os.mkdir(stash, 0o755)
   _mount(prefix, stash, MS_BIND | MS_REC)
-  _mount("tmpfs", blocker, 0)
+  _mount("tmpfs", blocker, 0, "tmpfs")
   os.makedirs(prefix, 0o755, exist_ok=True)
   for d in range(len(blocker), len(prefix) + 1):  # the recreated path: enterable by anyone
     if d == len(prefix) or prefix[d] == "/":
@@ -83,18 +89,32 @@ def _expose_interpreter(sandbox_dir: str) -> None:
   os.rmdir(stash)
 
 
-def _confine_mounts(sandbox_dir: str) -> None:
+def _confine_mounts(sandbox_dir: str, uid: int | None) -> None:
+  """Every mount read-only (its other flags kept), then a fresh size-limited tmpfs as /tmp,
+  /var/tmp and /dev/shm holding program.py; exits UNAVAILABLE when the scratch cannot be set up."""
   _mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here propagates to the host
   _expose_interpreter(sandbox_dir)
+  with open(os.path.join(sandbox_dir, "program.py"), "rb") as f:
+    program = f.read()
   with open("/proc/self/mounts") as f:
     targets = [line.split()[1].replace("\\040", " ") for line in f]
-  for target in SCRATCH:
-    if os.path.isdir(target):
-      _mount(sandbox_dir, target, MS_BIND)
   for target in sorted(set(targets)):
-    if target in SCRATCH or any(target == p or target.startswith(p + "/") for p in PSEUDO_FS):
+    if any(target == p or target.startswith(p + "/") for p in PSEUDO_FS):
       continue
-    _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    try:
+      kept = sum(ms for st, ms in KEPT_FLAGS.items() if os.statvfs(target).f_flag & st)
+    except OSError:
+      continue
+    _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+  if not _mount("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "tmpfs", f"size={SCRATCH_MB}m,mode=1777"):
+    _unavailable("cannot mount a tmpfs on /tmp")
+  for target in SCRATCH[1:]:
+    if os.path.isdir(target) and not _mount("/tmp", target, MS_BIND):
+      _unavailable(f"cannot bind the scratch tmpfs over {target}")
+  with open("/tmp/program.py", "wb") as f:
+    f.write(program)
+  if uid is not None:
+    os.chown("/tmp/program.py", uid, uid)
 
 
 def _limit(cpu_s: int, memory_mb: int) -> None:
@@ -112,6 +132,10 @@ def _exec_program(sandbox_dir: str, isolated: bool, root: bool, uid: int, cpu_s:
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+  elif isolated:  # a nested user namespace: the mounts above become locked, read-only for good
+    _libc.unshare(CLONE_NEWUSER)
+  _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+  _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # (after setuid, which clears it)
   python = os.path.join(sys.base_prefix, "bin", os.path.basename(os.path.realpath(sys.executable)))
   argv = [python, "-I", "program.py"] if isolated else [python, "-I", "-c", NO_SOCKETS]
   home = "/tmp" if isolated else sandbox_dir
@@ -128,12 +152,12 @@ def run(sandbox_dir: str, uid: int, cpu_s: int, memory_mb: int) -> None:
   """Confine, then run the program as the first process of a new PID namespace: when it exits
   (or is killed) the kernel kills and reaps everything it started. Exits as the program did."""
   root = os.getuid() == 0
-  flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+  flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
   isolated = (_libc.unshare(flags) == 0) if root else _enter_user_namespace()
   if not isolated and not root:
     _unavailable("not root and no user namespace (cannot confine the file system)")
   if isolated:
-    _confine_mounts(sandbox_dir)
+    _confine_mounts(sandbox_dir, uid if root else None)
   elif _blocking_ancestor(sys.base_prefix):
     _unavailable(f"no mount namespace, and the interpreter under {_blocking_ancestor(sys.base_prefix)} "
                  "cannot be run by an unprivileged user")

@@ -74,9 +74,9 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
                      f"{config.questions!r}")
 
 
-def questions(spec: str, count: int) -> list[dict]:
+def questions(spec: str, count: int, need_answer: bool = True) -> list[dict]:
   """The stage's questions: an embedded family (`count` of them) or a JSONL file's (the first
-  `count`, 0 = all)."""
+  `count`, 0 = all; each with its ground truth unless need_answer=False, as a judge's prompts)."""
   if spec in EMBEDDED:
     parity = lambda i: synthetic.parity_question(i)
     def exercise(i):
@@ -85,7 +85,7 @@ def questions(spec: str, count: int) -> list[dict]:
     pick = {"corpus:parity": parity, "corpus:exercises": exercise,
             "corpus:mixed": lambda i: (parity, exercise)[i % 2](i // 2)}[spec]
     return [pick(i) for i in range(count)]
-  records = read_questions(os.path.expanduser(os.path.expandvars(spec)), need_answer=False)
+  records = read_questions(os.path.expanduser(os.path.expandvars(spec)), need_answer=need_answer)
   return records[:count] if count else records
 
 
@@ -93,8 +93,19 @@ def finished(stage_dir: str) -> bool:
   return os.path.exists(os.path.join(stage_dir, SUMMARY))
 
 
+def _barrier(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
-  """Makes W/pairs.jsonl from the init_from model, then W/summary.json; returns the summary."""
+  """Makes W/pairs.jsonl from the init_from model, then W/summary.json; returns the summary. With
+  several processes, PTS shares the questions out (each its own log, merged by process 0) and
+  the judge runs on process 0; all return once the pairs file is written."""
+  import jax
+
   from phi4_jax import inference
   validate(config)
   if not config.init_from:
@@ -102,20 +113,27 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
   os.makedirs(stage_dir, exist_ok=True)
   step = None if config.init_step < 0 else config.init_step
   cfg, params = inference.load(config.init_from, step)
-  records = questions(config.questions, config.num_questions)
-  out = os.path.join(stage_dir, PAIRS)
+  records = questions(config.questions, config.num_questions, need_answer=config.kind == "pts")
+  out, index, count = os.path.join(stage_dir, PAIRS), jax.process_index(), jax.process_count()
+  summary = None
   if config.kind == "pts":
-    summary = pts.run(Roller(params, cfg, config.settings), records, out, config.settings)
-  else:
+    pts.run(Roller(params, cfg, config.settings), records, out, config.settings, index, count)
+    _barrier(f"{config.stage}: searched")
+    if index == 0:
+      summary = pts.merge(out, records, count)
+  elif index == 0:
     specs = [s for s in config.responders.split(";") if s] if config.responders else []
     responders = [judge.policy(s, config.settings) for s in specs] or [
         judge.SamplerPolicy("policy", cfg, params, config.settings)]
     judge_with = "oracle" if config.judge == "oracle" else judge.policy(config.judge, config.settings, "judge")
     summary = judge.run(responders, judge_with, records, out, config.settings)
-  if not summary.get("pairs"):
-    raise ValueError(f"stage {config.stage}: no pairs from {len(records)} questions ({json.dumps(summary)}); "
-                     f"a DPO stage cannot train on {out}")
-  summary = {"stage": config.stage, "workdir": stage_dir, **summary}
-  with open(os.path.join(stage_dir, SUMMARY), "w") as f:
-    json.dump(summary, f, indent=1)
-  return summary
+  if summary is not None:
+    if not summary.get("pairs"):
+      raise ValueError(f"stage {config.stage}: no pairs from {len(records)} questions "
+                       f"({json.dumps(summary)}); a DPO stage cannot train on {out}")
+    summary = {"stage": config.stage, "workdir": stage_dir, **summary}
+    with open(os.path.join(stage_dir, SUMMARY), "w") as f:
+      json.dump(summary, f, indent=1)
+  _barrier(f"{config.stage}: done")
+  with open(os.path.join(stage_dir, SUMMARY)) as f:
+    return json.load(f)

@@ -32,7 +32,8 @@ def write(config, workdir: str, stages: list[tuple], evaluate: bool = True) -> s
   write_curves(workdir, stage_rows)
   text = summary_table(stage_rows, heldout, made)
   if evaluate and config.get("sample_prompts"):
-    text += "\n" + write_samples(workdir, stages[-1], config.sample_prompts, config.get("sample_tokens", 24))
+    trained = [s for s in stages if not data_stages.is_generation(s[1])]
+    text += "\n" + write_samples(workdir, trained[-1], config.sample_prompts, config.get("sample_tokens", 24))
   return text
 
 

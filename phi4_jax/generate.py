@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from phi4_jax.flags import add_model_flags
 from phi4_jax.posttrain import jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
@@ -68,18 +69,7 @@ def stream_to_terminal(params, cfg, ids: list[int], args, out=None) -> list[int]
 
 
 def read_prompts(path: str, chat: bool) -> list[list[int]]:
-  prompts = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{path}:{n}: expected a JSON object")
-      prompts.append(prompt_ids(record, chat, f"{path}:{n}"))
+  prompts = [prompt_ids(record, chat, f"{path}:{n}") for n, record in jsonl_log.objects(path)]
   if not prompts:
     raise ValueError(f"{path}: no prompts")
   return prompts
@@ -108,10 +98,7 @@ def run_file(params, cfg, args) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m phi4_jax.generate", description=__doc__.split("\n")[0])
-  source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="a stage's workdir (its latest checkpoint, or --step)")
-  source.add_argument("--hf_dir", help="a Hugging Face Phi3ForCausalLM folder")
-  p.add_argument("--step", type=int, default=None)
+  add_model_flags(p)
   what = p.add_mutually_exclusive_group(required=True)
   what.add_argument("--prompt", help="one prompt, streamed to the terminal")
   what.add_argument("--prompts_file", help="JSONL of prompts (needs --output)")

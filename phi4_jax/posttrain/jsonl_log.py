@@ -32,6 +32,22 @@ def read(path: str, key: str, repair: bool = True) -> dict[object, dict]:
   return records
 
 
+def objects(path: str):
+  """(line number, object) of each non-blank line of a JSONL input file; ValueError naming
+  `path:line` for a line that is not a JSON object."""
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{n}: expected a JSON object")
+      yield n, record
+
+
 def append(path: str, records: list[dict]) -> None:
   """Append records (one line each) and sync them to disk."""
   if not records:

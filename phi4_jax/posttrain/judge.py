@@ -28,7 +28,7 @@ import zlib
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import fields, flags
 from phi4_jax.posttrain import jsonl_log, rollouts
 from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
 from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
@@ -189,10 +189,9 @@ def main(argv=None) -> None:
   p.add_argument("--responder", action="append", required=True,
                  help="workdir:PATH, hf:PATH or http(s)://URL,model=NAME (repeatable)")
   p.add_argument("--judge", default="oracle", help="oracle (rule-based), workdir:PATH, hf:PATH or an endpoint")
-  for name, value in judge_fields().items():
-    p.add_argument(f"--{name}", type=type(value), default=value)
+  flags.add_settings_flags(p, judge_fields())
   args = p.parse_args(argv)
-  settings = ml_collections.ConfigDict({name: getattr(args, name) for name in judge_fields()})
+  settings = flags.settings(args, judge_fields())
   prompts = read_questions(args.prompts, need_answer=False)
   responders = [policy(spec, settings) for spec in args.responder]
   judge = "oracle" if args.judge == "oracle" else policy(args.judge, settings, name="judge")

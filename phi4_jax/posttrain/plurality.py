@@ -20,7 +20,7 @@ import sys
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import fields, flags
 from phi4_jax.data.synthetic import numbers
 from phi4_jax.posttrain import jsonl_log, oracles, rollouts
 from phi4_jax.posttrain.questions import read_questions
@@ -101,17 +101,13 @@ def run(roller: rollouts.Roller, questions: list[dict], out: str, settings: ml_c
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.plurality", description=__doc__.split("\n")[0])
-  source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="the model: a stage's workdir")
-  source.add_argument("--hf_dir", help="the model: a Hugging Face Phi3ForCausalLM folder")
-  p.add_argument("--step", type=int, default=None)
+  flags.add_model_flags(p)
   p.add_argument("--questions", required=True)
   p.add_argument("--out", required=True)
-  for name, value in plurality_fields().items():
-    p.add_argument(f"--{name}", type=type(value), default=value)
+  flags.add_settings_flags(p, plurality_fields())
   args = p.parse_args(argv)
   from phi4_jax import inference
-  settings = ml_collections.ConfigDict({name: getattr(args, name) for name in plurality_fields()})
+  settings = flags.settings(args, plurality_fields())
   questions = read_questions(args.questions, need_answer=False)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
   print(json.dumps(run(rollouts.Roller(params, cfg, settings), questions, args.out, settings)))

@@ -26,7 +26,7 @@ import time
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import fields, flags
 from phi4_jax.posttrain import jsonl_log, rollouts
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
@@ -163,17 +163,12 @@ def run(roller: Roller, questions: list[dict], out: str, settings: ml_collection
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.pts", description=__doc__.split("\n")[0])
-  source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="the model: a stage's workdir (latest checkpoint, or --step)")
-  source.add_argument("--hf_dir", help="the model: a Hugging Face Phi3ForCausalLM folder")
-  p.add_argument("--step", type=int, default=None)
+  flags.add_model_flags(p)
   p.add_argument("--questions", required=True, help="JSONL of questions (see posttrain/oracles.py)")
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
   p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
   p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
-  defaults = pts_fields()
-  for name, value in defaults.items():
-    p.add_argument(f"--{name}", type=type(value), default=value)
+  flags.add_settings_flags(p, pts_fields())
   return p.parse_args(argv)
 
 
@@ -183,7 +178,7 @@ def main(argv=None) -> None:
 
   from phi4_jax import distributed, inference
   distributed.initialize()
-  settings = ml_collections.ConfigDict({name: getattr(args, name) for name in pts_fields()})
+  settings = flags.settings(args, pts_fields())
   check_settings(settings)
   questions = read_questions(args.questions)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)

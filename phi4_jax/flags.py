@@ -1,0 +1,26 @@
+"""Command-line flags the sampling tools share: which model, and a settings ConfigDict as flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import ml_collections
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+  """--workdir (a stage's workdir) or --hf_dir (a Hugging Face folder), and --step."""
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="the model: a stage's workdir (its latest checkpoint, or --step)")
+  source.add_argument("--hf_dir", help="the model: a Hugging Face Phi3ForCausalLM folder")
+  p.add_argument("--step", type=int, default=None)
+
+
+def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict) -> None:
+  """One --<name> flag per field of `defaults`, typed by its default."""
+  for name, value in defaults.items():
+    p.add_argument(f"--{name}", type=type(value), default=value)
+
+
+def settings(args: argparse.Namespace, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The settings the flags of add_settings_flags(defaults) gave."""
+  return ml_collections.ConfigDict({name: getattr(args, name) for name in defaults})

@@ -76,3 +76,31 @@ def openai_server():
 def pytest_collection_modifyitems(session, config, items):
   """The colab recipe (by far the longest test) first, so that with `-n 2` it overlaps the rest."""
   items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_recipe.py") else 1)
+
+
+# The tiny random Phi3ForCausalLM of test_hf.py and test_hf_refusals.py.
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+  """(path, net): a tiny random Phi3ForCausalLM (GQA 4:1, head_dim 16, theta 250k) in a folder."""
+  import torch  # (imported here: only the tests that use the model pay for torch)
+  import transformers
+  torch.manual_seed(0)
+  config = transformers.Phi3Config(
+      vocab_size=1000, hidden_size=128, intermediate_size=224, num_hidden_layers=2,
+      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64,
+      rope_parameters={"rope_type": "default", "rope_theta": 250_000.0}, pad_token_id=None,
+      bos_token_id=None, eos_token_id=None)
+  net = transformers.Phi3ForCausalLM(config).eval()
+  with torch.no_grad():  # every weight random, norms too, so no swapped tensor goes unnoticed
+    for name, p in net.named_parameters():
+      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+  path = str(tmp_path_factory.mktemp("hf_tiny"))
+  net.save_pretrained(path)
+  return path, net
+
+
+@pytest.fixture(scope="module")
+def loaded(hf_model):
+  """(cfg, params) of hf_model, through hf.load."""
+  from phi4_jax import hf
+  return hf.load(hf_model[0])

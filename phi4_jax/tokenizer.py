@@ -164,6 +164,10 @@ class Phi4Tokenizer:
                        f"(valid ids: 0..{self.vocab_size - 1})")
     return self._enc.decode(arr.tolist())
 
+  def decode_bytes(self, ids: Sequence[int]) -> bytes:
+    """The UTF-8 bytes of a sequence of ids (a cut may end inside a character)."""
+    return self._enc.decode_bytes([int(i) for i in ids])
+
   def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
                           add_generation_prompt: bool = False,
                           tokenize: bool = False) -> str | list[int]:

@@ -193,6 +193,7 @@ def exercise(index: int, seed: int = 0) -> dict:
 # Post-training: the same exercises as SFT conversations and DPO preference pairs.
 SFT_SEED, DPO_SEED, DPO_HELDOUT_SEED = 1, 2, 3  # seed 0 is pretraining's `synthetic` corpus
 PARITY_SFT_SEED, PARITY_SEARCH_SEED = 4, 5  # parity questions: SFT's, and Pivotal Token Search's
+EVAL_SEED, PARITY_EVAL_SEED = 6, 7  # held-out evaluation sets (phi4_jax/eval): exercises, parity
 TUTOR = "You are a careful math tutor. Show your steps and end with 'Final answer:'."
 
 

@@ -1,0 +1,41 @@
+"""python -m phi4_jax.eval --workdir=W --tasks=a,b [--limit=N] [--out=results.json]: evaluate a
+checkpoint of any stage (or --hf_dir) on tasks and print a table (phi4_jax/eval/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from phi4_jax import flags
+from phi4_jax.eval.tasks import TASKS, eval_fields, evaluate, table, task_names
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(prog="python -m phi4_jax.eval", description=__doc__.split("\n")[0])
+  flags.add_model_flags(p)
+  p.add_argument("--out", default="", help="also write the results here as JSON")
+  defaults = eval_fields()
+  del defaults["every"]
+  flags.add_settings_flags(p, defaults)
+  args = p.parse_args(argv)
+  if not args.tasks:
+    p.error(f"--tasks: give comma-separated task names (known: {', '.join(TASKS)})")
+  settings = eval_fields(**flags.settings(args, defaults).to_dict())
+  task_names(settings, "--tasks")  # before the model loads
+  from phi4_jax import inference
+  from phi4_jax.eval.model import Model
+  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
+  results = evaluate(Model(params, cfg), settings)
+  print(table(results))
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump({"model": args.workdir or args.hf_dir, "step": args.step, "results": results}, f, indent=1)
+  return results
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")

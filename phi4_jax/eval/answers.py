@@ -1,0 +1,61 @@
+"""Answer tasks (GSM8K / MATH / MGSM style): generate, extract the final answer, compare.
+
+Items are {"question", "answer"} records of a JSONL file, or an embedded held-out set
+("embedded:exercises", the synthetic textbook exercises; "embedded:parity"), drawn with seeds no
+training file uses. The final answer is extracted and compared exactly as the posttrain oracles
+do (oracles.check_final_answer: the last \\boxed{}, else the text after the last `Answer:`, else
+the last line; numbers by value, so 1,000 == 1000 and 0.5 == 1/2).
+
+Templates: "chat" (the question as a ChatML user turn, for post-trained models) or "plain"
+(`Question: ...\\nAnswer:` continued as a document and cut at the next `Question:`, for pretrained
+checkpoints).
+"""
+
+from __future__ import annotations
+
+from phi4_jax.data import synthetic
+from phi4_jax.eval.model import Model, chat_prompt, plain_prompt
+from phi4_jax.posttrain import jsonl_log, oracles
+
+TEMPLATES = ("chat", "plain")
+EMBEDDED_SIZE = 256  # items of an embedded set (before settings.limit)
+EMBEDDED = {
+    "embedded:exercises": lambda i: synthetic.exercise(i, synthetic.EVAL_SEED),
+    "embedded:parity": lambda i: synthetic.parity_question(i, synthetic.PARITY_EVAL_SEED),
+}
+
+
+def read_items(path: str, need: tuple[str, ...], limit: int = 0) -> list[dict]:
+  """The first `limit` (0 = all) records of an embedded set or a JSONL file; a file's record
+  without one of `need` is an error naming the file and line."""
+  if path in EMBEDDED:
+    return [EMBEDDED[path](i) for i in range(limit or EMBEDDED_SIZE)]
+  if path.startswith("embedded:"):
+    raise ValueError(f"unknown embedded set {path!r} (known: {', '.join(EMBEDDED)})")
+  items = []
+  for n, record in jsonl_log.objects(path):
+    missing = [k for k in need if k not in record]
+    if missing:
+      raise ValueError(f"{path}:{n}: missing {', '.join(map(repr, missing))} (an item needs {', '.join(need)})")
+    items.append({**record, "line": n})
+    if limit and len(items) == limit:
+      break
+  if not items:
+    raise ValueError(f"{path}: no items")
+  return items
+
+
+def prompt(question: str, template: str) -> list[int]:
+  if template == "chat":
+    return chat_prompt(question)
+  return plain_prompt(f"Question: {question}\nAnswer:")
+
+
+def run(model: Model, settings) -> dict:
+  """Accuracy on settings.answers_file (the first settings.limit items)."""
+  items = read_items(settings.answers_file, ("question", "answer"), settings.limit)
+  until = ("\nQuestion:",) if settings.template == "plain" else ()
+  texts = model.generate([prompt(str(it["question"]), settings.template) for it in items],
+                         max_new_tokens=settings.max_new_tokens, until=until, what="answers item")
+  correct = [oracles.check_final_answer(str(it["answer"]), text) for it, text in zip(items, texts)]
+  return {"acc": sum(correct) / len(items), "n": len(items)}

@@ -1,0 +1,74 @@
+"""Multiple choice by log-likelihood (MMLU style): the choice the model finds most likely.
+
+Items are {"question", "choices": [text, ...], "answer"} records (answer: the right choice's
+index, letter or text) of a JSONL file, or "embedded:exercises" (a held-out exercise's answer
+among three wrong final answers). Each choice is scored as a continuation of the question's
+prompt (answers.prompt: chat or plain; plain continuations start with a space) in one batched
+inference.logprobs call. acc takes the highest sum of log-probs; acc_norm divides it by the
+choice's length in characters first (lm-evaluation-harness's acc_norm).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from phi4_jax.data import synthetic
+from phi4_jax.eval import answers
+from phi4_jax.eval.model import TOKENIZER, Model
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def embedded_item(index: int) -> dict:
+  ex = synthetic.exercise(100_000 + index, synthetic.EVAL_SEED)
+  r = random.Random(f"choice-{index}")
+  choices = {ex["answer"]}
+  while len(choices) < 4:
+    choices.add(synthetic.wrong_final_answer(ex["answer"], r))
+  choices = sorted(choices)
+  r.shuffle(choices)
+  return {"question": ex["question"], "choices": choices, "answer": choices.index(ex["answer"])}
+
+
+def answer_index(item: dict, where: str) -> int:
+  """The right choice's index from `answer` (an index, a letter or the choice's text)."""
+  a, choices = item["answer"], item["choices"]
+  if isinstance(a, int) and not isinstance(a, bool) and 0 <= a < len(choices):
+    return a
+  if isinstance(a, str) and len(a.strip()) == 1 and a.strip().upper() in LETTERS[:len(choices)]:
+    return LETTERS.index(a.strip().upper())
+  if isinstance(a, str) and a in choices:
+    return choices.index(a)
+  raise ValueError(f"{where}: 'answer' {a!r} is not an index, letter or text of its {len(choices)} choices")
+
+
+def run(model: Model, settings) -> dict:
+  """acc and acc_norm on settings.choice_file (the first settings.limit items)."""
+  path = settings.choice_file
+  if path == "embedded:exercises":
+    items = [embedded_item(i) for i in range(settings.limit or answers.EMBEDDED_SIZE)]
+  else:
+    items = answers.read_items(path, ("question", "choices", "answer"), settings.limit)
+  gold, prompts, conts = [], [], []
+  for i, item in enumerate(items):
+    where = f"{path}:{item.get('line', i + 1)}"
+    if not isinstance(item["choices"], list) or len(item["choices"]) < 2:
+      raise ValueError(f"{where}: 'choices' must be a list of at least 2 strings")
+    gold.append(answer_index(item, where))
+    p = answers.prompt(str(item["question"]), settings.template)
+    space = " " if settings.template == "plain" else ""
+    for c in item["choices"]:
+      prompts.append(p)
+      conts.append(TOKENIZER.encode_ordinary(space + str(c)))
+  sums = np.asarray([float(lp.sum()) for lp in model.score(prompts, conts)])
+  lengths = np.asarray([len(str(c)) + (settings.template == "plain") for it in items for c in it["choices"]])
+  acc = acc_norm = 0
+  start = 0
+  for i, item in enumerate(items):
+    k = len(item["choices"])
+    acc += int(np.argmax(sums[start:start + k]) == gold[i])
+    acc_norm += int(np.argmax(sums[start:start + k] / lengths[start:start + k]) == gold[i])
+    start += k
+  return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}

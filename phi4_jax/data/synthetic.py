@@ -12,6 +12,7 @@ import re
 from fractions import Fraction
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+_THOUSANDS = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+)(?![\d,])")  # 1,000 or 12,345,678
 
 
 def _fmt(x: Fraction) -> str:
@@ -33,7 +34,8 @@ def _fmt(x: Fraction) -> str:
 
 
 def numbers(text: str) -> list[Fraction]:
-  """The numbers in `text`, in order (integers, decimals, p/q)."""
+  """The numbers in `text`, in order (integers, decimals, p/q; thousands separated by commas)."""
+  text = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), text)
   return [Fraction(m) for m in _NUMBER.findall(text.replace(",", " ").replace("\u2212", "-"))]
 
 

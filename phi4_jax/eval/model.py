@@ -37,10 +37,12 @@ class Model:
                               stop_ids=STOP_IDS, mesh=self.mesh)
     return [cut(TOKENIZER.decode([t for t in ids if t not in STOP_IDS]), until) for ids in outs]
 
-  def score(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Per-token log-probs of each completion after its prompt (inference.logprobs)."""
+  def score(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+            with_greedy: bool = False) -> list:
+    """Per-token log-probs of each completion after its prompt (inference.logprobs; with_greedy:
+    with whether each token is the most likely one)."""
     return inference.logprobs(self.params, self.cfg, [list(p) for p in prompts],
-                              [list(c) for c in completions], mesh=self.mesh)
+                              [list(c) for c in completions], mesh=self.mesh, with_greedy=with_greedy)
 
 
 def cut(text: str, until: Sequence[str]) -> str:

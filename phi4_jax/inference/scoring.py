@@ -17,21 +17,23 @@ from jax.sharding import Mesh
 from phi4_jax import model as model_lib
 from phi4_jax.inference.batching import bucket, check_prompts, note_compile
 from phi4_jax.model import ModelConfig
-from phi4_jax.model.output import target_logprobs
+from phi4_jax.model.output import target_logprobs, target_scores
 
 MIN_ROW_BUCKET = 32
 ROW_TOKENS = 8192  # tokens per forward call (rows x row length): bounds activation memory
 LOGIT_CHUNK = 128  # sequence positions per output-layer chunk (logits: ROW_TOKENS x this x vocab)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
-def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, *, cfg, mesh):
-  """[B, T] log-prob of each row's next token (position t scores token t+1)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "with_greedy"))
+def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, *, cfg, mesh, with_greedy):
+  """[B, T] log-prob of each row's next token (position t scores token t+1); with_greedy: and
+  [B, T] whether that token is the most likely one."""
   note_compile("logprobs")
   hidden = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
                              positions=positions_BxT, mesh=mesh, return_hidden=True)
   targets = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
-  return target_logprobs(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype), LOGIT_CHUNK)
+  score = target_scores if with_greedy else target_logprobs
+  return score(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype), LOGIT_CHUNK)
 
 
 def pack(lengths: list[int], row_len: int) -> list[list[int]]:
@@ -69,8 +71,10 @@ def _row_arrays(seqs: list[np.ndarray], rows: list[list[int]], row_len: int, n_r
   return tokens, segments, positions, where
 
 
-def logprobs(params: dict, cfg: ModelConfig, prompts, completions, *, mesh: Mesh | None = None) -> list[np.ndarray]:
-  """One float32 array per (prompt, completion) pair: the log-prob of each completion token."""
+def logprobs(params: dict, cfg: ModelConfig, prompts, completions, *, mesh: Mesh | None = None,
+             with_greedy: bool = False) -> list:
+  """One float32 array per (prompt, completion) pair: the log-prob of each completion token.
+  with_greedy: (that array, a bool array: each token is the model's most likely one) per pair."""
   prompts = check_prompts(prompts, cfg, what="prompts")
   if isinstance(completions, (str, bytes)) or len(completions) != len(prompts):
     raise ValueError(f"completions: expected one token-id list per prompt ({len(prompts)}), got "
@@ -87,8 +91,10 @@ def logprobs(params: dict, cfg: ModelConfig, prompts, completions, *, mesh: Mesh
   for start in range(0, len(rows), per_call):
     chunk = rows[start:start + per_call]
     tokens, segments, positions, where = _row_arrays(seqs, chunk, row_len, bucket(len(chunk)))
-    scores = np.asarray(_score_rows(params, tokens, segments, positions, cfg=cfg, mesh=mesh))
+    scores = _score_rows(params, tokens, segments, positions, cfg=cfg, mesh=mesh, with_greedy=with_greedy)
+    scores, greedy = (np.asarray(scores[0]), np.asarray(scores[1])) if with_greedy else (np.asarray(scores), None)
     for i, (r, offset) in where.items():
       first = offset + len(prompts[i]) - 1  # the position that predicts the first completion token
-      out[i] = scores[r, first:first + len(completions[i])].astype(np.float32)
+      lp = scores[r, first:first + len(completions[i])].astype(np.float32)
+      out[i] = (lp, greedy[r, first:first + len(completions[i])]) if with_greedy else lp
   return out

@@ -49,6 +49,23 @@ def _forward(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk):
   return join_chunks(logp), join_chunks(lse)
 
 
+def target_scores(hidden_BxTxD, kernel_DxV, targets_BxT, dtype, chunk: int = 256):
+  """(log-probs [B, T] float32, is-greedy [B, T] bool: the target is the most likely token), a
+  chunk of logits at a time (no gradient: for evaluation)."""
+  chunk = chunk_size(hidden_BxTxD.shape[1], chunk)
+
+  def one_chunk(_, xs):
+    h_BxCxD, y_BxC = xs
+    logits_BxCxV = chunk_logits(h_BxCxD, kernel_DxV, dtype)
+    target_BxC = jnp.take_along_axis(logits_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
+    greedy_BxC = target_BxC >= logits_BxCxV.max(axis=-1)
+    return None, (target_BxC - jax.nn.logsumexp(logits_BxCxV, axis=-1), greedy_BxC)
+
+  xs = (split_chunks(hidden_BxTxD, chunk), split_chunks(targets_BxT, chunk))
+  _, (logp, greedy) = jax.lax.scan(one_chunk, None, xs)
+  return join_chunks(logp), join_chunks(greedy)
+
+
 def logprob_grads(h_BxCxD, kernel_DxV, e_BxCxV, z_BxC, y_BxC, g_BxC, dtype):
   """Gradients of sum(g * log softmax(logits)[y]) for one chunk with respect to its hidden states
   and the kernel: (dh [B, C, D], dkernel [D, V]), both float32. The softmax is p = e / z (z = None:

@@ -9,7 +9,8 @@ Both directions of the workdir conversion stream: `import` writes W's checkpoint
 `params`, see stream.py) and `export` reads it back one layer or row block at a time
 (train.checkpoint.ParamReader), so peak memory stays near the largest HF tensor, not the model.
 Modules: config (config.json), mapping (which HF tensor holds which param), safetensors_io
-(lazy reader, streaming writer), stream (import into orbax), __main__ (the command line).
+(lazy reader, streaming writer), stream (import into orbax), tokenizer (tokenizer.json for a
+folder with the tokenizer's vocabulary), __main__ (the command line).
 
 Refused, naming the file (and tensor or parameter): quantized checkpoints (config.json's
 quantization_config, integer or 8-bit tensor dtypes), a config.json or index that is not JSON,
@@ -36,10 +37,12 @@ from phi4_jax.hf.mapping import HfTensor, Reader, built_blocks, hf_tensors, para
 from phi4_jax.hf.safetensors_io import (DTYPE_CODES, SafetensorsReader, first_nonfinite,
                                         refuse_overflow, write_folder)
 from phi4_jax.hf.stream import save_streaming
+from phi4_jax.hf.tokenizer import write_tokenizer
 from phi4_jax.model import ModelConfig, abstract_params
 from phi4_jax.model.config import DTYPES
 from phi4_jax.train import checkpoint
 from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.tokenizer import Phi4Tokenizer
 
 __all__ = ["config_from_hf", "config_to_hf", "export_checkpoint", "import_checkpoint", "load",
            "read_config", "restore_params", "save"]
@@ -123,11 +126,14 @@ def _write(cfg: ModelConfig, out_dir: str, read: Reader, dtype_of: Callable[[str
   read = _checked(read, source)
   write_folder(out_dir, specs, lambda name: built_blocks(by_name[name], read), max_shard_size)
   write_config(out_dir, cfg, specs[0][2].name)
+  if cfg.vocab_size == Phi4Tokenizer.vocab_size:  # (a test model's own vocabulary has no tokenizer)
+    write_tokenizer(out_dir, cfg.max_seq_len)
 
 
 def save(cfg: ModelConfig, params: Mapping, out_dir: str, dtype=None,
          max_shard_size: int | str = "5GB") -> None:
-  """Writes config.json and safetensors (sharded with an index beyond max_shard_size) for HF.
+  """Writes config.json and safetensors (sharded with an index beyond max_shard_size) for HF, and
+  the tokenizer's files when cfg's vocabulary is the tokenizer's (hf/tokenizer.py).
 
   Tensors are built and written one at a time; dtype None keeps each parameter's dtype.
   Refuses params with a NaN or inf, naming the parameter.

@@ -5,8 +5,10 @@ A question record says what success means by its `kind` (default "final_answer")
   final_answer      {"question", "answer"}: the completion's final answer (the last `\\boxed{...}`,
                     else the text after the last `Answer:` (e.g. "Final answer:"), else its last
                     line) states the expected numbers in order (integers, decimals and fractions
-                    compare by value: 0.5 == 1/2), or, for an answer without numbers, the same
-                    words after normalising case, whitespace and punctuation at either end
+                    compare by value: 0.5 == 1/2; 1,000 == 1000): the first numbers after a
+                    marker (trailing text may follow), the last ones of a last line; or, for an
+                    answer without numbers, the same words after normalising case, whitespace and
+                    punctuation at either end
   multiple_choice   {"question", "answer": "B"}: the letter after the last `Answer:`
   python            {"question", "tests"}: the completion's code (its last ```python block, else
                     all of it) followed by `tests` exits 0 in the sandbox (sandbox.run_python)
@@ -44,15 +46,20 @@ def _last_boxed(text: str) -> str | None:
 
 def final_answer(completion: str) -> str:
   """The part of `completion` that states its final answer (see the module docstring)."""
+  return _final_statement(completion)[0]
+
+
+def _final_statement(completion: str) -> tuple[str, bool]:
+  """(the final answer's text, whether a `\\boxed{}` or `Answer:` marked it)."""
   boxed = _last_boxed(completion)
   if boxed is not None:
-    return boxed.strip()
+    return boxed.strip(), True
   found = list(_ANSWER.finditer(completion))
   if found:  # the rest of the last `Answer:`'s line, else the next non-blank line
     rest = [line.strip() for line in completion[found[-1].end():].splitlines()]
-    return next((line for line in rest if line), "")
+    return next((line for line in rest if line), ""), True
   lines = [line for line in completion.strip().splitlines() if line.strip()]
-  return lines[-1].strip() if lines else ""
+  return (lines[-1].strip() if lines else ""), False
 
 
 def words(text: str) -> str:
@@ -67,8 +74,10 @@ def plain_fractions(text: str) -> str:
 
 def check_final_answer(expected: str, completion: str) -> bool:
   """True when the completion's final answer states `expected`'s numbers in order (all of them,
-  by value), or its words when `expected` has none."""
-  given = plain_fractions(final_answer(completion))
+  by value; the first ones after a marker, so trailing text may follow, else the last ones of the
+  last line), or its words when `expected` has none."""
+  text, marked = _final_statement(completion)
+  given = plain_fractions(text)
   want = numbers(expected)
   if not want:
     return bool(words(expected)) and words(given) == words(expected)
@@ -76,7 +85,7 @@ def check_final_answer(expected: str, completion: str) -> bool:
     got = numbers(given)
   except (ValueError, ZeroDivisionError):  # e.g. "1/0"
     return False
-  return got[-len(want):] == want
+  return (got[:len(want)] if marked else got[-len(want):]) == want
 
 
 def choice_letter(completion: str) -> str | None:

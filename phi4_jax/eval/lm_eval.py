@@ -18,7 +18,8 @@ The command is lm_eval's own (every flag of `lm_eval` works) with this model reg
   chat template          ChatML, the template SFT trains on (--apply_chat_template)
 
 Model arguments: workdir or hf_dir (or pretrained: either), step, max_length (default the
-model's max_seq_len), max_gen_toks (default 256), seed.
+model's max_seq_len - 1: the harness scores max_length tokens after one of context, and our scorer
+feeds every scored token), max_gen_toks (default 256), seed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Phi4LM(lm_eval.api.model.TemplateLM):
       cfg, params = inference.load(path[0], None if step in (None, "") else int(step))
       model = Model(params, cfg)
     self.model = model
-    self._max_length = int(max_length or model.cfg.max_seq_len)
+    self._max_length = int(max_length or model.cfg.max_seq_len - 1)  # (+1: the last target is no input)
     self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
 
   # -- tokenizer ---------------------------------------------------------------------------

@@ -12,10 +12,14 @@ import os
 
 from phi4_jax import configs
 from phi4_jax.data import config as data_config
+from phi4_jax.eval import eval_fields
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("pretrain", "midtrain", "sft", "pts", "dpo_pts", "judge", "dpo_judge")
 TEST_STAGES = ("pretrain", "midtrain", "sft", "dpo")
+# colab: the post-training stages' models are evaluated at their last step (their report rows
+# show it): parity accuracy (the family PTS searches) and exercise multiple choice, held out.
+COLAB_EVAL = dict(tasks="answers,choice", answers_file="embedded:parity", limit=64, max_new_tokens=12)
 # Greedy continuations of these texts by the last stage's model end the recipe's report.
 SAMPLE_PROMPTS = ("def fibonacci(n):", "The Python standard library", "Question: What is 17 + 25?")
 
@@ -47,4 +51,7 @@ def get_config(arg: str = "colab"):
     c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")
   if arg != "test":
     c.dpo_pts, c.dpo_judge = dpo_stage(arg, "pts"), dpo_stage(arg, "judge", "_judge")
+  if arg == "colab":
+    for stage in ("sft", "dpo_pts", "dpo_judge"):
+      c[stage].eval = eval_fields(every=c[stage].steps, **COLAB_EVAL)
   return c

@@ -187,3 +187,27 @@ def test_command_prints_a_table_and_writes_json(tiny, tmp_path, capsys):
   assert "answers     acc" in table and "choice      acc_norm" in table
   results = json.loads(out.read_text())["results"]
   assert results["answers"]["n"] == 2 and results["choice"]["n"] == 2
+
+
+def test_eval_during_training_joins_the_steps_rows_and_equals_an_eval_of_the_checkpoint(tmp_path):
+  import os
+  from phi4_jax import configs, inference
+  from phi4_jax.train import loop
+  from phi4_jax.train.metrics import read_metrics
+  spec = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments/pretrain.py:test")
+  overrides = {"seq_len": 128, "global_batch_size": 4, "log_every": 2, "steps": 4, "mesh_shape": (1, 4, 2),
+               "tensorboard": False, "eval.tasks": "choice,answers", "eval.every": 2, "eval.limit": 3,
+               "eval.max_new_tokens": 4, "eval.answers_file": "embedded:parity"}
+  loop.train(configs.load(spec, overrides), str(tmp_path / "w"))
+  rows = read_metrics(tmp_path / "w")
+  assert [r["step"] for r in rows] == [2, 4] and all("loss" in r and "eval" in r for r in rows)
+  cfg, params = inference.load(str(tmp_path / "w"))
+  again = eval_lib.evaluate(eval_lib.Model(params, cfg), configs.load(spec, overrides).eval)
+  for task in ("choice", "answers"):
+    assert {k: v for k, v in rows[-1]["eval"][task].items() if k != "seconds"} == \
+        {k: v for k, v in again[task].items() if k != "seconds"}
+  for bad, message in ((dict(overrides, **{"eval.every": 3}), r"config.eval.every: 3 is not a multiple of config.log_every=2"),
+                       (dict(overrides, **{"eval.tasks": "mmlu"}), r"config.eval.tasks: unknown task 'mmlu'"),
+                       (dict(overrides, **{"eval.tasks": ""}), r"config.eval.every: is 2, but config.eval.tasks names no task")):
+    with pytest.raises(ValueError, match=message):
+      loop.train(configs.load(spec, bad), str(tmp_path / "bad"))

@@ -52,6 +52,12 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
     assert made in rows[-1]["loss_per_source"], rows[-1]
     assert rows[0]["loss"] < math.log(2) + 0.02
   assert dpo_judge[-1]["loss"] < math.log(2) - 0.05  # the judge's pairs are learned
+  # The post-training models were evaluated at their last step (held-out parity and choices).
+  for rows in (sft, dpo_pts, dpo_judge):
+    evaluated = rows[-1]["eval"]
+    assert evaluated["answers"]["n"] == 64 and 0.0 <= evaluated["answers"]["acc"] <= 1.0
+    assert evaluated["choice"]["n"] == 64 and "acc_norm" in evaluated["choice"]
+  assert sft[-1]["eval"]["answers"]["acc"] > 0.2  # SFT taught the reply's form: a digit after "Final answer:"
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
   assert judge["pairs"] >= 1 and judge["prompts"] == 16, judge
   heldout = json.loads((workdir / "heldout.json").read_text())
@@ -59,7 +65,7 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
   assert (workdir / "report.png").stat().st_size > 10_000
   for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 32 |", "| dpo_pts | 8 |", "| dpo_judge | 8 |",
               f"| pts | - | - | - | - | searched {pts['searched']} of 16 questions, {pts['pivots']} pivotal "
-              f"tokens, {pts['pairs']} pairs |", "held-out reward acc"):
+              f"tokens, {pts['pairs']} pairs |", "held-out reward acc", "eval@32: answers acc "):
     assert row in out.stdout, out.stdout
   assert "Samples from dpo_judge (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   assert (workdir / "samples.md").read_text().count(" -> ") == 3

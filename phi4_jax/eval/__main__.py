@@ -8,7 +8,8 @@ import json
 import sys
 
 from phi4_jax import flags
-from phi4_jax.eval.tasks import TASKS, eval_fields, evaluate, table, task_names
+from phi4_jax.eval.settings import eval_fields, task_names
+from phi4_jax.eval.tasks import TASKS, evaluate, table
 
 
 def main(argv=None) -> dict:

@@ -17,7 +17,6 @@ from phi4_jax.data import synthetic
 from phi4_jax.eval.model import Model, chat_prompt, plain_prompt
 from phi4_jax.posttrain import jsonl_log, oracles
 
-TEMPLATES = ("chat", "plain")
 EMBEDDED_SIZE = 256  # items of an embedded set (before settings.limit)
 EMBEDDED = {
     "embedded:exercises": lambda i: synthetic.exercise(i, synthetic.EVAL_SEED),

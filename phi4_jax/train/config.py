@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 
 from phi4_jax import fields
+from phi4_jax.eval import settings as eval_settings
+from phi4_jax.eval.settings import eval_fields
 from phi4_jax.model import ModelConfig
 from phi4_jax.train.objectives import OBJECTIVES
 
@@ -58,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.skip_batches = 0  # with resume_step: batches of data skipped after the restore (past a spike)
   c.spike_factor = 0.0  # stop when a loss exceeds this x the mean of the last 20; 0 = NaN/inf only
   c.optimizer = optimizer_fields()
+  c.eval = eval_fields()  # evaluation tasks run every eval.every steps (phi4_jax/eval); off by default
   return c
 
 
@@ -126,6 +129,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   fields.check(config, RUN_RULES, "config")
   fields.check(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
+  if "eval" in config:
+    tasks = eval_settings.check(config.eval, "config.eval")
+    if config.eval.every and not tasks:
+      _fail("eval.every", f"is {config.eval.every}, but config.eval.tasks names no task")
+    if config.eval.every % config.log_every:
+      _fail("eval.every", f"{config.eval.every} is not a multiple of config.log_every={config.log_every} "
+            "(an evaluation joins its step's metrics row)")
   cfg = model_config(config)
   _check_axis_rules(cfg)
   try:

@@ -255,6 +255,8 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
         logger.step(step, m)
         if step % config.checkpoint_every == 0 or step == config.steps:
           _save(run, step, state)
+        if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
+          logger.evaluation(step, _evaluate(run, state))
       if preempted:
         if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
           _save(run, step, state, force=True)
@@ -264,6 +266,16 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
     logger.close()
   return {"stage": config.stage, "workdir": run.workdir, "start_step": start, "step": step,
           "preempted": preempted, "last": logger.last_row}
+
+
+def _evaluate(run: Run, state: dict) -> dict:
+  """config.eval's tasks on the current params (every process runs them: the sampler is SPMD)."""
+  from phi4_jax import eval as eval_lib
+  start = time.monotonic()
+  results = eval_lib.evaluate(eval_lib.Model(state["params"], run.cfg, run.mesh), run.config.eval, "config.eval")
+  logging.info("eval at step %d (%.1f s): %s", int(state["step"]), time.monotonic() - start,
+               json.dumps(eval_lib.flat(results)))
+  return results
 
 
 HOST_ONLY_FIELDS = ("pair_ids",)  # row fields the host reads (reference look-up), not the step

@@ -34,7 +34,8 @@ def peak_flops_per_device(override: float = 0.0) -> float | None:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  """Rows of W/metrics.jsonl, the last row kept for a step logged twice (a resumed run)."""
+  """Rows of W/metrics.jsonl, one per step: rows of the same step are joined (an evaluation's row
+  joins its step's training row) and the later one wins a field both have (a resumed run)."""
   path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not os.path.exists(path):
     return []
@@ -43,7 +44,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     for line in f:
       if line.strip():
         row = json.loads(line)
-        rows[row["step"]] = row
+        rows[row["step"]] = {**rows.get(row["step"], {}), **row}
   return [rows[s] for s in sorted(rows)]
 
 

@@ -80,6 +80,18 @@ def data_note(summary: dict) -> str:
           f"accuracy, {summary['overall_pairs']} overall), {summary['dropped_responses']} responses dropped")
 
 
+def eval_note(row: dict) -> str:
+  """A row's evaluation, e.g. "eval@32: answers acc 0.41 (n 64), choice acc_norm 0.30"."""
+  parts = []
+  for task, metrics in row["eval"].items():
+    shown = {k: v for k, v in metrics.items() if k in ("acc", "acc_norm", "pass@1")}
+    if task == "perplexity" and "all" in metrics:
+      shown = {"bits/byte": metrics["all"]["bits_per_byte"]}
+    parts.append(f"{task} " + " ".join(f"{k} {v:.2f}" for k, v in shown.items())
+                 + (f" (n {metrics['n']})" if "n" in metrics else ""))
+  return f"eval@{row['step']}: " + ", ".join(parts)
+
+
 def summary_table(stage_rows: list[tuple[str, list[dict]]], heldout: dict | None = None,
                   made: dict | None = None) -> str:
   """A Markdown table: one row per stage with steps, first and last loss, tokens/s and notes (what
@@ -100,6 +112,9 @@ def summary_table(stage_rows: list[tuple[str, list[dict]]], heldout: dict | None
     if heldout and name in heldout:
       h = heldout[name]
       notes.append(f"held-out reward acc {h['reward_accuracy']:.2f} ({h['pairs']} pairs)")
+    evaluated = [r for r in rows if "eval" in r]
+    if evaluated:
+      notes.append(eval_note(evaluated[-1]))
     lines.append(f"| {name} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
                  f"{median_tokens_per_s(rows):,.0f} | {'; '.join(notes)} |")
   return "\n".join(lines)

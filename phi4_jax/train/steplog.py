@@ -64,6 +64,13 @@ class StepLogger:
     }
     return json.loads(json.dumps(row, default=float))
 
+  def evaluation(self, step: int, results: dict) -> None:
+    """An evaluation's row: {"step", "eval": {task: metrics}}; read_metrics joins it to the step's
+    training row (config.eval.every is a multiple of log_every)."""
+    row = {"eval": json.loads(json.dumps(results, default=float))}
+    self.writer.write(step, row)
+    self.last_row = {**self.last_row, **row}
+
   def close(self) -> None:
     self.writer.close()
     if self.bar:

@@ -24,7 +24,7 @@ SFT_MIX_14B = {"math": 0.25, "code": 0.25, "reasoning": 0.20, "conversation": 0.
 PRESETS = {
     "test": dict(seq_len=512, global_batch_size=4, steps=12, peak_lr=1e-3, warmup=2, mesh=(1, -1, 1),
                  microbatches=1),
-    "colab": dict(seq_len=512, global_batch_size=4, steps=32, peak_lr=1e-3, warmup=2, mesh=(1, -1, 1),
+    "colab": dict(seq_len=512, global_batch_size=4, steps=32, peak_lr=2e-3, warmup=2, mesh=(1, -1, 1),
                   microbatches=1),
     "1b": dict(seq_len=4096, global_batch_size=64, steps=2_000, peak_lr=1e-5, warmup=50,
                mesh=(1, -1, 1), microbatches=2),  # 0.5B tokens

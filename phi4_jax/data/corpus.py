@@ -5,6 +5,7 @@ any Python install has: sized in Table 5's unique-token proportions (1 MB per tr
 where the text exists. Configs name a file as `corpus:<name>`.
 
   web            long descriptions (PKG-INFO / METADATA) of the installed Python distributions
+                 but phi4_jax's own (so that editing README.md does not change the data)
   web_rewrites   a rule-based rewrite of some of those into Q&A and key points (no model involved)
   synthetic      generated textbook exercises with worked solutions and checkable answers
   code           the interpreter's standard-library modules under 24 KB
@@ -39,7 +40,7 @@ import sysconfig
 
 from phi4_jax.data import synthetic
 
-VERSION = 1
+VERSION = 2  # 2: phi4_jax's own metadata (its README) left out of `web`
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
@@ -116,7 +117,7 @@ def _web() -> list[dict]:
     text = meta["Description"] or meta.get_payload() or ""
     # a lone surrogate (undecodable bytes in some metadata) has no UTF-8 form: replace it
     text = text.encode("utf-8", "replace").decode("utf-8")
-    if name and name not in seen and len(text.strip()) >= 500:
+    if name and name not in seen and name != "phi4-jax" and len(text.strip()) >= 500:
       seen.add(name)
       docs.append({"text": text.strip(), "name": name, "version": meta["Version"] or ""})
   return _stable_order(docs, lambda d: d["name"])

@@ -31,7 +31,7 @@ import lm_eval.api.model
 import lm_eval.api.registry
 from lm_eval import utils as lm_utils
 
-from phi4_jax.eval.model import STOP_IDS, TOKENIZER, Model
+from phi4_jax.eval.model import TOKENIZER, Model
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}<|im_end|>"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant<|im_sep|>{% endif %}")
@@ -123,7 +123,7 @@ class Phi4LM(lm_eval.api.model.TemplateLM):
       kwargs = dict(gen_kwargs or {})
       until = kwargs.pop("until", None) or [self.tok_decode([self.eot_token_id])]
       until = (until,) if isinstance(until, str) else tuple(until)
-      budget = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+      budget = min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_length - 1)
       sample = kwargs.pop("do_sample", None)
       temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
       if sample is False:

@@ -9,11 +9,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from phi4_jax import inference
+from phi4_jax.generate import PLAIN_STOPS as STOP_IDS
+from phi4_jax.generate import TOKENIZER, prompt_ids
 from phi4_jax.model import ModelConfig
-from phi4_jax.tokenizer import Phi4Tokenizer
-
-TOKENIZER = Phi4Tokenizer()
-STOP_IDS = (TOKENIZER.endoftext_id, TOKENIZER.im_end_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +51,9 @@ def cut(text: str, until: Sequence[str]) -> str:
 
 def chat_prompt(question: str) -> list[int]:
   """One user turn in ChatML with the generation prompt."""
-  return TOKENIZER.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                       tokenize=True)
+  return prompt_ids({"prompt": question}, chat=True, where="")
 
 
 def plain_prompt(text: str) -> list[int]:
   """A new document: <|endoftext|> then the text (as packed pretraining rows start)."""
-  return [TOKENIZER.bos_id, *TOKENIZER.encode_ordinary(text)]
+  return prompt_ids({"prompt": text}, chat=False, where="")

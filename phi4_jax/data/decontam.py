@@ -113,6 +113,9 @@ class Index:
   short_counts: list[int]
   allowed: set[tuple]
 
+  def __post_init__(self):
+    self.long_heads = {g[:SHORT] for g in self.long}  # the first 7 words of every 13-gram
+
   @classmethod
   def build(cls, items: list[tuple[str, str]], allow: list[str], common_items: int) -> "Index":
     """The index of `items`; allow-listed and common 13-grams, and the 7-grams inside them, are
@@ -138,18 +141,20 @@ class Index:
   def verdict(self, text: str, settings: Settings) -> dict | None:
     """None for a clean document, else {"verdict", "item", and "ngram" or "ratio"}."""
     ws = words(text)
-    for i in range(len(ws) - LONG + 1):
-      g = tuple(ws[i:i + LONG])
-      if g in self.long:
-        return {"verdict": "contaminated", "item": self.items[self.long[g]], "ngram": " ".join(g)}
+    grams = [tuple(ws[i:i + SHORT]) for i in range(len(ws) - SHORT + 1)]
+    for i in range(len(ws) - LONG + 1):  # a 13-gram is only looked up where its first 7 words could start one
+      if grams[i] in self.long_heads:
+        g = tuple(ws[i:i + LONG])
+        if g in self.long:
+          return {"verdict": "contaminated", "item": self.items[self.long[g]], "ngram": " ".join(g)}
+    unique = set(grams)
     shared = collections.Counter()
-    grams = ngrams(ws, SHORT)
-    for g in grams:
-      for k in self.short.get(g, ()):
+    for g in unique & self.short.keys():
+      for k in self.short[g]:
         shared[k] += 1
     if not shared:
       return None
-    ratio, k = max((n / max(1, min(len(grams), self.short_counts[k])), k) for k, n in shared.items())
+    ratio, k = max((n / max(1, min(len(unique), self.short_counts[k])), k) for k, n in shared.items())
     for name, threshold in (("contaminated", settings.contaminated_ratio), ("partial", settings.partial_ratio)):
       if ratio >= threshold:
         return {"verdict": name, "item": self.items[k], "ratio": round(ratio, 4)}

@@ -4,9 +4,9 @@ The sources are the `config.data.sources` leaves of a stage config (default the 
 pretraining preset: the embedded corpus's five Table 5 sources). Each gives its last
 settings.limit documents (default 8), which should be documents the model did not train on: pass
 a config whose globs name held-out files (`--perplexity_config=my_heldout.py:arg`); the embedded
-corpus's documents are all in a colab run's data, so there the figure is in-sample. A document
-longer than the model's context is scored on its first max_seq_len - 1 tokens (after
-<|endoftext|>), and its bytes are those tokens' bytes.
+corpus's documents are all in a colab run's data, so there the figure is in-sample. A document is
+scored on its first settings.perplexity_tokens tokens (after <|endoftext|>; at most the model's
+max_seq_len - 1), and its bytes are those tokens' bytes.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def run(model: Model, settings) -> dict:
   """{source: {"loss", "bits_per_byte", "tokens", "docs"}} and their token-weighted mean."""
   docs = documents(settings.perplexity_config, settings.limit or DEFAULT_DOCS)
   names, completions = [], []
+  keep = min(settings.perplexity_tokens or model.cfg.max_seq_len, model.cfg.max_seq_len - 1)
   for name, texts in docs.items():
     for text in texts:
       names.append(name)
-      completions.append(TOKENIZER.encode_ordinary(text)[:model.cfg.max_seq_len - 1])
+      completions.append(TOKENIZER.encode_ordinary(text)[:keep])
   scores = model.score([[TOKENIZER.bos_id]] * len(completions), completions)
   out, total = {}, {"nll": 0.0, "tokens": 0, "bytes": 0}
   for name in docs:

@@ -25,6 +25,7 @@ def eval_fields(**overrides) -> ml_collections.ConfigDict:
   c.answers_file = "embedded:exercises"  # JSONL {question, answer}; or embedded:exercises | embedded:parity
   c.choice_file = "embedded:exercises"  # JSONL {question, choices, answer}; or embedded:exercises
   c.perplexity_config = "experiments/pretrain.py:colab"  # the stage config whose sources are scored
+  c.perplexity_tokens = 2048  # tokens scored per document (its first ones); 0 = the model's context
   c.update(overrides)
   return c
 
@@ -33,7 +34,8 @@ RULES = {"tasks": fields.string(), "every": fields.integer(0), "limit": fields.i
          "max_new_tokens": fields.integer(1), "temperature": fields.number(0), "num_samples": fields.integer(1),
          "seed": fields.integer(0), "timeout_s": fields.number(0, low_open=True),
          "template": fields.choice(TEMPLATES), "answers_file": fields.string(),
-         "choice_file": fields.string(), "perplexity_config": fields.string()}
+         "choice_file": fields.string(), "perplexity_config": fields.string(),
+         "perplexity_tokens": fields.integer(0)}
 
 
 def task_names(settings, field: str = "eval.tasks") -> list[str]:

@@ -18,8 +18,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("pretrain", "midtrain", "sft", "pts", "dpo_pts", "judge", "dpo_judge")
 TEST_STAGES = ("pretrain", "midtrain", "sft", "dpo")
 # colab: the post-training stages' models are evaluated at their last step (their report rows
-# show it): parity accuracy (the family PTS searches) and exercise multiple choice, held out.
-COLAB_EVAL = dict(tasks="answers,choice", answers_file="embedded:parity", limit=64, max_new_tokens=12)
+# show it): parity accuracy (the family PTS searches) and exercise multiple choice, held out
+# (32 items each).
+COLAB_EVAL = dict(tasks="answers,choice", answers_file="embedded:parity", limit=32, max_new_tokens=12)
 # Greedy continuations of these texts by the last stage's model end the recipe's report.
 SAMPLE_PROMPTS = ("def fibonacci(n):", "The Python standard library", "Question: What is 17 + 25?")
 

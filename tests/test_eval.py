@@ -25,9 +25,11 @@ def tiny():
   return eval_lib.Model(model_lib.init(cfg, jax.random.PRNGKey(0)), cfg)
 
 
-def reference_sum(m, prompt, cont):
-  """sum log softmax(full forward)[cont], recomputed without the packed scorer."""
-  ids = np.asarray([list(prompt) + list(cont)], np.int32)
+def reference_sum(m, prompt, cont, width=64):
+  """sum log softmax(full forward)[cont], recomputed without the packed scorer (padded at the end to
+  `width` tokens, which a causal model's earlier positions never see: one compile for all)."""
+  seq = list(prompt) + list(cont)
+  ids = np.asarray([seq + [0] * (-len(seq) % width)], np.int32)
   logp = jax.nn.log_softmax(np.asarray(model_lib.forward(m.params, ids, m.cfg), np.float64)[0], -1)
   return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(cont))
 

@@ -55,8 +55,8 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
   # The post-training models were evaluated at their last step (held-out parity and choices).
   for rows in (sft, dpo_pts, dpo_judge):
     evaluated = rows[-1]["eval"]
-    assert evaluated["answers"]["n"] == 64 and 0.0 <= evaluated["answers"]["acc"] <= 1.0
-    assert evaluated["choice"]["n"] == 64 and "acc_norm" in evaluated["choice"]
+    assert evaluated["answers"]["n"] == 32 and 0.0 <= evaluated["answers"]["acc"] <= 1.0
+    assert evaluated["choice"]["n"] == 32 and "acc_norm" in evaluated["choice"]
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
   assert judge["pairs"] >= 1 and judge["prompts"] == 16, judge
   heldout = json.loads((workdir / "heldout.json").read_text())

@@ -192,11 +192,11 @@ def build(cache: str) -> str:
   root = os.path.join(cache, "corpus", f"v{VERSION}")
   if os.path.exists(os.path.join(root, "manifest.json")):
     return root
-  web = _web()
+  web = _take(_web(), BUDGET_BYTES["web"])
   stdlib = _stdlib_files()
   sources = {
       "web": web,
-      "web_rewrites": [rewrite(d) for d in reversed(web)],
+      "web_rewrites": [rewrite(d) for d in reversed(web)],  # (of web's own records, last first)
       "synthetic": _synthetic(BUDGET_BYTES["synthetic"]),
       "code": [{"text": s, "path": p} for p, s in stdlib if len(s.encode()) < _LONG_BYTES and s.strip()],
       "acquired": _acquired(stdlib),

@@ -107,3 +107,18 @@ def test_is_greedy_flags_the_models_own_greedy_continuation(setup):
 def test_model_args_name_one_checkpoint():
   with pytest.raises(ValueError, match="exactly one of workdir=, hf_dir= or pretrained="):
     adapter.Phi4LM(workdir="a", hf_dir="b")
+
+
+def test_exported_tokenizer_is_ours(setup):
+  import transformers
+  root, _ = setup
+  tok = transformers.AutoTokenizer.from_pretrained(str(root / "hf"))
+  texts = ["hello world  x<|im_start|>", "def f(x):\n\treturn x**2  # ünïcödé 日本語 🎉\n\n\n",
+           open(adapter.__file__, encoding="utf-8").read()]
+  for text in texts:
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids == TOKENIZER.encode(text, allowed_special="all") and tok.decode(ids) == text
+  messages = [{"role": "user", "content": "hi"}]
+  assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
+      TOKENIZER.apply_chat_template(messages, add_generation_prompt=True)
+  assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (TOKENIZER.bos_id, TOKENIZER.eos_id, TOKENIZER.pad_id)

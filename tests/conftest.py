@@ -78,24 +78,40 @@ def pytest_collection_modifyitems(session, config, items):
   items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_recipe.py") else 1)
 
 
-# The tiny random Phi3ForCausalLM of test_hf.py and test_hf_refusals.py.
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory):
-  """(path, net): a tiny random Phi3ForCausalLM (GQA 4:1, head_dim 16, theta 250k) in a folder."""
+def tiny_phi3(path: str, *, vocab_size: int, hidden_size: int, intermediate_size: int, max_positions: int,
+              rope_theta: float, std: float):
+  """A tiny random Phi3ForCausalLM (2 layers, 8 heads, GQA 4:1) saved in `path`: every weight
+  random, norms too (around 1), so no swapped tensor goes unnoticed. Returns the net."""
   import torch  # (imported here: only the tests that use the model pay for torch)
   import transformers
   torch.manual_seed(0)
   config = transformers.Phi3Config(
-      vocab_size=1000, hidden_size=128, intermediate_size=224, num_hidden_layers=2,
-      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64,
-      rope_parameters={"rope_type": "default", "rope_theta": 250_000.0}, pad_token_id=None,
+      vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+      num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+      max_position_embeddings=max_positions,
+      rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, pad_token_id=None,
       bos_token_id=None, eos_token_id=None)
   net = transformers.Phi3ForCausalLM(config).eval()
-  with torch.no_grad():  # every weight random, norms too, so no swapped tensor goes unnoticed
+  with torch.no_grad():
     for name, p in net.named_parameters():
-      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
-  path = str(tmp_path_factory.mktemp("hf_tiny"))
+      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else std * torch.randn_like(p))
   net.save_pretrained(path)
+  return net
+
+
+@pytest.fixture(scope="session")
+def make_tiny_phi3():
+  """tiny_phi3, for tests that need a Hugging Face reference model of their own shape."""
+  return tiny_phi3
+
+
+# The tiny random Phi3ForCausalLM of test_hf.py and test_hf_refusals.py.
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+  """(path, net): a tiny random Phi3ForCausalLM (GQA 4:1, head_dim 16, theta 250k) in a folder."""
+  path = str(tmp_path_factory.mktemp("hf_tiny"))
+  net = tiny_phi3(path, vocab_size=1000, hidden_size=128, intermediate_size=224, max_positions=64,
+                  rope_theta=250_000.0, std=0.08)
   return path, net
 
 

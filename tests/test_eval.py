@@ -118,7 +118,8 @@ def test_answers_task_counts_correct_final_answers(tmp_path):
   assert TOKENIZER.decode(model.prompts[1]) == "<|endoftext|>Question: 2+2?\nAnswer:"
   chat = eval_lib.eval_fields(tasks="answers", answers_file=path, limit=2)
   model = Canned(["\\boxed{2}", "Answer: 4"])
-  assert eval_lib.evaluate(model, chat)["answers"] == {"acc": 1.0, "n": 2, "seconds": pytest.approx(0, abs=5)}
+  result = eval_lib.evaluate(model, chat)["answers"]
+  assert {k: v for k, v in result.items() if k != "seconds"} == {"acc": 1.0, "n": 2}
   assert TOKENIZER.decode(model.prompts[0]) == "<|im_start|>user<|im_sep|>1+1?<|im_end|><|im_start|>assistant<|im_sep|>"
 
 

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from phi4_jax import hf, inference, model
 from phi4_jax.inference import batching, decoder, sampling
@@ -16,20 +15,11 @@ PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [400], [7, 7, 7, 120, 33, 2, 64, 11, 9, 3
 
 
 @pytest.fixture(scope="module")
-def hf_net(tmp_path_factory):
+def hf_net(tmp_path_factory, make_tiny_phi3):
   """A tiny random Phi3ForCausalLM (GQA 4:1), saved and loaded through hf.load."""
-  torch.manual_seed(0)
-  config = transformers.Phi3Config(
-      vocab_size=768, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
-      rope_parameters={"rope_type": "default", "rope_theta": 10_000.0}, pad_token_id=None,
-      bos_token_id=None, eos_token_id=None)
-  net = transformers.Phi3ForCausalLM(config).eval()
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
   path = str(tmp_path_factory.mktemp("hf_infer"))
-  net.save_pretrained(path)
+  net = make_tiny_phi3(path, vocab_size=768, hidden_size=64, intermediate_size=160, max_positions=128,
+                       rope_theta=10_000.0, std=0.1)
   cfg, params = inference.load(path)
   return net, cfg, params, path
 

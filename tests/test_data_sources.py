@@ -257,7 +257,7 @@ def test_a_missing_parquet_column_names_the_text_field(tmp_path):
 
 
 def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-  from phi4_jax.data import measure, sources
+  from phi4_jax.data import formats, measure
   path = tmp_path / "s.jsonl"
   path.write_bytes(_gz_lines(20))
   cache = tmp_path / "cache"
@@ -284,7 +284,7 @@ def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   (index,) = (cache / "index").iterdir()
   index.write_bytes(b"garbage")
   assert _source(path, cache).read([19]) == [json.loads(_gz_lines(20).splitlines()[19])["text"]]
-  assert sources.load_npy(str(index)) is not None
+  assert formats.load_npy(str(index)) is not None
 
 
 def test_building_the_train_iterator_names_a_truncated_gzip(tmp_path):

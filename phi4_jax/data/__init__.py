@@ -13,7 +13,8 @@ from phi4_jax.data.pairs import PAIR_ROW_DTYPES, PAIR_ROW_FIELDS, pair_id, split
 from phi4_jax.data.pipeline import (PairIterator, TrainIterator, make_train_iterator,
                                     progress_from_state)
 from phi4_jax.data.planner import PlanError
-from phi4_jax.data.sources import CacheError, SourceError
+from phi4_jax.data.formats import CacheError
+from phi4_jax.data.sources import SourceError
 
 __all__ = ["CacheError", "PAIR_ROW_DTYPES", "PAIR_ROW_FIELDS", "PairIterator", "PlanError",
            "ROW_FIELDS", "SourceError", "TrainIterator", "check_config", "make_train_iterator", "pair_id", "progress_from_state", "split_pair_ids",

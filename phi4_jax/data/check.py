@@ -23,7 +23,8 @@ from phi4_jax.data import config as data_config
 from phi4_jax.data import corpus
 from phi4_jax.data.planner import SOURCES_FIELD, budget, leaves, make_plan
 from phi4_jax.data.chat import LONG_CONVERSATIONS
-from phi4_jax.data.sources import FORMATS, RECORD_FORMATS, detect_format, record_mode, resolve_globs
+from phi4_jax.data.formats import FORMATS, RECORD_FORMATS, detect_format, record_mode
+from phi4_jax.data.sources import resolve_globs
 
 _SOURCE_FIELDS = frozenset(data_config.source("", 0.0))
 _MIXTURE_FIELDS = frozenset(data_config.mixture(0.0, {}))

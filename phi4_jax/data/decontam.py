@@ -224,7 +224,7 @@ def _copy_kept(path: str, fmt: str, target: str, removed: set[int]) -> None:
 def _clean_file(source, fmt: str, f: int, index: Index, settings: Settings, out_dir: str) -> dict:
   """Checks file f of `source` (config format `fmt`), writes its clean copy and report; returns
   its counts."""
-  from phi4_jax.data.sources import FORMATS, detect_format
+  from phi4_jax.data.formats import FORMATS, detect_format
   path = source.files[f]
   name = os.path.basename(path)
   target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")

@@ -19,7 +19,8 @@ import numpy as np
 
 from phi4_jax.data import corpus
 from phi4_jax.data.planner import Leaf, PlanError, leaves
-from phi4_jax.data.sources import Skip, Source, count_skip, load_npy, open_source, save_npy
+from phi4_jax.data.formats import load_npy, save_npy
+from phi4_jax.data.sources import Skip, Source, count_skip, open_source
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 _VERSION = "1"  # bump when counting changes

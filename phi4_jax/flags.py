@@ -16,9 +16,18 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict) -> None:
-  """One --<name> flag per field of `defaults`, typed by its default."""
+  """One --<name> flag per field of `defaults`, typed by its default (a bool's flag takes
+  true/false, yes/no or 1/0)."""
   for name, value in defaults.items():
-    p.add_argument(f"--{name}", type=type(value), default=value)
+    p.add_argument(f"--{name}", type=_boolean if isinstance(value, bool) else type(value), default=value)
+
+
+def _boolean(text: str) -> bool:
+  if text.lower() in ("true", "yes", "1"):
+    return True
+  if text.lower() in ("false", "no", "0"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def settings(args: argparse.Namespace, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

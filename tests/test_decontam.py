@@ -92,6 +92,10 @@ def test_thirteen_grams_allow_lists_and_seven_gram_thresholds(setup):
   strict = decontam.run(bench, spec, str(tmp / "strict"), allow,
                         decontam.Settings(common_items=2, drop_partial=True), progress=None)
   assert strict["sources"]["plain"]["kept"] == 4
+  # the command's flags give the same run (a bool flag parses true/false)
+  decontam.main(["--benchmarks", bench, "--sources", spec, "--out", str(tmp / "cli"), "--allow", allow,
+                 "--common_items=2", "--drop_partial=true"])
+  assert json.load(open(tmp / "cli" / "summary.json"))["sources"] == strict["sources"]
 
 
 def test_a_rerun_skips_finished_files_and_redoes_the_rest_alike(setup):

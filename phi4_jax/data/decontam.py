@@ -42,6 +42,9 @@ import re
 import sys
 import time
 
+import ml_collections
+
+from phi4_jax import flags
 from phi4_jax.posttrain import jsonl_log
 
 LONG, SHORT = 13, 7  # n-gram lengths: an exact match, and the overlap ratio's
@@ -320,13 +323,10 @@ def main(argv=None) -> None:
   p.add_argument("--sources", required=True, help="a stage config (experiments/<stage>.py:<preset>)")
   p.add_argument("--out", required=True, help="the clean copies, reports and summary")
   p.add_argument("--allow", default="", help="a file of allow-listed 13-grams, one per line")
-  defaults = Settings()
-  for field in dataclasses.fields(Settings):
-    kind = type(getattr(defaults, field.name))
-    p.add_argument(f"--{field.name}", type=(lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind,
-                   default=getattr(defaults, field.name))
+  defaults = ml_collections.ConfigDict(dataclasses.asdict(Settings()))
+  flags.add_settings_flags(p, defaults)
   args = p.parse_args(argv)
-  settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
+  settings = Settings(**flags.settings(args, defaults).to_dict())
   result = run(args.benchmarks, args.sources, args.out, args.allow, settings)
   print(json.dumps(result, indent=1))
 

@@ -168,3 +168,64 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
   assert checkpoint.latest_step("runs/w") == 2
   summary = loop.train(_config(steps=3, checkpoint_every=1), "runs/w")
   assert (summary["start_step"], summary["step"]) == (2, 3)
+
+
+@pytest.mark.parametrize("bad", [4, 5])
+def test_a_non_finite_loss_read_one_step_late_is_never_saved(tmp_path, bad):
+  """Step N's metrics are read after step N + 1 is dispatched. A non-finite loss at a checkpoint
+  step (4) or at the step before one (5, read after 6 is dispatched) still stops the run before a
+  state past N - 1 is saved, and the last good checkpoint holds the data state of its own step
+  (not of the batches read ahead)."""
+  workdir_ = str(tmp_path / "w")
+  run = loop.prepare(_config(steps=8, checkpoint_every=2, async_checkpointing=False), workdir_)
+  compiled, dispatched = loop.compile_step(run), []
+
+  def step_fn(state, batch, extras):
+    state, m = compiled(state, batch, extras)
+    dispatched.append(len(dispatched) + 1)
+    return state, ({**m, "loss": m["loss"] * np.nan} if dispatched[-1] == bad else m)
+
+  try:
+    with pytest.raises(recovery.NonFiniteLossError, match=f"at step {bad} .*nothing past step {bad - 1}"):
+      loop.run_steps(run, loop.build_or_restore_state(run), step_fn)
+  finally:
+    loop._close(run, raising=False)
+  assert dispatched[-1] == (4 if bad == 4 else 6)  # 5's loss was read after 6 was dispatched
+  kept = checkpoint.all_steps(workdir_)
+  assert kept == list(range(2, bad, 2))
+  data_state = os.path.join(workdir_, "checkpoints", str(kept[-1]), "data", "process_0-of-1.json")
+  assert json.load(open(data_state))["batches"] == kept[-1]
+  assert [r["step"] for r in read_metrics(workdir_)] == list(range(1, bad))
+
+
+def test_prefetch_gives_the_batches_in_order_with_the_state_of_each_and_raises_the_readers_error():
+  from phi4_jax.train.prefetch import Prefetch
+
+  class Source:
+    def __init__(self, fail_at=None):
+      self.i, self.fail_at = 0, fail_at
+
+    def __next__(self):
+      if self.i == self.fail_at:
+        raise ValueError(f"bad.jsonl:{self.i}: unreadable")
+      if self.i == 5:
+        raise StopIteration
+      self.i += 1
+      return {"x": self.i}
+
+    def get_state(self):
+      return {"i": self.i}
+
+  for depth in (0, 3):
+    with Prefetch(Source(), lambda local: local["x"] * 10, depth) as batches:
+      assert batches.get_state() == {"i": 0}
+      taken = []
+      for batch in batches:
+        taken.append((batch, batches.get_state()))
+      assert taken == [(10 * i, {"i": i}) for i in range(1, 6)]
+      assert next(batches, None) is None  # the end is seen again
+    with Prefetch(Source(fail_at=2), lambda local: local["x"], depth) as batches:
+      assert [next(batches), next(batches)] == [1, 2]
+      with pytest.raises(ValueError, match="bad.jsonl:2: unreadable"):
+        next(batches)
+      assert batches.get_state() == {"i": 2}

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 100  # steps between checkpoints (a final one is always written)
   c.keep_checkpoints = 3  # keep the newest k checkpoints; 0 keeps all
   c.async_checkpointing = True  # write checkpoints in the background
+  c.prefetch = 2  # batches read and placed on the devices ahead of the step (0: read in the loop)
   c.init_from = ""  # a previous stage's workdir: start from its params, fresh optimizer state
   c.init_step = -1  # which checkpoint step of init_from; -1 = its latest
   c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up in train/metrics.py's table
@@ -70,6 +71,7 @@ RUN_RULES = {
     "microbatches": fields.integer(1), "mesh_shape": fields.int_tuple(3), "loss_chunk": fields.integer(0),
     "log_every": fields.integer(1), "checkpoint_every": fields.integer(1),
     "keep_checkpoints": fields.integer(0), "async_checkpointing": fields.boolean(),
+    "prefetch": fields.integer(0),
     "init_from": fields.string(), "init_step": fields.integer(-1), "peak_flops_per_device": fields.number(0),
     "tensorboard": fields.boolean(), "min_free_disk_gb": fields.number(0), "keep_period": fields.integer(0),
     "resume_step": fields.integer(-1), "skip_batches": fields.integer(0),

@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import re
-import signal
 import time
 
 import jax
@@ -20,7 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
-from phi4_jax.train import checkpoint, objectives, preemption as preemption_lib, recovery, steplog
+from phi4_jax.train import checkpoint, objectives, prefetch as prefetch_lib, preemption as preemption_lib
+from phi4_jax.train import recovery, steplog
 from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.config import model_config, validate
 from phi4_jax.train.optimizer import make_optimizer
@@ -183,9 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = "-
   return summary
 
 
-def _save(run: Run, step: int, state: dict, force: bool = False) -> None:
+def _save(run: Run, step: int, state: dict, data_iter, force: bool = False) -> None:
+  """Saves the state with data_iter's state (the data after `step`'s batch)."""
   try:
-    checkpoint.save(run.mngr, step, state, run.meta(step), run.data_iter, force=force)
+    checkpoint.save(run.mngr, step, state, run.meta(step), data_iter, force=force)
   except Exception as e:  # (an async save's error surfaces at the next save)
     raise _write_error(run, step, e) from e
 
@@ -214,16 +215,21 @@ def _close(run: Run, raising: bool) -> None:
     run.mngr.close()
 
 
-def _next_batch(run: Run, step: int) -> dict:
-  """The next global batch [M, B/M, T], sharded over data x fsdp."""
-  local = next(run.data_iter, None)
-  if local is None:
-    raise RuntimeError(
-        f"the data ran out before step {step + 1} of {run.config.steps} (every source of "
-        "config.data.sources used up its planned epochs: check their max_epochs and declared "
-        f"unique_tokens); the last checkpoint of {run.workdir} is step {run.mngr.latest_step()}")
-  return _global_batch(local, run.config.microbatches, model_lib.batch_sharding(run.mesh, True),
-                       run.config.global_batch_size)
+def _batches(run: Run) -> prefetch_lib.Prefetch:
+  """The run's data read config.prefetch batches ahead, as global [M, B/M, T] arrays sharded over
+  data x fsdp."""
+  config = run.config
+  place = functools.partial(_global_batch, microbatches=config.microbatches,
+                            sharding=model_lib.batch_sharding(run.mesh, True),
+                            global_rows=config.global_batch_size)
+  return prefetch_lib.Prefetch(run.data_iter, place, config.prefetch)
+
+
+def _data_ran_out(run: Run, step: int) -> RuntimeError:
+  return RuntimeError(
+      f"the data ran out before step {step + 1} of {run.config.steps} (every source of "
+      "config.data.sources used up its planned epochs: check their max_epochs and declared "
+      f"unique_tokens); the last checkpoint of {run.workdir} is step {run.mngr.latest_step()}")
 
 
 def _check_step(run: Run, step: int, m: dict, recent) -> None:
@@ -236,34 +242,63 @@ def _check_step(run: Run, step: int, m: dict, recent) -> None:
 
 
 def run_steps(run: Run, state: dict, step_fn) -> dict:
-  """Steps from the state's step to config.steps: log, checkpoint, stop cleanly on SIGTERM."""
+  """Steps from the state's step to config.steps: log, checkpoint, stop cleanly on SIGTERM.
+
+  The host never waits for a step before dispatching the next: step N's metrics are read (and
+  checked for a divergence) after step N + 1 is dispatched, while it runs, and the batches are
+  read and placed ahead by a thread (train/prefetch.py). A state is only saved (or evaluated)
+  after its own step's metrics passed the check, so nothing past a non-finite loss is saved.
+  """
   config = run.config
   start = step = int(state["step"])
-  logger = steplog.StepLogger(run, start)
   recent = recovery.new_window()
   preempted = False
-  try:
-    with preemption_lib.Preemption() as preemption:
-      while step < config.steps:
-        if preemption.agreed():
-          preempted = True
-          break
-        state, m = step_fn(state, _next_batch(run, step), run.extras)
-        m = jax.device_get(m)
-        step += 1
-        _check_step(run, step, m, recent)
-        logger.step(step, m)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-          _save(run, step, state)
-        if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
-          logger.evaluation(step, _evaluate(run, state))
-      if preempted:
-        if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
-          _save(run, step, state, force=True)
-        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step,
-                        run.workdir)
-  finally:
-    logger.close()
+  pending = None  # (step, its metrics still on the devices): read one step late
+
+  def settle():
+    """Reads, checks and logs the pending step's metrics (waiting for that step only)."""
+    nonlocal pending
+    if pending is not None:
+      done, m = pending
+      pending = None
+      m = jax.device_get(m)
+      _check_step(run, done, m, recent)
+      logger.step(done, m)
+
+  with _batches(run) as batches:
+    logger = steplog.StepLogger(run, start, batches)
+    try:
+      with preemption_lib.Preemption() as preemption:
+        while step < config.steps:
+          if preemption.agreed(step):
+            preempted = True
+            break
+          batch = next(batches, None)
+          if batch is None:
+            settle()
+            raise _data_ran_out(run, step)
+          dispatched = time.monotonic()
+          state, m = step_fn(state, batch, run.extras)
+          if step == start:  # (the first call returns once the step is compiled and dispatched)
+            logger.compiled(time.monotonic() - dispatched)
+          step += 1
+          settle()
+          pending = (step, m)
+          if step % config.checkpoint_every == 0 or step == config.steps:
+            settle()
+            _save(run, step, state, batches)
+          if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
+            settle()
+            began = time.monotonic()
+            logger.evaluation(step, _evaluate(run, state), time.monotonic() - began)
+        settle()
+        if preempted:
+          if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
+            _save(run, step, state, batches, force=True)
+          logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step,
+                          run.workdir)
+    finally:
+      logger.close()
   return {"stage": config.stage, "workdir": run.workdir, "start_step": start, "step": step,
           "preempted": preempted, "last": logger.last_row}
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import jax
-import numpy as np
+
+AGREE_TIMEOUT_S = 1800  # how long a process waits at a step's check for the slowest one
+
+_instances = itertools.count()  # (each process opens the same sequence: one per stage)
 
 
 class Preemption:
@@ -17,6 +21,7 @@ class Preemption:
   def __init__(self):
     self.requested = False
     self._previous = {}
+    self._tag = next(_instances)
 
   def __enter__(self):
     try:
@@ -34,9 +39,20 @@ class Preemption:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
 
-  def agreed(self) -> bool:
-    """True on every process once any process got SIGTERM."""
+  def agreed(self, step: int) -> bool:
+    """True on every process, at the same step, once any process got SIGTERM.
+
+    Across processes the flags meet in jax.distributed's key-value store: a process that got the
+    signal writes a key for this step, all wait at this step's barrier, then all read the step's
+    keys. These are host RPCs to the coordinator, so the check does not wait for the steps queued
+    on the devices (an all-gather of the flags on the devices would, at every step).
+    """
     if jax.process_count() == 1:
       return self.requested
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+    from jax._src import distributed
+    client = distributed.global_state.client
+    prefix = f"phi4_jax/preempt/{self._tag}/{step}/"
+    if self.requested:
+      client.key_value_set(prefix + str(jax.process_index()), "1")
+    client.wait_at_barrier(f"phi4_jax_preempt_{self._tag}_{step}", AGREE_TIMEOUT_S * 1000)
+    return bool(client.key_value_dir_get(prefix))

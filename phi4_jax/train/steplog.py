@@ -2,12 +2,15 @@
 
 Every `log_every` steps a row holds the mean loss of the steps since the last row, the LR, grad
 norm, tokens/s and MFU, the objective's own fields (objectives.py: loss per source, target tokens,
-DPO rewards) and the data iterator's progress.
+DPO rewards) and the data iterator's progress. Throughput is honest: the first step's compile time
+is left out of its row's tokens/s (and logged on its own as `compile_s`), and so is the time of an
+evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import jax
@@ -21,9 +24,9 @@ from phi4_jax.train.optimizer import lr_schedule
 class StepLogger:
   """Metric rows every config.log_every steps and the progress bar, from the primary process."""
 
-  def __init__(self, run, start: int):
+  def __init__(self, run, start: int, data):
     config = run.config
-    self.run = run
+    self.run, self.data = run, data  # data: the iterator whose progress() the rows report
     self.tokens_per_step = config.global_batch_size * config.seq_len
     self.flops = model_lib.flops_per_token(run.cfg, config.seq_len)
     self.peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
@@ -33,6 +36,13 @@ class StepLogger:
     self.bar = metrics_lib.ProgressBar(config.steps, start, self.tokens_per_step) if run.primary else None
     self.window = _new_window()
     self.last_row: dict = {}
+    self.compile_s: float | None = None  # for the next row
+
+  def compiled(self, seconds: float) -> None:
+    """The first step took `seconds` to compile: its row's time leaves them out."""
+    logging.info("compiled the train step in %.1f s", seconds)
+    self.window["t"] += seconds
+    self.compile_s = seconds
 
   def step(self, step: int, m: dict) -> None:
     window = self.window
@@ -60,13 +70,17 @@ class StepLogger:
         "mfu": (self.flops * tokens_per_s / (self.peak * jax.device_count())) if self.peak else None,
         **self.run.objective.summarize(window["sums"], window["steps"],
                                        list(self.run.data_iter.source_names)),
-        "data": self.run.data_iter.progress(),
+        "data": self.data.progress(),
     }
+    if self.compile_s is not None:
+      row["compile_s"], self.compile_s = self.compile_s, None
     return json.loads(json.dumps(row, default=float))
 
-  def evaluation(self, step: int, results: dict) -> None:
+  def evaluation(self, step: int, results: dict, seconds: float) -> None:
     """An evaluation's row: {"step", "eval": {task: metrics}}; read_metrics joins it to the step's
-    training row (config.eval.every is a multiple of log_every)."""
+    training row (config.eval.every is a multiple of log_every). Its `seconds` are left out of the
+    next row's tokens/s."""
+    self.window["t"] += seconds
     row = {"eval": json.loads(json.dumps(results, default=float))}
     self.writer.write(step, row)
     self.last_row = {**self.last_row, **row}

@@ -25,6 +25,16 @@ def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, f
                                             "auto-detect)", flag_values=flag_values),
       "process_id": flags.DEFINE_integer("process_id", -1, "this process's index (-1: auto-detect)",
                                          flag_values=flag_values),
+      "dry_run": flags.DEFINE_bool("dry_run", False, "compile each training stage's step on abstract "
+                                   "inputs and print its per-device memory and FLOP plan; trains "
+                                   "nothing, writes nothing", flag_values=flag_values),
+      "devices": flags.DEFINE_integer("devices", 0, "with --dry_run: plan for this many devices "
+                                      "(fake CPU ones where no accelerator is present)",
+                                      flag_values=flag_values),
+      "device_memory_gb": flags.DEFINE_float("device_memory_gb", 0.0, "with --dry_run: check the "
+                                             "plan against this memory per device (0: a table of "
+                                             "H100, H200, A100, TPU v5e/v5p/v6e)",
+                                             flag_values=flag_values),
   }
 
 
@@ -43,6 +53,11 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
+  if _FLAGS["dry_run"].value:
+    _dry_run(_FLAGS["config"].value, _FLAGS["devices"].value, _FLAGS["device_memory_gb"].value)
+    return
+  if not _FLAGS["workdir"].value:
+    raise app.UsageError("--workdir is required (except with --dry_run)")
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
   distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
                          _FLAGS["process_id"].value)
@@ -62,10 +77,32 @@ def main(argv) -> None:
     os._exit(1)
 
 
+def _dry_run(config, devices: int, device_memory_gb: float) -> None:
+  """Prints each training stage's plan (train/dry_run.py)."""
+  import jax
+  if devices:
+    jax.config.update("jax_num_cpu_devices", devices)  # (before the first backend is opened)
+    if jax.default_backend() != "cpu" and jax.device_count() != devices:
+      raise app.UsageError(f"--devices={devices}: this machine has {jax.device_count()} "
+                           f"{jax.default_backend()} devices; fake devices are CPU ones (set "
+                           "JAX_PLATFORMS=cpu to plan on them)")
+  from phi4_jax.posttrain import stages as data_stages
+  from phi4_jax.train import dry_run, recipe
+  if "stages" in config:
+    recipe.link(config, "<workdir>")  # (init_from and `stage:` sources, as a run would set them)
+  for name, stage, _ in recipe.stage_dirs(config, ""):
+    if data_stages.is_generation(stage):
+      continue
+    try:
+      print(dry_run.describe(dry_run.plan(stage, device_memory_gb)), flush=True)
+    except ValueError as e:  # (a config field, or a mesh the arrays cannot be split over)
+      sys.exit(f"error: {f'stage {name}: ' if name else ''}{e}")
+
+
 def run() -> None:
   hugepages.reexec_with_hugepages()
   _FLAGS.update(config=configs.define_flag(), **define_run_flags())
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["config"])
   app.run(main)
 
 

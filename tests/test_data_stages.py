@@ -15,7 +15,7 @@ from phi4_jax.train import recipe
 def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, monkeypatch):
   monkeypatch.setattr(recipe.jax, "device_count", lambda: 1)  # the recipe's one device (conftest fakes 8)
   c = configs.load("experiments/recipe.py:colab")
-  ready = recipe._link(c, str(tmp_path))
+  ready = recipe.link(c, str(tmp_path))
   w = lambda name: os.path.join(str(tmp_path), name)
   assert [c[s].init_from for s in c.stages[1:]] == [w("pretrain"), w("midtrain"), w("sft"), w("sft"),
                                                     w("dpo_pts"), w("dpo_pts")]
@@ -31,7 +31,7 @@ def test_a_stage_source_must_name_an_earlier_data_stage(tmp_path):
   c.dpo_pts.data.sources.pts.globs = "stage:judge"  # judge runs after dpo_pts
   with pytest.raises(ValueError, match=r"stage dpo_pts: config.dpo_pts.data.sources.pts.globs names "
                      r"'stage:judge', but no data stage 'judge' runs before it"):
-    recipe._link(c, str(tmp_path))
+    recipe.link(c, str(tmp_path))
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -68,6 +68,18 @@ def state_shardings(optimizer: optax.GradientTransformation, abstract_params: di
   return {"params": param_shardings, "opt_state": opt_shardings, "step": replicated}
 
 
+def abstract_train_state(config: ml_collections.ConfigDict, cfg: model_lib.ModelConfig, mesh: Mesh):
+  """(optimizer, shardings, abstract state): the stage's train state as ShapeDtypeStructs placed
+  on its shardings, allocating nothing."""
+  optimizer = make_optimizer(config.optimizer, config.steps)
+  abstract_params = model_lib.abstract_params(cfg)
+  shardings = state_shardings(optimizer, abstract_params, model_lib.param_shardings(cfg, mesh), mesh)
+  abstract_state = model_lib.with_shardings(
+      {"params": abstract_params, "opt_state": jax.eval_shape(optimizer.init, abstract_params),
+       "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
+  return optimizer, shardings, abstract_state
+
+
 def _state_bytes(abstract_state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
 
@@ -78,12 +90,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = 
   workdir = workdir_lib.resolve(workdir)
   cfg = model_config(config)
   mesh = model_lib.make_mesh(config.mesh_shape)
-  optimizer = make_optimizer(config.optimizer, config.steps)
-  abstract_params = model_lib.abstract_params(cfg)
-  shardings = state_shardings(optimizer, abstract_params, model_lib.param_shardings(cfg, mesh), mesh)
-  abstract_state = model_lib.with_shardings(
-      {"params": abstract_params, "opt_state": jax.eval_shape(optimizer.init, abstract_params),
-       "step": jax.ShapeDtypeStruct((), jnp.int32)}, shardings)
+  optimizer, shardings, abstract_state = abstract_train_state(config, cfg, mesh)
   # Sources are opened (and an unreadable file named) before anything is written to the workdir.
   data_iter = data_lib.make_train_iterator(config, jax.process_index(), jax.process_count())
   kept = config.keep_checkpoints or 2  # (0 keeps all: at least the one written and the one before)
@@ -160,13 +167,18 @@ def _restore(run: Run, step: int) -> tuple[dict, dict]:
                                    f"restored ({type(e).__name__}: {e}); {hint}") from e
 
 
+def jit_step(optimizer: optax.GradientTransformation, loss_fn, shardings: dict, mesh: Mesh,
+             extra_shardings: dict):
+  """The jitted train step over `mesh`; the state is donated (updated in place)."""
+  step = functools.partial(train_step, optimizer=optimizer, loss_fn=loss_fn)
+  return jax.jit(step, in_shardings=(shardings, model_lib.batch_sharding(mesh, microbatched=True),
+                                     extra_shardings),
+                 out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
+
+
 def compile_step(run: Run):
-  """The jitted train step over the run's mesh; the state is donated (updated in place)."""
-  step = functools.partial(train_step, optimizer=run.optimizer, loss_fn=run.objective.loss_fn)
-  return jax.jit(step, in_shardings=(run.shardings, model_lib.batch_sharding(run.mesh, microbatched=True),
-                                     run.extra_shardings),
-                 out_shardings=(run.shardings, NamedSharding(run.mesh, PartitionSpec())),
-                 donate_argnums=0)
+  """The run's jitted train step (compiled at its first call)."""
+  return jit_step(run.optimizer, run.objective.loss_fn, run.shardings, run.mesh, run.extra_shardings)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = "--config.") -> dict:

@@ -40,7 +40,7 @@ def stage_dirs(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[st
   return [(name, config[name], os.path.join(workdir, name)) for name in config.stages]
 
 
-def _link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
+def link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
   """Fills each stage's init_from (the last training stage before it) and resolves `stage:<name>`
   source globs to earlier data stages' pairs files; {stage: whether its data exists already}."""
   model, made, ready = "", {}, {}
@@ -82,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for name in config.stages:
     if name not in config:
       raise ValueError(f"config.stages names {name!r}, but the recipe has no config.{name}")
-  _check(config, _link(config, workdir))
+  _check(config, link(config, workdir))
   results = []
   for name, stage, stage_dir in stage_dirs(config, workdir):
     if finished(stage, stage_dir):

@@ -1,0 +1,59 @@
+"""--dry_run: the train step compiled on abstract inputs, its per-device memory and FLOP plan."""
+
+import os
+import subprocess
+import sys
+
+import jax
+
+from phi4_jax import configs
+from phi4_jax.model import flops_per_token
+from phi4_jax.train import dry_run
+from phi4_jax.train.config import model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {"seq_len": 128, "global_batch_size": 8, "loss_chunk": 64}
+
+
+def test_plan_bytes_match_xla_arguments_and_a_hand_count():
+  config = configs.load(os.path.join(ROOT, "experiments/pretrain.py:test"), {**SMALL, "mesh_shape": (1, 8, 1)})
+  plan = dry_run.plan(config)
+  b = plan["bytes_per_device"]
+  # Our per-device shard sizes add up to what XLA counts as the step's arguments (the step
+  # counter and optax's count scalars are the only difference).
+  assert 0 <= plan["xla_argument_bytes"] - (b["params"] + b["optimizer_state"] + b["batch"]) < 64
+  # Hand count: fp32 params split over fsdp=8 (the norm scales are small and may replicate);
+  # AdamW's two moments are twice the params; the batch is 5 int32 fields of [8/8, 128].
+  params = plan["params"] * 4
+  assert params / 8 <= b["params"] < params / 8 + 64 * 4 * 8
+  assert abs(b["optimizer_state"] - 2 * b["params"]) < 64
+  assert b["batch"] == 5 * 4 * 1 * 128
+  assert b["temporaries"] > 0 and b["total"] == sum(v for k, v in b.items() if k != "total")
+  cfg = model_config(configs.load(os.path.join(ROOT, "experiments/pretrain.py:test"), SMALL))
+  assert plan["flops_per_step_per_device_model"] == flops_per_token(cfg, 128) * 8 * 128 / 8
+  assert plan["devices"] == jax.device_count() == 8 and plan["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert all(plan["fits"].values())
+  assert dry_run.plan(configs.load(os.path.join(ROOT, "experiments/pretrain.py:test"),
+                                   {**SMALL, "mesh_shape": (1, 8, 1)}), device_memory_gb=1e-4)["fits"] == {
+                                       "0.0001 GB": False}
+
+
+def test_dry_run_command_plans_every_training_stage_of_a_recipe_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run(
+      [sys.executable, "-m", "phi4_jax.main", f"--config={ROOT}/experiments/recipe.py:test",
+       f"--workdir={workdir}", "--dry_run", "--devices=4"], env=env, capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  planned = [line.split(":")[0] for line in out.stdout.splitlines() if line.startswith("dry run")]
+  assert planned == [f"dry run of stage {s}" for s in ("pretrain", "midtrain", "sft", "dpo_pts")]
+  assert "4 cpu devices (mesh data=1 x fsdp=4 x tensor=1)" in out.stdout
+  assert "DPO reference" in out.stdout  # (dpo_pts scores a frozen reference each step)
+  assert "XLA temporaries" in out.stdout and "H100 (80 GB) yes" in out.stdout
+  assert not workdir.exists()
+  bad = subprocess.run(
+      [sys.executable, "-m", "phi4_jax.main", f"--config={ROOT}/experiments/pretrain.py:test",
+       "--dry_run", "--devices=3"], env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and "error: config.global_batch_size" in bad.stderr

@@ -47,8 +47,11 @@ def get_config(arg: str = "colab") -> ml_collections.ConfigDict:
   presets = {name: {**p, "peak_lr": pretrain.PRESETS[name]["peak_lr"] * LR_RATIO}
              for name, p in PRESETS.items()}
   config = pretrain.stage_config(arg, presets, "midtrain")
+  # At 16K the saved matmul outputs of dots_with_no_batch_dims_saveable alone outgrow an 80 GB
+  # device (--dry_run: 118 GB per device for 1b on 8); full remat recomputes them (58 GB).
+  remat = {"remat_policy": "full"} if arg in ("1b", "phi4_14b") else {}
   config.model = ModelConfig.preset(arg, rope_theta=MIDTRAIN_ROPE_THETA,
-                                    max_seq_len=max(config.seq_len, 16_384)).to_config_dict()
+                                    max_seq_len=max(config.seq_len, 16_384), **remat).to_config_dict()
   paper_scale = arg == "phi4_14b"
   long_globs = "$PHI4_DATA/long/*.parquet" if paper_scale else "corpus:long,corpus:code"
   config.data = data_config.data({

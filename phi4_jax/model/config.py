@@ -30,7 +30,7 @@ DEFAULT_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked", "tpu_flash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -52,7 +52,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations and matmuls
   scan_layers: bool = True  # compile one block and lax.scan it (False unrolls; params identical)
   remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-  attention_impl: str = "auto"  # xla | cudnn | blocked | auto: cuDNN on GPU in 16-bit, blocked on CPU, else xla
+  attention_impl: str = "auto"  # xla | cudnn | blocked | tpu_flash | auto: cuDNN on GPU in 16-bit, tpu_flash on TPU, else blocked
   attention_block: int = 128  # query rows per block of the blocked attention (model/attention.py)
   init_std: float = 0.02  # std of the normal initializer of every weight matrix
   axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_AXIS_RULES  # logical -> mesh axes

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from phi4_jax.model.attention import blocked_attention
 from phi4_jax.model.config import ModelConfig
+from phi4_jax.model.tpu_flash import BLOCK as TPU_FLASH_BLOCK, flash_attention
 
 
 def _init(cfg: ModelConfig, names: tuple[str, ...]):
@@ -73,14 +74,18 @@ def attention_mask(segment_ids_BxT: jax.Array | None) -> jax.Array | None:
   return same_segment & causal[None, None]
 
 
-def _attention_impl(cfg: ModelConfig) -> str:
-  """auto: cuDNN flash attention on GPU in 16-bit, blocked attention on CPU, XLA otherwise."""
+def _attention_impl(cfg: ModelConfig, t: int) -> str:
+  """auto: cuDNN flash attention on GPU in 16-bit, Pallas flash attention on TPU, and the blocked
+  attention elsewhere (CPU, GPU in fp32): none of them holds a [T, S] score matrix. tpu_flash
+  takes rows of a multiple of its 128-token block; shorter or ragged rows use the blocked one."""
+  if cfg.attention_impl == "tpu_flash" and t % TPU_FLASH_BLOCK:
+    return "blocked"
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
   backend = jax.default_backend()
   if backend == "gpu" and cfg.dtype in ("bfloat16", "float16"):
     return "cudnn"
-  return "blocked" if backend == "cpu" else "xla"
+  return "tpu_flash" if backend == "tpu" and t % TPU_FLASH_BLOCK == 0 else "blocked"
 
 
 class Attention(nn.Module):
@@ -90,7 +95,7 @@ class Attention(nn.Module):
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_Bx1xTxS):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT):
     cfg = self.cfg
     dense = lambda features, names, axis=-1, name=None: nn.DenseGeneral(
         features, axis=axis, use_bias=False, dtype=jnp.dtype(cfg.dtype),
@@ -102,8 +107,12 @@ class Attention(nn.Module):
     k_BxSxKxDh = apply_rope(k_BxSxKxDh, cos_BxTxDh, sin_BxTxDh)
     heads = ("activation_batch", "activation_length", "activation_heads", None)
     q_BxTxHxDh = constrain(q_BxTxHxDh, heads, cfg, self.mesh)
-    impl = _attention_impl(cfg)
-    if impl == "blocked":
+    impl = _attention_impl(cfg, x_BxTxD.shape[1])
+    mask_Bx1xTxS = None if impl == "tpu_flash" else attention_mask(segment_ids_BxT)
+    if impl == "tpu_flash":
+      out_BxTxHxDh = flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxT,
+                                     cfg.head_dim ** -0.5, cfg, self.mesh)
+    elif impl == "blocked":
       out_BxTxHxDh = blocked_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_Bx1xTxS,
                                        cfg.head_dim ** -0.5, cfg.attention_block)
     else:

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import (MLP, Attention, RMSNorm, attention_mask, constrain,
-                                   rope_cos_sin)
+from phi4_jax.model.layers import MLP, Attention, RMSNorm, constrain, rope_cos_sin
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
@@ -31,10 +30,10 @@ class DecoderBlock(nn.Module):
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_Bx1xTxS):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT):
     cfg = self.cfg
     h = RMSNorm(cfg, name="attn_norm")(x_BxTxD)
-    x_BxTxD = x_BxTxD + Attention(cfg, self.mesh, name="attn")(h, cos_BxTxDh, sin_BxTxDh, mask_Bx1xTxS)
+    x_BxTxD = x_BxTxD + Attention(cfg, self.mesh, name="attn")(h, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT)
     h = RMSNorm(cfg, name="mlp_norm")(x_BxTxD)
     x_BxTxD = x_BxTxD + MLP(cfg, self.mesh, name="mlp")(h)
     return constrain(x_BxTxD, _RESIDUAL, self.cfg, self.mesh), None
@@ -52,7 +51,6 @@ class Decoder(nn.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     cos_BxTxDh, sin_BxTxDh = rope_cos_sin(positions_BxT, cfg.head_dim, cfg.rope_theta)
-    mask_Bx1xTxS = attention_mask(segment_ids_BxT)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype), name="embed",
@@ -67,7 +65,7 @@ class Decoder(nn.Module):
                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layers,
                      unroll=1 if cfg.scan_layers else cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxTxD, _ = layers(cfg, self.mesh, name="layers")(x_BxTxD, cos_BxTxDh, sin_BxTxDh, mask_Bx1xTxS)
+    x_BxTxD, _ = layers(cfg, self.mesh, name="layers")(x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT)
 
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if return_hidden:

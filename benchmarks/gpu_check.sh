@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_check.sh          # on the GPU machine
 #   bash benchmarks/gpu_check.sh --cpu    # the same three steps on CPU, tiny and quick, in the
 #                                         # current environment (what the tests run)
-# GPU_CHECK_BATCH (default 8) and GPU_CHECK_MICROBATCHES (default 2) size the 1b run for one GPU.
+# GPU_CHECK_BATCH (default 8) and GPU_CHECK_MICROBATCHES (default 2) size the 1b run for one GPU;
+# GPU_CHECK_TESTS (default: the accelerator-path tests below) replaces the pytest selection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=gpu
@@ -37,9 +38,10 @@ else
        --config.loss_chunk=64 --config.tensorboard=false)
 fi
 PYTHON="${PYTHON:-python}"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py \
-  "tests/test_inference.py::test_greedy_equals_argmax_of_a_full_forward_recomputation" \
-  "tests/test_model.py::test_bf16_compute_stays_close_to_fp32" >&2
+read -r -a tests <<< "${GPU_CHECK_TESTS:-tests/test_gpu_paths.py \
+tests/test_inference.py::test_greedy_equals_argmax_of_a_full_forward_recomputation \
+tests/test_model.py::test_bf16_compute_stays_close_to_fp32}"
+"$PYTHON" -m pytest -q -p no:cacheprovider "${tests[@]}" >&2
 "$PYTHON" benchmarks/gpu_check.py "${run[@]}" 2>/tmp/gpu_check_train.$$.log \
   || { tail -40 /tmp/gpu_check_train.$$.log >&2; exit 1; }
 rm -f /tmp/gpu_check_train.$$.log

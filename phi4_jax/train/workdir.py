@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 
 from phi4_jax.model import ModelConfig, abstract_params, with_shardings
 from phi4_jax.train import checkpoint
@@ -53,7 +54,9 @@ def check_writable(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> N
   workdir = resolve(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    # One probe per host and process: the processes of a job share the workdir, and one's remove
+    # must not race another's open (a two-node SLURM job failed that way).
+    probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)

@@ -93,7 +93,7 @@ def main(argv=None):
   args = parse_args(argv)
   import jax
   import jax.numpy as jnp
-  from phi4_jax import configs, model as model_lib
+  from phi4_jax import configs
   from phi4_jax.train import loop
 
   overrides = {"steps": args.steps, "log_every": 1, "checkpoint_every": args.checkpoint_every,
@@ -106,9 +106,7 @@ def main(argv=None):
     try:
       state = loop.build_or_restore_state(run)
       step_fn = loop.compile_step(run)
-      local = next(run.data_iter)
-      batch = loop._global_batch(local, config.microbatches,
-                                 model_lib.batch_sharding(run.mesh, True), config.global_batch_size)
+      batch = loop.batch_placer(run)(next(run.data_iter))
       scratch = jax.tree.map(jnp.copy, state)  # (the step donates its state)
       log("compiling and timing the step alone")
       scratch, m = step_fn(scratch, batch, run.extras)

@@ -55,7 +55,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3, help="measured steps (median)")
   args = p.parse_args(argv)
   import jax
-  from phi4_jax import configs, model as model_lib
+  from phi4_jax import configs
   from phi4_jax.train import dry_run, loop
 
   config = configs.load(args.config, {"tensorboard": False})
@@ -67,8 +67,7 @@ def main(argv=None):
     try:
       state = loop.build_or_restore_state(run)
       step_fn = loop.compile_step(run)
-      batch = loop._global_batch(next(run.data_iter), config.microbatches,
-                                 model_lib.batch_sharding(run.mesh, True), config.global_batch_size)
+      batch = loop.batch_placer(run)(next(run.data_iter))
       state, m = step_fn(state, batch, run.extras)  # compile, and a first step
       jax.block_until_ready((state, m))
       for _ in range(args.steps):

@@ -60,7 +60,7 @@ def test_attention_matches_explicit_gqa_loop(params):
   x = jax.random.normal(jax.random.key(1), (1, 5, cfg.d_model))
   pos = jnp.arange(5)[None]
   cos, sin = layers.rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
-  ours = layers.Attention(cfg).apply({"params": attn_params}, x, cos, sin, None)
+  ours = layers.Attention(cfg).apply({"params": attn_params}, x, cos, sin, None, None)  # (no segments, no mask)
 
   q = layers.apply_rope(jnp.einsum("btd,dhk->bthk", x, attn_params["q"]["kernel"]), cos, sin)[0]
   k = layers.apply_rope(jnp.einsum("btd,dhk->bthk", x, attn_params["k"]["kernel"]), cos, sin)[0]

@@ -74,7 +74,7 @@ def attention_mask(segment_ids_BxT: jax.Array | None) -> jax.Array | None:
   return same_segment & causal[None, None]
 
 
-def _attention_impl(cfg: ModelConfig, t: int) -> str:
+def attention_impl(cfg: ModelConfig, t: int) -> str:
   """auto: cuDNN flash attention on GPU in 16-bit, Pallas flash attention on TPU, and the blocked
   attention elsewhere (CPU, GPU in fp32): none of them holds a [T, S] score matrix. tpu_flash
   takes rows of a multiple of its 128-token block; shorter or ragged rows use the blocked one."""
@@ -95,7 +95,9 @@ class Attention(nn.Module):
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT, mask_Bx1xTxS):
+    """mask_Bx1xTxS: attention_mask(segment_ids_BxT), built once by the caller for the
+    implementations that take a mask (None for tpu_flash, which takes the segment ids)."""
     cfg = self.cfg
     dense = lambda features, names, axis=-1, name=None: nn.DenseGeneral(
         features, axis=axis, use_bias=False, dtype=jnp.dtype(cfg.dtype),
@@ -107,8 +109,7 @@ class Attention(nn.Module):
     k_BxSxKxDh = apply_rope(k_BxSxKxDh, cos_BxTxDh, sin_BxTxDh)
     heads = ("activation_batch", "activation_length", "activation_heads", None)
     q_BxTxHxDh = constrain(q_BxTxHxDh, heads, cfg, self.mesh)
-    impl = _attention_impl(cfg, x_BxTxD.shape[1])
-    mask_Bx1xTxS = None if impl == "tpu_flash" else attention_mask(segment_ids_BxT)
+    impl = attention_impl(cfg, x_BxTxD.shape[1])
     if impl == "tpu_flash":
       out_BxTxHxDh = flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxT,
                                      cfg.head_dim ** -0.5, cfg, self.mesh)

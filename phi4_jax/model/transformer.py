@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import MLP, Attention, RMSNorm, constrain, rope_cos_sin
+from phi4_jax.model.layers import (MLP, Attention, RMSNorm, attention_impl, attention_mask, constrain,
+                                   rope_cos_sin)
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
@@ -30,10 +31,11 @@ class DecoderBlock(nn.Module):
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT):
+  def __call__(self, x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT, mask_Bx1xTxS):
     cfg = self.cfg
     h = RMSNorm(cfg, name="attn_norm")(x_BxTxD)
-    x_BxTxD = x_BxTxD + Attention(cfg, self.mesh, name="attn")(h, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT)
+    x_BxTxD = x_BxTxD + Attention(cfg, self.mesh, name="attn")(h, cos_BxTxDh, sin_BxTxDh,
+                                                                 segment_ids_BxT, mask_Bx1xTxS)
     h = RMSNorm(cfg, name="mlp_norm")(x_BxTxD)
     x_BxTxD = x_BxTxD + MLP(cfg, self.mesh, name="mlp")(h)
     return constrain(x_BxTxD, _RESIDUAL, self.cfg, self.mesh), None
@@ -51,6 +53,9 @@ class Decoder(nn.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     cos_BxTxDh, sin_BxTxDh = rope_cos_sin(positions_BxT, cfg.head_dim, cfg.rope_theta)
+    # The mask is built once for every layer (tpu_flash takes the segment ids instead).
+    flash = attention_impl(cfg, tokens_BxT.shape[1]) == "tpu_flash"
+    mask_Bx1xTxS = None if flash else attention_mask(segment_ids_BxT)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype), name="embed",
@@ -62,10 +67,11 @@ class Decoder(nn.Module):
     if cfg.remat_policy != "none":
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layers,
+                     in_axes=(nn.broadcast,) * 4, length=cfg.n_layers,
                      unroll=1 if cfg.scan_layers else cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxTxD, _ = layers(cfg, self.mesh, name="layers")(x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT)
+    x_BxTxD, _ = layers(cfg, self.mesh, name="layers")(x_BxTxD, cos_BxTxDh, sin_BxTxDh, segment_ids_BxT,
+                                                        mask_Bx1xTxS)
 
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if return_hidden:

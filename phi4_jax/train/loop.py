@@ -123,10 +123,9 @@ def _add_reference(run: Run) -> None:
     run.extras["reference"], run.extra_shardings["reference"] = reference, run.shardings["params"]
     return
   from phi4_jax.posttrain import reference as reference_lib
-  sharding = model_lib.batch_sharding(run.mesh, microbatched=True)
   table = reference_lib.precompute(
       run, reference, lambda: data_lib.make_train_iterator(config, jax.process_index(), jax.process_count()),
-      lambda local: _global_batch(local, config.microbatches, sharding, config.global_batch_size))
+      batch_placer(run))
   run.data_iter = reference_lib.WithReference(run.data_iter, table)
 
 
@@ -227,14 +226,16 @@ def _close(run: Run, raising: bool) -> None:
     run.mngr.close()
 
 
+def batch_placer(run: Run):
+  """local rows -> the global batch [M, B/M, T] of the run's step, sharded over data x fsdp."""
+  return functools.partial(_global_batch, microbatches=run.config.microbatches,
+                           sharding=model_lib.batch_sharding(run.mesh, True),
+                           global_rows=run.config.global_batch_size)
+
+
 def _batches(run: Run) -> prefetch_lib.Prefetch:
-  """The run's data read config.prefetch batches ahead, as global [M, B/M, T] arrays sharded over
-  data x fsdp."""
-  config = run.config
-  place = functools.partial(_global_batch, microbatches=config.microbatches,
-                            sharding=model_lib.batch_sharding(run.mesh, True),
-                            global_rows=config.global_batch_size)
-  return prefetch_lib.Prefetch(run.data_iter, place, config.prefetch)
+  """The run's data read config.prefetch batches ahead and placed by batch_placer."""
+  return prefetch_lib.Prefetch(run.data_iter, batch_placer(run), run.config.prefetch)
 
 
 def _data_ran_out(run: Run, step: int) -> RuntimeError:

@@ -62,6 +62,9 @@ def test_load_reads_a_workdir_and_an_hf_folder_alike(hf_net, tmp_path):
   cfg2, params2 = inference.load(str(tmp_path / "w"))
   assert cfg2.d_model == cfg.d_model
   jax.tree.map(np.testing.assert_array_equal, params, params2)
+  # jax arrays, so that jitted calls do not copy numpy params to the device every time
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params2))
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(inference.load(path)[1]))
   with pytest.raises(ValueError, match="step=3: .* Hugging Face folder"):
     inference.load(path, step=3)
 

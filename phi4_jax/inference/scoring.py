@@ -1,8 +1,9 @@
 """`logprobs`: log p(completion token | prompt + completion so far), teacher-forced and packed.
 
 Several (prompt + completion) sequences share a row as segments (segment ids keep them apart,
-positions restart per sequence), rows are padded to power-of-two lengths and counts, and the
-output layer runs a sequence chunk at a time, so no [rows, length, vocab] array exists.
+positions restart per sequence), rows are padded to power-of-two lengths and counts. The output
+layer runs only at the positions that predict a completion token (gathered, padded to a power of
+two), a chunk at a time, so prompt tokens cost no logits and no [rows, length, vocab] array exists.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ from phi4_jax.model import ModelConfig
 from phi4_jax.model.output import target_logprobs, target_scores
 
 MIN_ROW_BUCKET = 32
+MIN_PICK_BUCKET = 128  # scored positions per call are padded to a power of two from here
 ROW_TOKENS = 8192  # tokens per forward call (rows x row length): bounds activation memory
 LOGIT_CHUNK = 128  # sequence positions per output-layer chunk (logits: ROW_TOKENS x this x vocab)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "with_greedy"))
-def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, *, cfg, mesh, with_greedy):
-  """[B, T] log-prob of each row's next token (position t scores token t+1); with_greedy: and
-  [B, T] whether that token is the most likely one."""
+def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, picks_N, *, cfg, mesh, with_greedy):
+  """[N] log-prob of the next token after each picked flat position (row * T + t scores token t+1
+  of the row); with_greedy: and [N] whether that token is the most likely one."""
   note_compile("logprobs")
-  hidden = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
-                             positions=positions_BxT, mesh=mesh, return_hidden=True)
-  targets = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
+  hidden_BxTxD = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
+                                   positions=positions_BxT, mesh=mesh, return_hidden=True)
+  targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
+  hidden_1xNxD = hidden_BxTxD.reshape(-1, hidden_BxTxD.shape[-1])[picks_N][None]
+  targets_1xN = targets_BxT.reshape(-1)[picks_N][None]
   score = target_scores if with_greedy else target_logprobs
-  return score(hidden, params["lm_head"]["kernel"], targets, jnp.dtype(cfg.dtype), LOGIT_CHUNK)
+  scores = score(hidden_1xNxD, params["lm_head"]["kernel"], targets_1xN, jnp.dtype(cfg.dtype), LOGIT_CHUNK)
+  return jax.tree.map(lambda x: x[0], scores)
 
 
 def pack(lengths: list[int], row_len: int) -> list[list[int]]:
@@ -91,10 +96,15 @@ def logprobs(params: dict, cfg: ModelConfig, prompts, completions, *, mesh: Mesh
   for start in range(0, len(rows), per_call):
     chunk = rows[start:start + per_call]
     tokens, segments, positions, where = _row_arrays(seqs, chunk, row_len, bucket(len(chunk)))
-    scores = _score_rows(params, tokens, segments, positions, cfg=cfg, mesh=mesh, with_greedy=with_greedy)
+    # position offset + len(prompt) - 1 of a row predicts the first completion token
+    spans = {i: (r * row_len + offset + len(prompts[i]) - 1, len(completions[i])) for i, (r, offset) in where.items()}
+    picks = np.concatenate([np.arange(first, first + n) for first, n in spans.values()])
+    padded = np.zeros(bucket(len(picks), MIN_PICK_BUCKET), np.int32)
+    padded[:len(picks)] = picks
+    scores = _score_rows(params, tokens, segments, positions, padded, cfg=cfg, mesh=mesh, with_greedy=with_greedy)
     scores, greedy = (np.asarray(scores[0]), np.asarray(scores[1])) if with_greedy else (np.asarray(scores), None)
-    for i, (r, offset) in where.items():
-      first = offset + len(prompts[i]) - 1  # the position that predicts the first completion token
-      lp = scores[r, first:first + len(completions[i])].astype(np.float32)
-      out[i] = (lp, greedy[r, first:first + len(completions[i])]) if with_greedy else lp
+    start_of = np.cumsum([0] + [n for _, n in spans.values()])
+    for (i, (_, n)), begin in zip(spans.items(), start_of):
+      lp = scores[begin:begin + n].astype(np.float32)
+      out[i] = (lp, greedy[begin:begin + n]) if with_greedy else lp
   return out

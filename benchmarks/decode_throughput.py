@@ -282,11 +282,11 @@ def ours_breakdown(params, cfg, args, prompts, samples: int, reps: int = 3) -> d
   pre, dec = [], []
   for _ in range(reps):  # (both functions were compiled by the timed generate calls)
     t0 = time.perf_counter()
-    logits, cache = gen._prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len,
+    x, cache = gen._prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len,
                                  num_samples=samples, sharding=None)
-    jax.block_until_ready((logits, cache))
+    jax.block_until_ready((x, cache))
     t1 = time.perf_counter()
-    out, steps, _ = gen._decode(params, cache, logits, np.repeat(pad, samples), row_ids, done,
+    out, steps, _ = gen._decode(params, cache, x, np.repeat(pad, samples), row_ids, done,
                                 np.int32(n), np.uint32(0), np.float32(1.0), np.float32(1.0),
                                 np.asarray([-1], np.int32), cfg=cfg, prompt_len=prompt_len,
                                 sampler=req.sampler, sharding=None)

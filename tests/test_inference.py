@@ -208,6 +208,24 @@ def test_samples_of_one_prompt_share_its_prefill_and_greedy_samples_agree(tiny):
                  jnp.zeros((1,), jnp.int32))
 
 
+def test_rows_decoded_in_logit_chunks_draw_what_they_draw_alone(tiny):
+  cfg, params = tiny
+  split = decoder.split_layers(params)
+  n = 2 * decoder.LOGIT_ROWS  # more rows than one chunk: on CPU, lax.map over 2 chunks
+  x_BxD = jax.random.normal(jax.random.key(3), (n, cfg.d_model))
+  rows = decoder.next_tokens(split, cfg, x_BxD, lambda logits, rows: rows)
+  np.testing.assert_array_equal(rows, np.arange(n))
+  greedy = decoder.next_tokens(split, cfg, x_BxD, lambda logits, rows: jnp.argmax(logits, -1))
+  np.testing.assert_array_equal(greedy, jnp.argmax(decoder.logits(split, cfg, x_BxD), -1))
+  # 2 prompts x 64 samples decode as 128 rows; each prompt alone as 64 (one chunk): same draws
+  both = inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=4, temperature=1.0,
+                            num_samples=decoder.LOGIT_ROWS, stop_ids=(), max_batch=n)
+  alone = [o for i in range(2) for o in inference.generate(
+      params, cfg, [PROMPTS[i]], max_new_tokens=4, temperature=1.0, num_samples=decoder.LOGIT_ROWS,
+      stop_ids=(), sample_ids=[i])]
+  assert both == alone and len({tuple(o) for o in both}) > 10
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(prompts=[]), "prompts: expected a non-empty list"),
     (dict(prompts=[[1], []]), r"prompts\[1\]: expected a non-empty list"),

@@ -66,15 +66,32 @@ def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
   return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["down"].astype(dt))
 
 
-def _logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
-  """The final norm and output layer of the last position: [B, V] float32 (from the [V, D] copy of
-  the kernel when params carry one and B >= VOCAB_MAJOR_MIN_ROWS)."""
+def logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
+  """The final norm and output layer of one position per row: [B, V] float32 (from the [V, D] copy
+  of the kernel when params carry one and B >= VOCAB_MAJOR_MIN_ROWS)."""
   h_BxD = rms_norm(x_BxD, params["final_norm"]["scale"], cfg.norm_eps).astype(_dtype(cfg))
   if "lm_head_VxD" in params and h_BxD.shape[0] >= VOCAB_MAJOR_MIN_ROWS:
     return jnp.einsum("bd,vd->bv", h_BxD, params["lm_head_VxD"].astype(_dtype(cfg)),
                       preferred_element_type=jnp.float32)
   return jnp.einsum("bd,dv->bv", h_BxD, params["lm_head"]["kernel"].astype(_dtype(cfg)),
                     preferred_element_type=jnp.float32)
+
+
+def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose) -> jax.Array:
+  """int32 [B]: choose(logits [b, V], rows) of the rows' hidden states, where rows = arange(B)[chunk].
+
+  On CPU, more than LOGIT_ROWS rows go through the output layer and `choose` LOGIT_ROWS at a time
+  (a sequential lax.map), so each chunk's logits are still in cache when they are sampled: at the
+  colab model's width (d_model 256), 256 rows' output layer + temperature sampling took 131 instead
+  of 253 ms per decode step, with the same tokens (benchmarks/README.md). Elsewhere one chunk.
+  """
+  b = x_BxD.shape[0]
+  rows_B = jnp.arange(b)
+  if jax.default_backend() != "cpu" or b <= LOGIT_ROWS or b % LOGIT_ROWS:
+    return choose(logits(params, cfg, x_BxD), rows_B)
+  chunks = lambda a: a.reshape(b // LOGIT_ROWS, LOGIT_ROWS, *a.shape[1:])
+  picked = jax.lax.map(lambda xr: choose(logits(params, cfg, xr[0]), xr[1]), (chunks(x_BxD), chunks(rows_B)))
+  return picked.reshape(b)
 
 
 def split_layers(params: dict) -> dict:
@@ -104,6 +121,7 @@ def clear_split_cache() -> None:
 
 
 VOCAB_MAJOR_MIN_ROWS = 16
+LOGIT_ROWS = 64  # rows per output-layer + sampling chunk on CPU (next_tokens)
 _last_split: list = []  # [tree structure, weakrefs of the arrays last split, their split params]
 _transposed = jax.jit(jnp.transpose)
 
@@ -133,7 +151,8 @@ def _check_split(params: dict) -> None:
 
 def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Array,
             cache_len: int) -> tuple[jax.Array, tuple]:
-  """(logits [B, V] of each row's last prompt token, a cache of cache_len slots holding the prompt)."""
+  """(hidden state [B, D] of each row's last prompt token, before the final norm: `logits` takes
+  it; a cache of cache_len slots holding the prompt)."""
   _check_split(params)
   p = tokens_BxP.shape[1]
   slots = jnp.arange(p)
@@ -146,12 +165,13 @@ def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Ar
     q, k_BxPxKxDh, v_BxPxKxDh = _qkv(cfg, lp, x_BxPxD, cos, sin)
     x_BxPxD = _finish(cfg, lp, x_BxPxD, _attend(q, k_BxPxKxDh, v_BxPxKxDh, mask_BxPxP, cfg.head_dim ** -0.5))
     cache.append({"k": jnp.pad(k_BxPxKxDh, grow), "v": jnp.pad(v_BxPxKxDh, grow)})
-  return _logits(params, cfg, x_BxPxD[:, -1]), tuple(cache)
+  return x_BxPxD[:, -1], tuple(cache)
 
 
 def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, positions_B: jax.Array,
          slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, tuple]:
-  """Feeds one token per row at cache slot `slot`: (next-token logits [B, V] fp32, updated cache)."""
+  """Feeds one token per row at cache slot `slot`: (its hidden state [B, D] for `logits`, updated
+  cache)."""
   _check_split(params)
   cache_len = cache[0]["k"].shape[1]
   cos, sin = rope_cos_sin(positions_B[:, None], cfg.head_dim, cfg.rope_theta)
@@ -164,4 +184,4 @@ def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, posi
                                              (0, slot, 0, 0)) for name, new in (("k", k), ("v", v))}
     x_Bx1xD = _finish(cfg, lp, x_Bx1xD, _attend(q, kv["k"], kv["v"], mask_Bx1xS, cfg.head_dim ** -0.5))
     new_cache.append(kv)
-  return _logits(params, cfg, x_Bx1xD[:, 0]), tuple(new_cache)
+  return x_Bx1xD[:, 0], tuple(new_cache)

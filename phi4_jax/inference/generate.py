@@ -73,16 +73,16 @@ def _constrain(cache: tuple, sharding: NamedSharding | None) -> tuple:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "num_samples", "sharding"))
 def _prefill(params, tokens_BxP, pad_B, *, cfg, cache_len, num_samples, sharding):
-  """Prefills each prompt once, then repeats its logits and cache for its num_samples rows."""
+  """Prefills each prompt once, then repeats its last hidden state and cache for its num_samples rows."""
   batching.note_compile("prefill")
-  logits_BxV, cache = decoder.prefill(params, cfg, tokens_BxP, pad_B, cache_len)
-  repeat = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
-  return repeat(logits_BxV, 0), _constrain(jax.tree.map(lambda x: repeat(x, 0), cache), sharding)
+  x_BxD, cache = decoder.prefill(params, cfg, tokens_BxP, pad_B, cache_len)
+  repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
+  return repeat(x_BxD), _constrain(jax.tree.map(repeat, cache), sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "sampler", "sharding"),
                    donate_argnames=("cache",))
-def _decode(params, cache, logits_BxV, pad_B, row_ids_B, done_B, max_new, seed, temperature, top_p,
+def _decode(params, cache, x_BxD, pad_B, row_ids_B, done_B, max_new, seed, temperature, top_p,
             stop_ids, *, cfg, prompt_len, sampler, sharding):
   """Samples until max_new tokens or until every row has produced a stop id.
 
@@ -90,10 +90,15 @@ def _decode(params, cache, logits_BxV, pad_B, row_ids_B, done_B, max_new, seed, 
   donated and returned, so XLA updates it in place.
   """
   batching.note_compile("decode")
-  b, cache_len = logits_BxV.shape[0], cache[0]["k"].shape[1]
+  b, cache_len = x_BxD.shape[0], cache[0]["k"].shape[1]
   lengths_B = prompt_len - pad_B
-  draw = lambda logits, i: sample(logits, row_keys(seed, row_ids_B, i), sampler, temperature, top_p)
-  first_B = draw(logits_BxV, 0)
+
+  def draw(x_BxD, i):
+    keys_B = row_keys(seed, row_ids_B, i)
+    return decoder.next_tokens(params, cfg, x_BxD, lambda logits, rows: sample(
+        logits, keys_B[rows], sampler, temperature, top_p))
+
+  first_B = draw(x_BxD, 0)
   out_BxN = jnp.zeros((b, cache_len - prompt_len + 1), jnp.int32).at[:, 0].set(first_B)
   done_B = done_B | jnp.isin(first_B, stop_ids)
 
@@ -104,8 +109,8 @@ def _decode(params, cache, logits_BxV, pad_B, row_ids_B, done_B, max_new, seed, 
   def one_token(carry):
     i, out_BxN, cache, done_B = carry
     fed_B = jax.lax.dynamic_index_in_dim(out_BxN, i - 1, axis=1, keepdims=False)
-    logits, cache = decoder.step(params, cfg, cache, fed_B, lengths_B + i - 1, prompt_len + i - 1, pad_B)
-    next_B = draw(logits, i)
+    x_BxD, cache = decoder.step(params, cfg, cache, fed_B, lengths_B + i - 1, prompt_len + i - 1, pad_B)
+    next_B = draw(x_BxD, i)
     out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, i))
     return i + 1, out_BxN, _constrain(cache, sharding), done_B | jnp.isin(next_B, stop_ids)
 
@@ -144,12 +149,12 @@ def _generate_group(params, cfg, prompts, indices, req: Request, mesh,
   cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
   tokens, pad = batching.left_padded(group, batch, prompt_len)
   sharding = cache_sharding(cfg, mesh)
-  logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=n,
-                           sharding=sharding)
+  x, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=n,
+                      sharding=sharding)
   row_ids = np.full((batch, n), -1, np.int32)
   row_ids[:len(group)] = key_ids[np.asarray(indices)][:, None] * n + np.arange(n)
   done = np.repeat(np.arange(batch) >= len(group), n)
-  out, steps, _ = _decode(params, cache, logits, np.repeat(pad, n), row_ids.reshape(-1), done,
+  out, steps, _ = _decode(params, cache, x, np.repeat(pad, n), row_ids.reshape(-1), done,
                           np.int32(req.max_new_tokens), np.uint32(req.seed),
                           np.float32(req.temperature or 1.0), np.float32(req.top_p),
                           np.asarray(req.stop_ids or (-1,), np.int32), cfg=cfg, prompt_len=prompt_len,
@@ -187,9 +192,9 @@ def generate(params: dict, cfg: ModelConfig, prompts, *, max_new_tokens: int, te
 def _stream_step(params, cache, token, position, slot, pad, step, seed, temperature, top_p, *, cfg,
                  sampler):
   batching.note_compile("stream_step")
-  logits, cache = decoder.step(params, cfg, cache, token, position, slot, pad)
-  return sample(logits, row_keys(seed, jnp.zeros((1,), jnp.int32), step), sampler, temperature,
-                top_p), cache
+  x_1xD, cache = decoder.step(params, cfg, cache, token, position, slot, pad)
+  keys_1 = row_keys(seed, jnp.zeros((1,), jnp.int32), step)
+  return sample(decoder.logits(params, cfg, x_1xD), keys_1, sampler, temperature, top_p), cache
 
 
 def stream(params: dict, cfg: ModelConfig, prompt: Sequence[int], *, max_new_tokens: int,
@@ -202,10 +207,11 @@ def stream(params: dict, cfg: ModelConfig, prompt: Sequence[int], *, max_new_tok
   cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
   tokens, pad = batching.left_padded([ids], 1, prompt_len)
   params = decoder.split_layers(params)
-  logits, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=1,
-                           sharding=None)
+  x_1xD, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=1,
+                          sharding=None)
   args = (np.uint32(req.seed), np.float32(req.temperature or 1.0), np.float32(req.top_p))
-  token = sample(logits, row_keys(args[0], jnp.zeros((1,), jnp.int32), 0), req.sampler, *args[1:])
+  keys_1 = row_keys(args[0], jnp.zeros((1,), jnp.int32), 0)
+  token = sample(decoder.logits(params, cfg, x_1xD), keys_1, req.sampler, *args[1:])
   for i in range(req.max_new_tokens):
     yield int(token[0])
     if int(token[0]) in req.stop_ids or i + 1 == req.max_new_tokens:

@@ -282,14 +282,15 @@ def ours_breakdown(params, cfg, args, prompts, samples: int, reps: int = 3) -> d
   pre, dec = [], []
   for _ in range(reps):  # (both functions were compiled by the timed generate calls)
     t0 = time.perf_counter()
-    x, cache = gen._prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len,
-                                 num_samples=samples, sharding=None)
-    jax.block_until_ready((x, cache))
+    sampling = (np.uint32(0), np.float32(1.0), np.float32(1.0))
+    out, cache = gen._prefill(params, tokens, pad, row_ids, *sampling, cfg=cfg, cache_len=cache_len,
+                              num_samples=samples, sampler=req.sampler, sharding=None)
+    jax.block_until_ready((out, cache))
     t1 = time.perf_counter()
-    out, steps, _ = gen._decode(params, cache, x, np.repeat(pad, samples), row_ids, done,
-                                np.int32(n), np.uint32(0), np.float32(1.0), np.float32(1.0),
-                                np.asarray([-1], np.int32), cfg=cfg, prompt_len=prompt_len,
-                                sampler=req.sampler, sharding=None)
+    out, steps, _, _ = gen._decode(params, cache, out, np.int32(1), done, np.repeat(pad, samples),
+                                   row_ids, np.int32(n), np.int32(0), *sampling,
+                                   np.asarray([-1], np.int32), cfg=cfg, prompt_len=prompt_len,
+                                   sampler=req.sampler, sharding=None)
     jax.block_until_ready(out)
     pre.append(t1 - t0)
     dec.append(time.perf_counter() - t1)

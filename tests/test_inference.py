@@ -1,5 +1,7 @@
 """The KV-cache sampler and scoring against transformers, a full-forward recomputation and numpy."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,8 @@ import torch
 
 from phi4_jax import hf, inference, model
 from phi4_jax.inference import batching, decoder, sampling
+
+generate_module = importlib.import_module("phi4_jax.inference.generate")  # the module, not the function
 
 PEAKED_PROMPT = [5, 17, 9, 3, 25]
 PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [400], [7, 7, 7, 120, 33, 2, 64, 11, 9, 301, 12, 13, 14, 15, 16, 17,
@@ -224,6 +228,20 @@ def test_rows_decoded_in_logit_chunks_draw_what_they_draw_alone(tiny):
       params, cfg, [PROMPTS[i]], max_new_tokens=4, temperature=1.0, num_samples=decoder.LOGIT_ROWS,
       stop_ids=(), sample_ids=[i])]
   assert both == alone and len({tuple(o) for o in both}) > 10
+
+
+def test_rows_that_stop_leave_the_batch_and_change_no_token(tiny, monkeypatch):
+  cfg, params = tiny
+  # half the vocabulary stops a row: rows stop after 1, 2, 3, ... tokens
+  kwargs = dict(max_new_tokens=12, temperature=1.0, num_samples=32, stop_ids=range(0, 256), seed=4)
+  compact, sizes = generate_module._compact, []
+  monkeypatch.setattr(generate_module, "_compact", lambda *a, **k: sizes.append(len(a[-1])) or compact(*a, **k))
+  compacted = inference.generate(params, cfg, PROMPTS[:3], **kwargs)
+  assert sizes and sizes[0] <= 64 and sizes == sorted(sizes, reverse=True)  # 128 rows -> 64 -> ...
+  monkeypatch.setattr(generate_module, "MIN_COMPACT_ROWS", 10**9)  # never compact
+  assert compacted == inference.generate(params, cfg, PROMPTS[:3], **kwargs)
+  lengths = [len(o) for o in compacted]
+  assert min(lengths) == 1 and max(lengths) >= 6 and all(o[-1] < 256 for o in compacted if len(o) < 12)
 
 
 @pytest.mark.parametrize("kwargs,message", [

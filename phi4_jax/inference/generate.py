@@ -24,6 +24,9 @@ from phi4_jax.model import ModelConfig
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 IM_END_ID = Phi4Tokenizer.im_end_id  # the default stop id: the end of an assistant turn
+MIN_COMPACT_ROWS = 32  # batches of fewer rows are never compacted (see _generate_group)
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
   """Checked arguments of one generate call."""
@@ -71,51 +74,63 @@ def _constrain(cache: tuple, sharding: NamedSharding | None) -> tuple:
   return cache if sharding is None else jax.lax.with_sharding_constraint(cache, sharding)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "num_samples", "sharding"))
-def _prefill(params, tokens_BxP, pad_B, *, cfg, cache_len, num_samples, sharding):
-  """Prefills each prompt once, then repeats its last hidden state and cache for its num_samples rows."""
+def _draw(params, cfg, x_BxD, seed, row_ids_B, i, sampler, temperature, top_p) -> jax.Array:
+  """Each row's token i from its hidden state, with the row's own key for step i."""
+  keys_B = row_keys(seed, row_ids_B, i)
+  return decoder.next_tokens(params, cfg, x_BxD, lambda logits, rows: sample(
+      logits, keys_B[rows], sampler, temperature, top_p))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "num_samples", "sampler", "sharding"))
+def _prefill(params, tokens_BxP, pad_B, row_ids_B, seed, temperature, top_p, *, cfg, cache_len,
+             num_samples, sampler, sharding):
+  """Prefills each prompt once, repeats its last hidden state and cache for its num_samples rows and
+  draws every row's first token: (tokens [B * num_samples, cache_len - P + 1] holding it, cache)."""
   batching.note_compile("prefill")
   x_BxD, cache = decoder.prefill(params, cfg, tokens_BxP, pad_B, cache_len)
   repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
-  return repeat(x_BxD), _constrain(jax.tree.map(repeat, cache), sharding)
+  first_B = _draw(params, cfg, repeat(x_BxD), seed, row_ids_B, 0, sampler, temperature, top_p)
+  out_BxN = jnp.zeros((first_B.shape[0], cache_len - tokens_BxP.shape[1] + 1), jnp.int32)
+  return out_BxN.at[:, 0].set(first_B), _constrain(jax.tree.map(repeat, cache), sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "sampler", "sharding"),
-                   donate_argnames=("cache",))
-def _decode(params, cache, x_BxD, pad_B, row_ids_B, done_B, max_new, seed, temperature, top_p,
-            stop_ids, *, cfg, prompt_len, sampler, sharding):
-  """Samples until max_new tokens or until every row has produced a stop id.
+                   donate_argnames=("cache", "out_BxN"))
+def _decode(params, cache, out_BxN, start, done_B, pad_B, row_ids_B, max_new, min_live, seed,
+            temperature, top_p, stop_ids, *, cfg, prompt_len, sampler, sharding):
+  """Samples tokens start, start + 1, ... into out_BxN until max_new tokens, or until no more than
+  min_live rows are still running (0: until every row has produced a stop id).
 
-  Returns (tokens [B, cache_len - prompt_len + 1], how many steps ran, the cache). The cache is
-  donated and returned, so XLA updates it in place.
+  Returns (out_BxN, the next token index, the cache, done_B). The cache and tokens are donated and
+  returned, so XLA updates them in place.
   """
   batching.note_compile("decode")
-  b, cache_len = x_BxD.shape[0], cache[0]["k"].shape[1]
   lengths_B = prompt_len - pad_B
-
-  def draw(x_BxD, i):
-    keys_B = row_keys(seed, row_ids_B, i)
-    return decoder.next_tokens(params, cfg, x_BxD, lambda logits, rows: sample(
-        logits, keys_B[rows], sampler, temperature, top_p))
-
-  first_B = draw(x_BxD, 0)
-  out_BxN = jnp.zeros((b, cache_len - prompt_len + 1), jnp.int32).at[:, 0].set(first_B)
-  done_B = done_B | jnp.isin(first_B, stop_ids)
+  last_B = jax.lax.dynamic_index_in_dim(out_BxN, start - 1, axis=1, keepdims=False)
+  done_B = done_B | jnp.isin(last_B, stop_ids)
 
   def running(carry):
     i, _, _, done = carry
-    return (i < max_new) & ~jnp.all(done)
+    return (i < max_new) & (jnp.sum(~done) > min_live)
 
   def one_token(carry):
     i, out_BxN, cache, done_B = carry
     fed_B = jax.lax.dynamic_index_in_dim(out_BxN, i - 1, axis=1, keepdims=False)
     x_BxD, cache = decoder.step(params, cfg, cache, fed_B, lengths_B + i - 1, prompt_len + i - 1, pad_B)
-    next_B = draw(x_BxD, i)
+    next_B = _draw(params, cfg, x_BxD, seed, row_ids_B, i, sampler, temperature, top_p)
     out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, i))
     return i + 1, out_BxN, _constrain(cache, sharding), done_B | jnp.isin(next_B, stop_ids)
 
-  steps, out_BxN, cache, _ = jax.lax.while_loop(running, one_token, (1, out_BxN, cache, done_B))
-  return out_BxN, steps, cache
+  i, out_BxN, cache, done_B = jax.lax.while_loop(running, one_token, (start, out_BxN, cache, done_B))
+  return out_BxN, i, cache, done_B
+
+
+@functools.partial(jax.jit, static_argnames=("sharding",))
+def _compact(cache, out_BxN, pad_B, row_ids_B, rows_R, *, sharding):
+  """The rows rows_R of the cache, tokens, padding and row ids (R < B: the rows still running)."""
+  batching.note_compile("compact")
+  take = lambda x: jnp.take(x, rows_R, axis=0)
+  return _constrain(jax.tree.map(take, cache), sharding), take(out_BxN), take(pad_B), take(row_ids_B)
 
 
 def _groups(lengths: list[int], per_group: int) -> list[list[int]]:
@@ -141,7 +156,12 @@ def trim(tokens: np.ndarray, stop_ids: Sequence[int], max_new_tokens: int) -> li
 
 def _generate_group(params, cfg, prompts, indices, req: Request, mesh,
                     key_ids: np.ndarray) -> dict[int, list[list[int]]]:
-  """{prompt index: its samples' token lists} for one group of prompts."""
+  """{prompt index: its samples' token lists} for one group of prompts.
+
+  Rows that stop early are dropped from the batch: once no more than half of at least
+  2 * MIN_COMPACT_ROWS rows are running, the running ones move to a batch of the next power of two
+  (draws are keyed by row id, so the tokens are the same as without it).
+  """
   group = [prompts[i] for i in indices]
   n = req.num_samples
   batch = batching.bucket(len(group), batching.MIN_BATCH_BUCKET)
@@ -149,19 +169,35 @@ def _generate_group(params, cfg, prompts, indices, req: Request, mesh,
   cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
   tokens, pad = batching.left_padded(group, batch, prompt_len)
   sharding = cache_sharding(cfg, mesh)
-  x, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=n,
-                      sharding=sharding)
   row_ids = np.full((batch, n), -1, np.int32)
   row_ids[:len(group)] = key_ids[np.asarray(indices)][:, None] * n + np.arange(n)
-  done = np.repeat(np.arange(batch) >= len(group), n)
-  out, steps, _ = _decode(params, cache, x, np.repeat(pad, n), row_ids.reshape(-1), done,
-                          np.int32(req.max_new_tokens), np.uint32(req.seed),
-                          np.float32(req.temperature or 1.0), np.float32(req.top_p),
-                          np.asarray(req.stop_ids or (-1,), np.int32), cfg=cfg, prompt_len=prompt_len,
-                          sampler=req.sampler, sharding=sharding)
-  out = np.asarray(out)[:, :int(steps)]
-  return {i: [trim(out[row * n + s], req.stop_ids, req.max_new_tokens) for s in range(n)]
-          for row, i in enumerate(indices)}
+  row_ids, pad = row_ids.reshape(-1), np.repeat(pad, n)
+  sampling = (np.uint32(req.seed), np.float32(req.temperature or 1.0), np.float32(req.top_p))
+  out, cache = _prefill(params, tokens, pad[::n], row_ids, *sampling, cfg=cfg, cache_len=cache_len,
+                        num_samples=n, sampler=req.sampler, sharding=sharding)
+  rows_of = np.arange(batch * n)  # the group row each batch row holds (-1: a compaction filler)
+  done = rows_of >= len(group) * n
+  result = np.zeros(out.shape, np.int32)
+  i, stop_ids = 1, np.asarray(req.stop_ids or (-1,), np.int32)
+  while True:
+    min_live = len(rows_of) // 2 if len(rows_of) >= 2 * MIN_COMPACT_ROWS else 0
+    out, i, cache, done = _decode(params, cache, out, np.int32(i), done, pad, row_ids,
+                                  np.int32(req.max_new_tokens), np.int32(min_live), *sampling,
+                                  stop_ids, cfg=cfg, prompt_len=prompt_len, sampler=req.sampler,
+                                  sharding=sharding)
+    i, done, tokens_BxN = int(i), np.asarray(done), np.asarray(out)
+    kept = rows_of >= 0
+    result[rows_of[kept]] = tokens_BxN[kept]
+    if i >= req.max_new_tokens or done.all():
+      break
+    running = np.flatnonzero(~done)
+    fill = batching.bucket(len(running)) - len(running)
+    take = np.concatenate([running, np.full(fill, running[0])])  # fillers repeat a row, done
+    cache, out, pad, row_ids = _compact(cache, out, pad, row_ids, take, sharding=sharding)
+    rows_of = np.concatenate([rows_of[running], np.full(fill, -1)])
+    done = rows_of < 0
+  return {i_prompt: [trim(result[row * n + s, :i], req.stop_ids, req.max_new_tokens) for s in range(n)]
+          for row, i_prompt in enumerate(indices)}
 
 
 def generate(params: dict, cfg: ModelConfig, prompts, *, max_new_tokens: int, temperature: float = 0.0,
@@ -207,11 +243,10 @@ def stream(params: dict, cfg: ModelConfig, prompt: Sequence[int], *, max_new_tok
   cache_len = batching.bucket(prompt_len + req.max_new_tokens - 1, batching.MIN_PROMPT_BUCKET)
   tokens, pad = batching.left_padded([ids], 1, prompt_len)
   params = decoder.split_layers(params)
-  x_1xD, cache = _prefill(params, tokens, pad, cfg=cfg, cache_len=cache_len, num_samples=1,
-                          sharding=None)
   args = (np.uint32(req.seed), np.float32(req.temperature or 1.0), np.float32(req.top_p))
-  keys_1 = row_keys(args[0], jnp.zeros((1,), jnp.int32), 0)
-  token = sample(decoder.logits(params, cfg, x_1xD), keys_1, req.sampler, *args[1:])
+  out, cache = _prefill(params, tokens, pad, np.zeros((1,), np.int32), *args, cfg=cfg,
+                        cache_len=cache_len, num_samples=1, sampler=req.sampler, sharding=None)
+  token = out[:, 0]
   for i in range(req.max_new_tokens):
     yield int(token[0])
     if int(token[0]) in req.stop_ids or i + 1 == req.max_new_tokens:

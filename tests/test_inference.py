@@ -85,6 +85,8 @@ def test_greedy_equals_argmax_of_a_full_forward_recomputation(tiny):
   for prompt, seq, row in zip(PROMPTS, seqs, np.asarray(logits)):
     assert len(seq) == len(prompt) + 10
     assert seq[len(prompt):] == row[len(prompt) - 1:len(seq) - 1].argmax(-1).tolist()
+  # one prompt alone decodes one row (on CPU through the layers' [D, F] down-projection copies)
+  assert inference.generate(params, cfg, PROMPTS[:1], max_new_tokens=10, stop_ids=()) == outs[:1]
 
 
 def test_stream_yields_what_generate_returns(tiny):
@@ -207,6 +209,7 @@ def test_samples_of_one_prompt_share_its_prefill_and_greedy_samples_agree(tiny):
   assert split is decoder.split_layers(params) and len(split["layers"]) == cfg.n_layers
   if jax.default_backend() == "cpu":
     np.testing.assert_array_equal(split["lm_head_VxD"], params["lm_head"]["kernel"].T)
+    np.testing.assert_array_equal(split["layers"][1]["down_DxF"], params["layers"]["mlp"]["down"]["kernel"][1].T)
   with pytest.raises(TypeError, match="take decoder.split_layers"):
     decoder.step(params, cfg, (), jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32), 0,
                  jnp.zeros((1,), jnp.int32))

@@ -63,6 +63,8 @@ def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
   h_BxTxD = rms_norm(x_BxTxD, lp["mlp_norm"]["scale"], cfg.norm_eps).astype(dt)
   gate_up_BxTx2xF = jnp.einsum("btd,dsf->btsf", h_BxTxD, lp["gate_up"].astype(dt))
   hidden_BxTxF = jax.nn.silu(gate_up_BxTx2xF[:, :, 0]) * gate_up_BxTx2xF[:, :, 1]
+  if "down_DxF" in lp and x_BxTxD.shape[0] * x_BxTxD.shape[1] == 1:
+    return x_BxTxD + jnp.einsum("btf,df->btd", hidden_BxTxF, lp["down_DxF"].astype(dt))
   return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["down"].astype(dt))
 
 
@@ -96,9 +98,11 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose) -> jax.Array:
 
 def split_layers(params: dict) -> dict:
   """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
-  instead of arrays stacked on axis 0, and, on CPU, "lm_head_VxD": a transposed copy of the output
-  kernel (XLA:CPU's [B, D] x [D, V] product is faster from it at many rows, slower at one: hence
-  VOCAB_MAJOR_MIN_ROWS; benchmarks/README.md has the figures). The layer weights are
+  instead of arrays stacked on axis 0, and, on CPU, two transposed copies: "lm_head_VxD" of the
+  output kernel (XLA:CPU's [B, D] x [D, V] product is faster from it at many rows, slower at one:
+  hence VOCAB_MAJOR_MIN_ROWS) and each layer's "down_DxF", read by a single row (its [1, F] x [F, D]
+  product: 6.6 -> 5.9 ms for the 8 layers of the decode benchmark's model; slower at 16 rows).
+  benchmarks/README.md has the figures. The layer weights are
   copied once: the copy is kept for the same arrays (a PTS run calls generate thousands of times)
   until one of them is freed or clear_split_cache() is called. split_layers output is returned as
   it is."""
@@ -111,6 +115,7 @@ def split_layers(params: dict) -> dict:
   split = {**params, "layers": _split_stack(params["layers"])}
   if jax.default_backend() == "cpu":
     split["lm_head_VxD"] = _transposed(params["lm_head"]["kernel"])
+    split["layers"] = tuple({**lp, "down_DxF": _transposed(lp["down"])} for lp in split["layers"])
   _last_split[:] = [structure, [weakref.ref(leaf, lambda _: clear_split_cache()) for leaf in leaves], split]
   return split
 

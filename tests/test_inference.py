@@ -300,3 +300,18 @@ def test_inverse_cdf_draws_each_token_by_its_probability_and_never_a_masked_one(
   counts = np.bincount(tokens, minlength=V)
   assert np.abs(counts - n * p).max() <= 1.5
   assert counts[np.isneginf(logits)].sum() == 0
+
+
+def test_two_level_argmax_is_jnp_argmax_with_its_ties():
+  V = 3 * sampling.BLOCK + 17  # a last block that is mostly padding
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(8, V)).astype(np.float32)
+  logits[1, [5, 2000, V - 1]] = 9.0  # ties: the first one wins
+  logits[2, [V - 1, V - 2]] = 9.0  # the maximum in the padded block
+  logits[3, [sampling.BLOCK - 1, sampling.BLOCK]] = 9.0  # a tie across a block edge
+  logits[4, [700, 2500]] = np.inf
+  logits[5] = -np.inf  # nothing finite: index 0
+  logits[6] = 0.0
+  got = sampling.argmax(jnp.asarray(logits))
+  np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(logits), axis=-1))
+  assert got.tolist()[:7] == [got.tolist()[0], 5, V - 2, sampling.BLOCK - 1, 700, 0, 0]

@@ -69,12 +69,8 @@ def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
 
 
 def logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
-  """The final norm and output layer of one position per row: [B, V] float32 (from the [V, D] copy
-  of the kernel when params carry one and B >= VOCAB_MAJOR_MIN_ROWS)."""
+  """The final norm and output layer of one position per row: [B, V] float32."""
   h_BxD = rms_norm(x_BxD, params["final_norm"]["scale"], cfg.norm_eps).astype(_dtype(cfg))
-  if "lm_head_VxD" in params and h_BxD.shape[0] >= VOCAB_MAJOR_MIN_ROWS:
-    return jnp.einsum("bd,vd->bv", h_BxD, params["lm_head_VxD"].astype(_dtype(cfg)),
-                      preferred_element_type=jnp.float32)
   return jnp.einsum("bd,dv->bv", h_BxD, params["lm_head"]["kernel"].astype(_dtype(cfg)),
                     preferred_element_type=jnp.float32)
 
@@ -98,11 +94,9 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose) -> jax.Array:
 
 def split_layers(params: dict) -> dict:
   """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
-  instead of arrays stacked on axis 0, and, on CPU, two transposed copies: "lm_head_VxD" of the
-  output kernel (XLA:CPU's [B, D] x [D, V] product is faster from it at many rows, slower at one:
-  hence VOCAB_MAJOR_MIN_ROWS) and each layer's "down_DxF", read by a single row (its [1, F] x [F, D]
-  product: 6.6 -> 5.9 ms for the 8 layers of the decode benchmark's model; slower at 16 rows).
-  benchmarks/README.md has the figures. The layer weights are
+  instead of arrays stacked on axis 0, and, on CPU, each layer's "down_DxF": a transposed copy read
+  by a single row (its [1, F] x [F, D] product: 6.6 -> 5.9 ms for the 8 layers of the decode
+  benchmark's model; slower at 16 rows). The layer weights are
   copied once: the copy is kept for the same arrays (a PTS run calls generate thousands of times)
   until one of them is freed or clear_split_cache() is called. split_layers output is returned as
   it is."""
@@ -114,7 +108,6 @@ def split_layers(params: dict) -> dict:
     return _last_split[2]
   split = {**params, "layers": _split_stack(params["layers"])}
   if jax.default_backend() == "cpu":
-    split["lm_head_VxD"] = _transposed(params["lm_head"]["kernel"])
     split["layers"] = tuple({**lp, "down_DxF": _transposed(lp["down"])} for lp in split["layers"])
   _last_split[:] = [structure, [weakref.ref(leaf, lambda _: clear_split_cache()) for leaf in leaves], split]
   return split
@@ -125,7 +118,6 @@ def clear_split_cache() -> None:
   _last_split.clear()
 
 
-VOCAB_MAJOR_MIN_ROWS = 16
 LOGIT_ROWS = 64  # rows per output-layer + sampling chunk on CPU (next_tokens)
 _last_split: list = []  # [tree structure, weakrefs of the arrays last split, their split params]
 _transposed = jax.jit(jnp.transpose)

@@ -73,8 +73,8 @@ def inverse_cdf(logits_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
 
 def argmax(logits_BxV: jax.Array) -> jax.Array:
   """int32 [B]: jnp.argmax over the last axis (the first maximum; a row with NaN logits gets one of
-  its indices, unspecified), in two levels: the first block of BLOCK tokens holding the maximum, then the first maximum inside it.
-  XLA:CPU's argmax (a reduction over (value, index) pairs) is not vectorized: over [64, 100352]
+  its indices, unspecified), in two levels: the first block of BLOCK tokens holding the maximum,
+  then the first maximum inside it. XLA:CPU's argmax (a reduction over (value, index) pairs) is not vectorized: over [64, 100352]
   logits it took 15 ms, about a tenth of a decode step; a block max is a plain vectorized max."""
   B, V = logits_BxV.shape
   if V <= BLOCK:

@@ -78,12 +78,24 @@ class TransformersRoller:
 
 def timed_search(roller, questions, settings) -> dict:
   from phi4_jax.posttrain import pts
+  spent = {"sample": 0.0, "logprobs": 0.0}
+
+  def timed(name, method):
+    def call(*args):
+      begin = time.perf_counter()
+      out = method(*args)  # (lists of host values: the work is done when it returns)
+      spent[name] += time.perf_counter() - begin
+      return out
+    return call
+
+  roller.sample, roller.logprobs = timed("sample", roller.sample), timed("logprobs", roller.logprobs)
   start, results = time.perf_counter(), []
   for begin in range(0, len(questions), settings.questions_per_round):
     results += pts.search(roller, questions[begin:begin + settings.questions_per_round], settings)
   seconds = time.perf_counter() - start
   return {"seconds": round(seconds, 2), "rollouts": roller.rollouts,
           "rollouts_per_s": round(roller.rollouts / seconds, 1),
+          "sample_s": round(spent["sample"], 2), "logprobs_s": round(spent["logprobs"], 2),
           "questions_per_hour": round(len(questions) * 3600 / seconds, 1),
           "searched": sum(r["searched"] for r in results), "pivots": sum(len(r["pivots"]) for r in results),
           "pairs": sum(len(r["pairs"]) for r in results)}

@@ -80,8 +80,8 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose) -> jax.Array:
 
   On CPU, more than LOGIT_ROWS rows go through the output layer and `choose` LOGIT_ROWS at a time
   (a sequential lax.map), so each chunk's logits are still in cache when they are sampled: at the
-  colab model's width (d_model 256), 256 rows' output layer + temperature sampling took 131 instead
-  of 253 ms per decode step, with the same tokens (benchmarks/README.md). Elsewhere one chunk.
+  colab model's width (d_model 256), 256 rows' output layer + temperature sampling took 118 instead
+  of 250 ms per decode step, with the same tokens (benchmarks/README.md). Elsewhere one chunk.
   """
   b = x_BxD.shape[0]
   rows_B = jnp.arange(b)

@@ -107,8 +107,6 @@ def split_layers(params: dict) -> dict:
       ref() is leaf for ref, leaf in zip(_last_split[1], leaves)):
     return _last_split[2]
   split = {**params, "layers": _split_stack(params["layers"])}
-  if jax.default_backend() == "cpu":
-    split["layers"] = tuple({**lp, "down_DxF": _transposed(lp["down"])} for lp in split["layers"])
   _last_split[:] = [structure, [weakref.ref(leaf, lambda _: clear_split_cache()) for leaf in leaves], split]
   return split
 
@@ -120,7 +118,6 @@ def clear_split_cache() -> None:
 
 LOGIT_ROWS = 64  # rows per output-layer + sampling chunk on CPU (next_tokens)
 _last_split: list = []  # [tree structure, weakrefs of the arrays last split, their split params]
-_transposed = jax.jit(jnp.transpose)
 
 
 @jax.jit
@@ -132,12 +129,16 @@ def _split_stack(layers: dict) -> tuple:
 def _decoding_layer(lp: dict) -> dict:
   """One layer's params with k/v and gate/up each stacked into one matmul (fewer matmuls per decode
   step: at batch 1 each is a matrix-vector product). They are stacked on a new axis, not
-  concatenated, so tensor-parallel shards of heads and mlp stay where they are."""
+  concatenated, so tensor-parallel shards of heads and mlp stay where they are. On CPU also
+  "down_DxF" (see split_layers)."""
   attn, mlp = lp["attn"], lp["mlp"]
-  return {"attn_norm": lp["attn_norm"], "mlp_norm": lp["mlp_norm"], "q": attn["q"]["kernel"],
-          "kv": jnp.stack([attn["k"]["kernel"], attn["v"]["kernel"]], axis=1), "o": attn["o"]["kernel"],
-          "gate_up": jnp.stack([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=1),
-          "down": mlp["down"]["kernel"]}
+  layer = {"attn_norm": lp["attn_norm"], "mlp_norm": lp["mlp_norm"], "q": attn["q"]["kernel"],
+           "kv": jnp.stack([attn["k"]["kernel"], attn["v"]["kernel"]], axis=1), "o": attn["o"]["kernel"],
+           "gate_up": jnp.stack([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=1),
+           "down": mlp["down"]["kernel"]}
+  if jax.default_backend() == "cpu":
+    layer["down_DxF"] = mlp["down"]["kernel"].T
+  return layer
 
 
 def _check_split(params: dict) -> None:

@@ -28,6 +28,6 @@ def load(path: str, step: int | None = None, shardings=None) -> tuple[ModelConfi
     if step is not None:
       raise ValueError(f"step={step}: {path} is a Hugging Face folder, which has no steps")
     cfg, params = hf.load(path)
-    return cfg, jax.device_put(params, shardings)
-  cfg, params = workdir_lib.restore_params(path, step, shardings)
-  return cfg, jax.device_put(params)
+  else:
+    cfg, params = workdir_lib.restore_params(path, step, shardings)  # (on shardings, if given)
+  return cfg, jax.device_put(params, shardings)

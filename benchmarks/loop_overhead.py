@@ -29,10 +29,9 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
-from bench_common import cpu_model, loadavg, log  # (benchmarks/bench_common.py)
+from bench_common import cpu_model, loadavg, log, prepared_run  # (benchmarks/bench_common.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -101,34 +100,27 @@ def main(argv=None):
   if args.quick:
     overrides.update(seq_len=64, global_batch_size=4, loss_chunk=64)
   config = configs.load(args.config, overrides)
-  with tempfile.TemporaryDirectory() as workdir:
-    run = loop.prepare(config, workdir)
-    try:
-      state = loop.build_or_restore_state(run)
-      step_fn = loop.compile_step(run)
-      batch = loop.batch_placer(run)(next(run.data_iter))
-      scratch = jax.tree.map(jnp.copy, state)  # (the step donates its state)
-      log("compiling and timing the step alone")
-      scratch, m = step_fn(scratch, batch, run.extras)
-      jax.block_until_ready(m)
-      alone = []
-      for _ in range(args.repeats):
-        start = time.monotonic()
-        for _ in range(args.alone_steps):
-          scratch, m = step_fn(scratch, batch, run.extras)
-        jax.block_until_ready((scratch, m))
-        alone.append((time.monotonic() - start) / args.alone_steps)
-      del scratch
-      step_alone = statistics.median(alone)
-      delay = args.data_fraction * step_alone
-      log(f"step alone {step_alone * 1e3:.1f} ms; the loop's data iterator takes {delay * 1e3:.1f} ms")
-      run.data_iter = slowed(run.data_iter, delay)
-      clocked = Clocked(step_fn)
+  with prepared_run(config) as (run, state, step_fn, batch):
+    scratch = jax.tree.map(jnp.copy, state)  # (the step donates its state)
+    log("compiling and timing the step alone")
+    scratch, m = step_fn(scratch, batch, run.extras)
+    jax.block_until_ready(m)
+    alone = []
+    for _ in range(args.repeats):
       start = time.monotonic()
-      loop.run_steps(run, state, clocked)
-      loop_wall = time.monotonic() - start
-    finally:
-      loop._close(run, raising=False)
+      for _ in range(args.alone_steps):
+        scratch, m = step_fn(scratch, batch, run.extras)
+      jax.block_until_ready((scratch, m))
+      alone.append((time.monotonic() - start) / args.alone_steps)
+    del scratch
+    step_alone = statistics.median(alone)
+    delay = args.data_fraction * step_alone
+    log(f"step alone {step_alone * 1e3:.1f} ms; the loop's data iterator takes {delay * 1e3:.1f} ms")
+    run.data_iter = slowed(run.data_iter, delay)
+    clocked = Clocked(step_fn)
+    start = time.monotonic()
+    loop.run_steps(run, state, clocked)
+    loop_wall = time.monotonic() - start
   intervals = [b - a for a, b in zip(clocked.times, clocked.times[1:])]  # interval i ends at step i + 2
   steady = intervals[args.skip:]
   saves = [s - 1 for s in range(args.checkpoint_every, args.steps, args.checkpoint_every)]

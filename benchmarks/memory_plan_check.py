@@ -22,11 +22,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 
-from bench_common import cpu_model, loadavg, log  # (benchmarks/bench_common.py)
+from bench_common import cpu_model, loadavg, log, prepared_run  # (benchmarks/bench_common.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -56,32 +55,25 @@ def main(argv=None):
   args = p.parse_args(argv)
   import jax
   from phi4_jax import configs
-  from phi4_jax.train import dry_run, loop
+  from phi4_jax.train import dry_run
 
   config = configs.load(args.config, {"tensorboard": False})
   planned = dry_run.plan(config)["bytes_per_device"]["temporaries"]
   log(f"planned temporaries {planned / 1e9:.3f} GB")
   measured = []
-  with tempfile.TemporaryDirectory() as workdir:
-    run = loop.prepare(config, workdir)
-    try:
-      state = loop.build_or_restore_state(run)
-      step_fn = loop.compile_step(run)
-      batch = loop.batch_placer(run)(next(run.data_iter))
-      state, m = step_fn(state, batch, run.extras)  # compile, and a first step
+  with prepared_run(config) as (run, state, step_fn, batch):
+    state, m = step_fn(state, batch, run.extras)  # compile, and a first step
+    jax.block_until_ready((state, m))
+    for _ in range(args.steps):
+      before = resident_bytes()
+      sampler = PeakSampler()
+      sampler.start()
+      state, m = step_fn(state, batch, run.extras)
       jax.block_until_ready((state, m))
-      for _ in range(args.steps):
-        before = resident_bytes()
-        sampler = PeakSampler()
-        sampler.start()
-        state, m = step_fn(state, batch, run.extras)
-        jax.block_until_ready((state, m))
-        sampler.done.set()
-        sampler.join()
-        measured.append(max(sampler.peak, resident_bytes()) - before)
-        log(f"step memory {measured[-1] / 1e9:.3f} GB")
-    finally:
-      loop._close(run, raising=False)
+      sampler.done.set()
+      sampler.join()
+      measured.append(max(sampler.peak, resident_bytes()) - before)
+      log(f"step memory {measured[-1] / 1e9:.3f} GB")
   result = {"benchmark": "memory_plan_check", "config": os.path.relpath(args.config, ROOT),
             "planned_temporaries_bytes": planned, "measured_step_bytes": statistics.median(measured),
             "measured_all": measured, "ratio": statistics.median(measured) / planned,

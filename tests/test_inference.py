@@ -221,6 +221,12 @@ def test_rows_decoded_in_logit_chunks_draw_what_they_draw_alone(tiny):
   np.testing.assert_array_equal(rows, np.arange(n))
   greedy = decoder.next_tokens(split, cfg, x_BxD, lambda logits, rows: jnp.argmax(logits, -1))
   np.testing.assert_array_equal(greedy, jnp.argmax(decoder.logits(split, cfg, x_BxD), -1))
+  # greedy=True: on CPU, the logits made as [V, B] from the [V, D] kernel copy; same tokens, any rows
+  assert "lm_head_VxD" in split
+  for rows_n in (1, 3, n):
+    np.testing.assert_array_equal(
+        decoder.next_tokens(split, cfg, x_BxD[:rows_n], lambda logits, rows: -1 - rows, greedy=True),
+        jnp.argmax(decoder.logits(split, cfg, x_BxD[:rows_n]), -1) if rows_n > 1 else -1 - np.arange(1))
   # 2 prompts x 64 samples decode as 128 rows; each prompt alone as 64 (one chunk): same draws
   both = inference.generate(params, cfg, PROMPTS[:2], max_new_tokens=4, temperature=1.0,
                             num_samples=decoder.LOGIT_ROWS, stop_ids=(), max_batch=n)
@@ -312,3 +318,5 @@ def test_two_level_argmax_is_jnp_argmax_with_its_ties():
   got = sampling.argmax(jnp.asarray(logits))
   np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(logits), axis=-1))
   assert got.tolist()[:7] == [got.tolist()[0], 5, V - 2, sampling.BLOCK - 1, 700, 0, 0]
+  # the [V, B] layout (greedy columns): the same index for every column
+  np.testing.assert_array_equal(sampling.argmax(jnp.asarray(logits.T.copy()), axis=0), got)

@@ -7,7 +7,9 @@ of the whole sequence. The layers are unrolled, each reading its own weights and
 scan over the stacked layers copies every layer's weights out of the stack at every decode step,
 which cost 10% of a batch-16 step and 25% of a batch-1 step of the decode benchmark's model.
 
-Cache: one {"k", "v"} per layer, each [B, S, K, Dh] in the compute dtype. Row b's prompt fills slots
+Cache: one {"k", "v"} per layer, each [B, K, S, Dh] in the compute dtype: heads before slots, so
+that attention's batch dimensions (row, kv head) lead and XLA copies no cache to transpose it (in
+the [B, S, K, Dh] layout that copy was a third of a 64-row decode step: see `_attend`). Row b's prompt fills slots
 [pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
 positions count from the row's first real token, so padding changes nothing. A query attends to
 the slots from pad_b up to its own.
@@ -20,6 +22,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 
+from phi4_jax.inference import sampling
 from phi4_jax.model import ModelConfig
 from phi4_jax.model.layers import apply_rope, rms_norm, rope_cos_sin
 
@@ -44,16 +47,25 @@ def _qkv(cfg: ModelConfig, lp: dict, x_BxTxD, cos_BxTxDh, sin_BxTxDh):
   return apply_rope(q, cos_BxTxDh, sin_BxTxDh), apply_rope(k, cos_BxTxDh, sin_BxTxDh), v
 
 
-def _attend(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale: float) -> jax.Array:
-  """Grouped-query attention (query head h reads kv head h // (H / K)), softmax in fp32."""
+def _attend(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxTxS, scale: float) -> jax.Array:
+  """Grouped-query attention (query head h reads kv head h // (H / K)), softmax in fp32.
+
+  One query per row (a decode step) on CPU: the probabilities times values as a product and a sum
+  over slots, not a dot (XLA:CPU runs that batched dot per (row, head) through Eigen). Both
+  changes timed in the decode loop of the decode benchmark's model (8 layers, 256 cache slots),
+  ms per step: 64 rows 57 -> 39, 16 rows 16.5 -> 13.8, one row 6.0 -> 5.2."""
   b, t, h, d = q_BxTxHxDh.shape
-  kv = k_BxSxKxDh.shape[2]
+  kv, s = k_BxKxSxDh.shape[1:3]
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+  scores = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxDh, k_BxKxSxDh,
                       preferred_element_type=jnp.float32) * scale
   scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxDh).reshape(b, t, h, d)
+  probs_BxKxGxTxS = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxDh.dtype)
+  if t == 1 and jax.default_backend() == "cpu":
+    out_BxKxGxDh = jnp.sum(probs_BxKxGxTxS.reshape(b, kv, h // kv, s, 1) * v_BxKxSxDh[:, :, None],
+                           axis=3, dtype=jnp.float32).astype(v_BxKxSxDh.dtype)
+    return out_BxKxGxDh.reshape(b, 1, h, d)
+  return jnp.einsum("bkgts,bksd->btkgd", probs_BxKxGxTxS, v_BxKxSxDh).reshape(b, t, h, d)
 
 
 def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
@@ -68,38 +80,55 @@ def _finish(cfg: ModelConfig, lp: dict, x_BxTxD, attn_BxTxHxDh) -> jax.Array:
   return x_BxTxD + jnp.einsum("btf,fd->btd", hidden_BxTxF, lp["down"].astype(dt))
 
 
+def _final_norm(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
+  return rms_norm(x_BxD, params["final_norm"]["scale"], cfg.norm_eps).astype(_dtype(cfg))
+
+
 def logits(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
   """The final norm and output layer of one position per row: [B, V] float32."""
-  h_BxD = rms_norm(x_BxD, params["final_norm"]["scale"], cfg.norm_eps).astype(_dtype(cfg))
-  return jnp.einsum("bd,dv->bv", h_BxD, params["lm_head"]["kernel"].astype(_dtype(cfg)),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum("bd,dv->bv", _final_norm(params, cfg, x_BxD),
+                    params["lm_head"]["kernel"].astype(_dtype(cfg)), preferred_element_type=jnp.float32)
 
 
-def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose) -> jax.Array:
+def _greedy_columns(params: dict, cfg: ModelConfig, x_BxD) -> jax.Array:
+  """int32 [B]: the argmax of each row's logits, made as [V, B] from the [V, D] output kernel."""
+  logits_VxB = jnp.einsum("bd,vd->vb", _final_norm(params, cfg, x_BxD),
+                          params["lm_head_VxD"].astype(_dtype(cfg)), preferred_element_type=jnp.float32)
+  return sampling.argmax(logits_VxB, axis=0)
+
+
+def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose, *, greedy: bool = False) -> jax.Array:
   """int32 [B]: choose(logits [b, V], rows) of the rows' hidden states, where rows = arange(B)[chunk].
 
   On CPU, more than LOGIT_ROWS rows go through the output layer and `choose` LOGIT_ROWS at a time
   (a sequential lax.map), so each chunk's logits are still in cache when they are sampled: at the
   colab model's width (d_model 256), 256 rows' output layer + temperature sampling took 118 instead
   of 250 ms per decode step, with the same tokens (benchmarks/README.md). Elsewhere one chunk.
+
+  greedy: `choose` is the argmax. On CPU, chunks of several rows then take it from logits made as
+  [V, B] with split_layers' "lm_head_VxD" (XLA:CPU's matmul streams a [V, D] left operand past a few
+  columns faster: with the argmax, 16 rows at d_model 512 took 14.7 instead of 17.3 ms, 64 rows
+  36.9 instead of 43.7), down the columns.
   """
   b = x_BxD.shape[0]
   rows_B = jnp.arange(b)
+  columns = greedy and "lm_head_VxD" in params and min(b, LOGIT_ROWS) > 1
+  pick = ((lambda x, rows: _greedy_columns(params, cfg, x)) if columns else
+          (lambda x, rows: choose(logits(params, cfg, x), rows)))
   if jax.default_backend() != "cpu" or b <= LOGIT_ROWS or b % LOGIT_ROWS:
-    return choose(logits(params, cfg, x_BxD), rows_B)
+    return pick(x_BxD, rows_B)
   chunks = lambda a: a.reshape(b // LOGIT_ROWS, LOGIT_ROWS, *a.shape[1:])
-  picked = jax.lax.map(lambda xr: choose(logits(params, cfg, xr[0]), xr[1]), (chunks(x_BxD), chunks(rows_B)))
-  return picked.reshape(b)
+  return jax.lax.map(lambda xr: pick(*xr), (chunks(x_BxD), chunks(rows_B))).reshape(b)
 
 
 def split_layers(params: dict) -> dict:
   """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
   instead of arrays stacked on axis 0, and, on CPU, each layer's "down_DxF": a transposed copy read
   by a single row (its [1, F] x [F, D] product: 6.6 -> 5.9 ms for the 8 layers of the decode
-  benchmark's model; slower at 16 rows). The layer weights are
-  copied once: the copy is kept for the same arrays (a PTS run calls generate thousands of times)
-  until one of them is freed or clear_split_cache() is called. split_layers output is returned as
-  it is."""
+  benchmark's model; slower at 16 rows) and the output kernel's [V, D] copy "lm_head_VxD" for greedy
+  chunks of several rows (next_tokens). The weights are copied once: the copy is kept for the same
+  arrays (a PTS run calls generate thousands of times) until one of them is freed or
+  clear_split_cache() is called. split_layers output is returned as it is."""
   if isinstance(params["layers"], (tuple, list)):
     return params
   leaves, structure = jax.tree.flatten(params)
@@ -107,6 +136,8 @@ def split_layers(params: dict) -> dict:
       ref() is leaf for ref, leaf in zip(_last_split[1], leaves)):
     return _last_split[2]
   split = {**params, "layers": _split_stack(params["layers"])}
+  if jax.default_backend() == "cpu":
+    split["lm_head_VxD"] = _transposed(params["lm_head"]["kernel"])
   _last_split[:] = [structure, [weakref.ref(leaf, lambda _: clear_split_cache()) for leaf in leaves], split]
   return split
 
@@ -118,6 +149,9 @@ def clear_split_cache() -> None:
 
 LOGIT_ROWS = 64  # rows per output-layer + sampling chunk on CPU (next_tokens)
 _last_split: list = []  # [tree structure, weakrefs of the arrays last split, their split params]
+
+
+_transposed = jax.jit(jnp.transpose)
 
 
 @jax.jit
@@ -157,12 +191,13 @@ def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Ar
   positions_BxP = jnp.maximum(slots[None] - pad_B[:, None], 0)
   cos, sin = rope_cos_sin(positions_BxP, cfg.head_dim, cfg.rope_theta)
   mask_BxPxP = (slots[None, None, :] <= slots[None, :, None]) & (slots[None, None, :] >= pad_B[:, None, None])
-  grow = ((0, 0), (0, cache_len - p), (0, 0), (0, 0))
+  grow = ((0, 0), (0, 0), (0, cache_len - p), (0, 0))
   x_BxPxD, cache = _embed(params, tokens_BxP, cfg), []
   for lp in params["layers"]:
     q, k_BxPxKxDh, v_BxPxKxDh = _qkv(cfg, lp, x_BxPxD, cos, sin)
-    x_BxPxD = _finish(cfg, lp, x_BxPxD, _attend(q, k_BxPxKxDh, v_BxPxKxDh, mask_BxPxP, cfg.head_dim ** -0.5))
-    cache.append({"k": jnp.pad(k_BxPxKxDh, grow), "v": jnp.pad(v_BxPxKxDh, grow)})
+    k_BxKxPxDh, v_BxKxPxDh = k_BxPxKxDh.transpose(0, 2, 1, 3), v_BxPxKxDh.transpose(0, 2, 1, 3)
+    x_BxPxD = _finish(cfg, lp, x_BxPxD, _attend(q, k_BxKxPxDh, v_BxKxPxDh, mask_BxPxP, cfg.head_dim ** -0.5))
+    cache.append({"k": jnp.pad(k_BxKxPxDh, grow), "v": jnp.pad(v_BxKxPxDh, grow)})
   return x_BxPxD[:, -1], tuple(cache)
 
 
@@ -171,15 +206,16 @@ def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, posi
   """Feeds one token per row at cache slot `slot`: (its hidden state [B, D] for `logits`, updated
   cache)."""
   _check_split(params)
-  cache_len = cache[0]["k"].shape[1]
+  cache_len = cache[0]["k"].shape[2]
   cos, sin = rope_cos_sin(positions_B[:, None], cfg.head_dim, cfg.rope_theta)
   slots = jnp.arange(cache_len)
   mask_Bx1xS = ((slots <= slot)[None, None, :] & (slots[None, None, :] >= pad_B[:, None, None]))
   x_Bx1xD, new_cache = _embed(params, tokens_B[:, None], cfg), []
   for lp, layer_cache in zip(params["layers"], cache):
     q, k, v = _qkv(cfg, lp, x_Bx1xD, cos, sin)
-    kv = {name: jax.lax.dynamic_update_slice(layer_cache[name], new.astype(layer_cache[name].dtype),
-                                             (0, slot, 0, 0)) for name, new in (("k", k), ("v", v))}
+    kv = {name: jax.lax.dynamic_update_slice(
+        layer_cache[name], new_Bx1xKxDh.transpose(0, 2, 1, 3).astype(layer_cache[name].dtype), (0, 0, slot, 0))
+          for name, new_Bx1xKxDh in (("k", k), ("v", v))}
     x_Bx1xD = _finish(cfg, lp, x_Bx1xD, _attend(q, kv["k"], kv["v"], mask_Bx1xS, cfg.head_dim ** -0.5))
     new_cache.append(kv)
   return x_Bx1xD[:, 0], tuple(new_cache)

@@ -67,7 +67,7 @@ def cache_sharding(cfg: ModelConfig, mesh: Mesh | None) -> NamedSharding | None:
     return None
   tensor = mesh.shape["tensor"]
   heads = "tensor" if tensor > 1 and cfg.n_kv_heads % tensor == 0 else None
-  return NamedSharding(mesh, PartitionSpec(None, None, heads, None))
+  return NamedSharding(mesh, PartitionSpec(None, heads, None, None))
 
 
 def _constrain(cache: tuple, sharding: NamedSharding | None) -> tuple:
@@ -78,7 +78,7 @@ def _draw(params, cfg, x_BxD, seed, row_ids_B, i, sampler, temperature, top_p) -
   """Each row's token i from its hidden state, with the row's own key for step i."""
   keys_B = row_keys(seed, row_ids_B, i)
   return decoder.next_tokens(params, cfg, x_BxD, lambda logits, rows: sample(
-      logits, keys_B[rows], sampler, temperature, top_p))
+      logits, keys_B[rows], sampler, temperature, top_p), greedy=sampler.greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "num_samples", "sampler", "sharding"))

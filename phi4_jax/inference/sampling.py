@@ -71,20 +71,24 @@ def inverse_cdf(logits_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
   return (block_B * BLOCK + index_B).astype(jnp.int32)
 
 
-def argmax(logits_BxV: jax.Array) -> jax.Array:
-  """int32 [B]: jnp.argmax over the last axis (the first maximum; a row with NaN logits gets one of
-  its indices, unspecified), in two levels: the first block of BLOCK tokens holding the maximum,
-  then the first maximum inside it. XLA:CPU's argmax (a reduction over (value, index) pairs) is not vectorized: over [64, 100352]
-  logits it took 15 ms, about a tenth of a decode step; a block max is a plain vectorized max."""
-  B, V = logits_BxV.shape
-  if V <= BLOCK:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  nb = -(-V // BLOCK)
-  padded_BxNxK = jnp.pad(logits_BxV, ((0, 0), (0, nb * BLOCK - V)),
-                         constant_values=-jnp.inf).reshape(B, nb, BLOCK)
-  block_B = jnp.argmax(jnp.max(padded_BxNxK, axis=-1), axis=-1)
-  inner_BxK = jnp.take_along_axis(padded_BxNxK, block_B[:, None, None], axis=1)[:, 0]
-  return (block_B * BLOCK + jnp.argmax(inner_BxK, axis=-1)).astype(jnp.int32)
+def argmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+  """int32: jnp.argmax of 2-D logits over `axis` (the vocabulary: -1 for [B, V], 0 for [V, B]; the
+  first maximum; a row with NaN logits gets one of its indices, unspecified), in two levels: the
+  first block of BLOCK tokens holding the maximum, then the first maximum inside it. XLA:CPU's
+  argmax (a reduction over (value, index) pairs) is not vectorized: over [64, 100352] logits it
+  took 15 ms, about a tenth of a decode step; a block max is a plain vectorized max."""
+  axis %= logits.ndim
+  v = logits.shape[axis]
+  if v <= BLOCK:
+    return jnp.argmax(logits, axis=axis).astype(jnp.int32)
+  nb = -(-v // BLOCK)
+  padding = [(0, 0)] * logits.ndim
+  padding[axis] = (0, nb * BLOCK - v)
+  blocks = jnp.pad(logits, padding, constant_values=-jnp.inf)
+  blocks = blocks.reshape(*logits.shape[:axis], nb, BLOCK, *logits.shape[axis + 1:])
+  block = jnp.argmax(jnp.max(blocks, axis=axis + 1), axis=axis)
+  inner = jnp.take_along_axis(blocks, jnp.expand_dims(block, (axis, axis + 1)), axis=axis)
+  return (block * BLOCK + jnp.argmax(inner.squeeze(axis), axis=axis)).astype(jnp.int32)
 
 
 def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampler: Sampler, temperature: jax.Array,

@@ -8,9 +8,9 @@ scan over the stacked layers copies every layer's weights out of the stack at ev
 which cost 10% of a batch-16 step and 25% of a batch-1 step of the decode benchmark's model.
 
 Cache: one {"k", "v"} per layer, each [B, K, S, Dh] in the compute dtype: heads before slots, so
-that attention's batch dimensions (row, kv head) lead and XLA copies no cache to transpose it (in
-the [B, S, K, Dh] layout that copy was a third of a 64-row decode step: see `_attend`). Row b's prompt fills slots
-[pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
+that attention's batch dimensions (row, kv head) lead and XLA copies no cache to transpose them (in
+the [B, S, K, Dh] layout that copy was a third of a 64-row decode step: see `_attend`). Row b's
+prompt fills slots [pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
 positions count from the row's first real token, so padding changes nothing. A query attends to
 the slots from pad_b up to its own.
 """
@@ -51,9 +51,9 @@ def _attend(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxTxS, scale: float) -> jax
   """Grouped-query attention (query head h reads kv head h // (H / K)), softmax in fp32.
 
   One query per row (a decode step) on CPU: the probabilities times values as a product and a sum
-  over slots, not a dot (XLA:CPU runs that batched dot per (row, head) through Eigen). Both
-  changes timed in the decode loop of the decode benchmark's model (8 layers, 256 cache slots),
-  ms per step: 64 rows 57 -> 39, 16 rows 16.5 -> 13.8, one row 6.0 -> 5.2."""
+  over slots, not a dot (XLA:CPU runs that batched dot per (row, head) through Eigen). This and
+  the cache layout together, timed in the decode loop of the decode benchmark's model (8 layers,
+  256 cache slots), ms per step: 64 rows 57 -> 39, 16 rows 16.5 -> 13.8, one row 6.0 -> 5.2."""
   b, t, h, d = q_BxTxHxDh.shape
   kv, s = k_BxKxSxDh.shape[1:3]
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, d)

@@ -52,8 +52,9 @@ def _attend(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxTxS, scale: float) -> jax
 
   One query per row (a decode step) on CPU: the probabilities times values as a product and a sum
   over slots, not a dot (XLA:CPU runs that batched dot per (row, head) through Eigen). This and
-  the cache layout together, timed in the decode loop of the decode benchmark's model (8 layers,
-  256 cache slots), ms per step: 64 rows 57 -> 39, 16 rows 16.5 -> 13.8, one row 6.0 -> 5.2."""
+  the cache layout together, timed on the layers of a decode step of the decode benchmark's model
+  (8 layers, 256 cache slots), ms per step: 64 rows 57 -> 39, 16 rows 16.5 -> 13.8, one row 6.0 ->
+  5.2."""
   b, t, h, d = q_BxTxHxDh.shape
   kv, s = k_BxKxSxDh.shape[1:3]
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, h // kv, d)

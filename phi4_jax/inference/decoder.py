@@ -10,9 +10,9 @@ which cost 10% of a batch-16 step and 25% of a batch-1 step of the decode benchm
 Cache: one {"k", "v"} per layer, each [B, K, S, Dh] in the compute dtype: heads before slots, so
 that attention's batch dimensions (row, kv head) lead and XLA copies no cache to transpose them (in
 the [B, S, K, Dh] layout that copy was a third of a 64-row decode step: see `_attend`). Row b's
-prompt fills slots [pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P, P+1, ...; RoPE
-positions count from the row's first real token, so padding changes nothing. A query attends to
-the slots from pad_b up to its own.
+prompt fills slots [pad_b, P) of the prompt bucket P (left padding), its generated tokens slots P,
+P+1, ...; RoPE positions count from the row's first real token, so padding changes nothing. A
+query attends to the slots from pad_b up to its own.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose, *, greedy: bool =
   """
   b = x_BxD.shape[0]
   rows_B = jnp.arange(b)
-  columns = greedy and "lm_head_VxD" in params and min(b, LOGIT_ROWS) > 1
+  columns = greedy and "lm_head_VxD" in params and b > 1  # (chunks hold min(b, LOGIT_ROWS) rows)
   pick = ((lambda x, rows: _greedy_columns(params, cfg, x)) if columns else
           (lambda x, rows: choose(logits(params, cfg, x), rows)))
   if jax.default_backend() != "cpu" or b <= LOGIT_ROWS or b % LOGIT_ROWS:

@@ -38,13 +38,16 @@ def _embed(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def _qkv(cfg: ModelConfig, lp: dict, x_BxTxD, cos_BxTxDh, sin_BxTxDh):
-  """Normed input -> (q [B,T,H,Dh], k [B,T,K,Dh], v [B,T,K,Dh]) with RoPE applied to q and k."""
+  """Normed input -> (q [B,T,H,Dh], k [B,K,T,Dh], v [B,K,T,Dh]) with RoPE applied to q and k; k and v
+  in the cache's layout."""
   dt = _dtype(cfg)
   h_BxTxD = rms_norm(x_BxTxD, lp["attn_norm"]["scale"], cfg.norm_eps).astype(dt)
   q = jnp.einsum("btd,dnk->btnk", h_BxTxD, lp["q"].astype(dt))
   kv_BxTx2xKxDh = jnp.einsum("btd,dsnk->btsnk", h_BxTxD, lp["kv"].astype(dt))
-  k, v = kv_BxTx2xKxDh[:, :, 0], kv_BxTx2xKxDh[:, :, 1]
-  return apply_rope(q, cos_BxTxDh, sin_BxTxDh), apply_rope(k, cos_BxTxDh, sin_BxTxDh), v
+  k_BxTxKxDh, v_BxTxKxDh = kv_BxTx2xKxDh[:, :, 0], kv_BxTx2xKxDh[:, :, 1]
+  heads_first = lambda a: a.transpose(0, 2, 1, 3)
+  return (apply_rope(q, cos_BxTxDh, sin_BxTxDh), heads_first(apply_rope(k_BxTxKxDh, cos_BxTxDh, sin_BxTxDh)),
+          heads_first(v_BxTxKxDh))
 
 
 def _attend(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxTxS, scale: float) -> jax.Array:
@@ -195,8 +198,7 @@ def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Ar
   grow = ((0, 0), (0, 0), (0, cache_len - p), (0, 0))
   x_BxPxD, cache = _embed(params, tokens_BxP, cfg), []
   for lp in params["layers"]:
-    q, k_BxPxKxDh, v_BxPxKxDh = _qkv(cfg, lp, x_BxPxD, cos, sin)
-    k_BxKxPxDh, v_BxKxPxDh = k_BxPxKxDh.transpose(0, 2, 1, 3), v_BxPxKxDh.transpose(0, 2, 1, 3)
+    q, k_BxKxPxDh, v_BxKxPxDh = _qkv(cfg, lp, x_BxPxD, cos, sin)
     x_BxPxD = _finish(cfg, lp, x_BxPxD, _attend(q, k_BxKxPxDh, v_BxKxPxDh, mask_BxPxP, cfg.head_dim ** -0.5))
     cache.append({"k": jnp.pad(k_BxKxPxDh, grow), "v": jnp.pad(v_BxKxPxDh, grow)})
   return x_BxPxD[:, -1], tuple(cache)
@@ -214,9 +216,8 @@ def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, posi
   x_Bx1xD, new_cache = _embed(params, tokens_B[:, None], cfg), []
   for lp, layer_cache in zip(params["layers"], cache):
     q, k, v = _qkv(cfg, lp, x_Bx1xD, cos, sin)
-    kv = {name: jax.lax.dynamic_update_slice(
-        layer_cache[name], new_Bx1xKxDh.transpose(0, 2, 1, 3).astype(layer_cache[name].dtype), (0, 0, slot, 0))
-          for name, new_Bx1xKxDh in (("k", k), ("v", v))}
+    kv = {name: jax.lax.dynamic_update_slice(layer_cache[name], new_BxKx1xDh.astype(layer_cache[name].dtype),
+                                             (0, 0, slot, 0)) for name, new_BxKx1xDh in (("k", k), ("v", v))}
     x_Bx1xD = _finish(cfg, lp, x_Bx1xD, _attend(q, kv["k"], kv["v"], mask_Bx1xS, cfg.head_dim ** -0.5))
     new_cache.append(kv)
   return x_Bx1xD[:, 0], tuple(new_cache)

@@ -8,7 +8,7 @@ import jax
 
 from phi4_jax import configs
 from phi4_jax.model import flops_per_token
-from phi4_jax.train import dry_run
+from phi4_jax.train import dry_run, loop
 from phi4_jax.train.config import model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,3 +57,32 @@ def test_dry_run_command_plans_every_training_stage_of_a_recipe_and_writes_nothi
       [sys.executable, "-m", "phi4_jax.main", f"--config={ROOT}/experiments/pretrain.py:test",
        "--dry_run", "--devices=3"], env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and "error: config.global_batch_size" in bad.stderr
+
+
+def test_the_dry_run_lowers_the_step_the_loop_runs_for_every_nested_source(tmp_path, monkeypatch):
+  # midtrain: long_half_row, long_full_row and `replay`, a mixture of the 5 Table-5 sources.
+  config = configs.load(os.path.join(ROOT, "experiments/midtrain.py:test"),
+                        {**SMALL, "mesh_shape": (1, 8, 1), "steps": 1, "tensorboard": False})
+  lowered = []  # the StableHLO of each train step lowered: the dry run's, then the loop's
+  jit_step = loop.jit_step
+
+  class Spy:
+    def __init__(self, *args):
+      self.jitted = jit_step(*args)
+
+    def lower(self, *args):
+      out = self.jitted.lower(*args)
+      lowered.append(out.as_text())
+      return out
+
+  monkeypatch.setattr(loop, "jit_step", Spy)
+  dry_run.plan(config)
+  run = loop.prepare(config, str(tmp_path / "w"))
+  try:
+    batch = loop.batch_placer(run)(next(run.data_iter))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
+    loop.compile_step(run).lower(run.abstract_state, abstract, run.extras)
+  finally:
+    run.mngr.close()
+  assert len(run.data_iter.source_names) == 2 + 5 == run.objective.loss_fn.keywords["num_sources"]
+  assert len(lowered) == 2 and lowered[0] == lowered[1]  # same sources, same batch fields and shapes

@@ -59,7 +59,7 @@ def plan(config: ml_collections.ConfigDict, device_memory_gb: float = 0.0) -> di
   cfg = model_config(config)
   mesh = model_lib.make_mesh(config.mesh_shape)
   optimizer, shardings, state = loop.abstract_train_state(config, cfg, mesh)
-  objective = objectives.make(config, cfg, len(config.data.sources), mesh)
+  objective = objectives.make(config, cfg, mesh)
   extras, extra_shardings = {}, {}
   if objective.uses_reference:
     extras["reference"], extra_shardings["reference"] = state["params"], shardings["params"]

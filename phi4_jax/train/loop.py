@@ -98,7 +98,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = 
   if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_model_config(workdir, cfg)
-  objective = objectives.make(config, cfg, len(data_iter.source_names), mesh)
+  objective = objectives.make(config, cfg, mesh)
   moved = recovery.apply_resume_step(config, workdir, flag_prefix)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints or None, config.async_checkpointing,
                             config.keep_period)

@@ -5,7 +5,8 @@
   dpo: the DPO loss of packed (prompt + chosen, prompt + rejected) segments against a frozen
        reference, the stage's init_from params (or their log-probs, precomputed into the workdir)
 
-The data each objective reads comes from `data.make_train_iterator`, chosen by the sources' format.
+The data each objective reads comes from `data.make_train_iterator`, chosen by the sources' format
+(the step is compiled for source_names(config), the loop's and the dry run's alike).
 """
 
 from __future__ import annotations
@@ -45,8 +46,16 @@ def _dpo_summary(sums: dict, steps: int, source_names) -> dict:
           "pairs_per_step": float(sums["denominator"]) / steps}
 
 
-def make(config, cfg, num_sources: int, mesh) -> Objective:
-  """The objective config.objective names, with the stage's settings bound."""
+def source_names(config) -> tuple[str, ...]:
+  """The sources the step sums its loss over: every source of config.data.sources' nested mixtures
+  (data/planner.py's leaves, in the order the data pipeline numbers them)."""
+  from phi4_jax.data.planner import leaves
+  return tuple(leaf.name for leaf in leaves(config.data.sources))
+
+
+def make(config, cfg, mesh) -> Objective:
+  """The objective config.objective names, with the stage's settings and source count bound."""
+  num_sources = len(source_names(config))
   if config.objective == "dpo":
     from phi4_jax.posttrain import dpo
     d = config.dpo

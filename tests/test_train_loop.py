@@ -124,6 +124,24 @@ def test_bad_config_names_the_field(tmp_path, overrides, field):
     loop.train(_config(**overrides), str(tmp_path / "w"))
 
 
+def test_an_objective_its_sources_cannot_feed_is_refused_before_anything_is_written(tmp_path):
+  from phi4_jax.posttrain import dpo
+  lm_on_pairs = _config("dpo", objective="lm")
+  with lm_on_pairs.unlocked():
+    del lm_on_pairs.dpo
+  with pytest.raises(ValueError, match=r"config.objective: is 'lm', which trains on text or chat records, "
+                     r"but config.data.sources.math.format is 'pairs' \(pairs records\)"):
+    loop.train(lm_on_pairs, str(tmp_path / "lm"))
+  loop.train(_config(steps=1), str(tmp_path / "pre"))  # (a real init_from: every other field is fine)
+  dpo_on_text = _config(objective="dpo", init_from=str(tmp_path / "pre"))
+  with dpo_on_text.unlocked():
+    dpo_on_text.dpo = dpo.dpo_fields()
+  with pytest.raises(ValueError, match=r"config.objective: is 'dpo', which trains on pairs records, but "
+                     r"config.data.sources.acquired.format is '' \(text records\)"):
+    loop.train(dpo_on_text, str(tmp_path / "dpo"))
+  assert not (tmp_path / "lm").exists() and not (tmp_path / "dpo").exists()
+
+
 def test_unwritable_workdir_fails_before_training(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")

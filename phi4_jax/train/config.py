@@ -8,7 +8,7 @@ from phi4_jax import fields
 from phi4_jax.eval import settings as eval_settings
 from phi4_jax.eval.settings import eval_fields
 from phi4_jax.model import ModelConfig
-from phi4_jax.train.objectives import OBJECTIVES
+from phi4_jax.train.objectives import FORMATS, OBJECTIVES
 
 
 def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
@@ -101,8 +101,23 @@ def _fail(field: str, message: str) -> None:
   raise ValueError(f"config.{field}: {message}")
 
 
+def _check_format(config: ml_collections.ConfigDict) -> None:
+  """The stage's sources hold the records config.objective reads (objectives.FORMATS)."""
+  from phi4_jax.data import stage_format
+  from phi4_jax.data.planner import leaves
+  kind, wanted = stage_format(config.data.sources), FORMATS[config.objective]
+  if kind not in wanted:
+    first = leaves(config.data.sources)[0]
+    fits = [name for name, formats in FORMATS.items() if kind in formats]
+    _fail("objective", f"is {config.objective!r}, which trains on {' or '.join(wanted)} records, but "
+          f"{first.field}.format is {first.cfg.format!r} ({kind} records): set config.objective to "
+          f"{' or '.join(map(repr, fits))}, or give the stage {' or '.join(wanted)} sources")
+
+
 def _check_objective(config: ml_collections.ConfigDict) -> None:
-  """A DPO stage has its config.dpo fields and an init_from (its frozen reference)."""
+  """The sources fit the objective; a DPO stage has its config.dpo fields and an init_from (its
+  frozen reference)."""
+  _check_format(config)
   if config.objective != "dpo":
     if "dpo" in config:
       _fail("dpo", f"is set, but config.objective is {config.objective!r} (set it to 'dpo')")
@@ -113,8 +128,8 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
   fields.unknown(config.dpo, dpo.RULES, "config.dpo")
   fields.check(config.dpo, dpo.RULES, "config.dpo")
   if not config.init_from:
-    _fail("init_from", "is empty, but a DPO stage needs one: the model it starts from is also its "
-          "frozen reference")
+    _fail("init_from", "is empty, but a DPO stage needs one: the workdir of the model it starts from "
+          "(SFT's), which is also its frozen reference")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True,
@@ -159,18 +174,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
           "loss would fall back to [B, seq_len, vocab] logits)")
   if config.init_step >= 0 and not config.init_from:
     _fail("init_step", f"is {config.init_step}, but config.init_from names no workdir to start from")
-  _check_objective(config)
   if config.skip_batches and config.resume_step < 0:
     _fail("skip_batches", f"is {config.skip_batches}, but config.resume_step names no step to skip from")
-  if check_init_from and config.init_from:
-    from phi4_jax.model import abstract_params
-    try:
-      check_params(config.init_from, abstract_params(cfg), None if config.init_step < 0 else config.init_step)
-    except (FileNotFoundError, ValueError) as e:
-      raise type(e)(f"config.init_from: {e}") from None
   from phi4_jax.tokenizer import VOCAB_SIZE
   if cfg.vocab_size < VOCAB_SIZE:
     _fail("model.vocab_size", f"{cfg.vocab_size} is smaller than the tokenizer's {VOCAB_SIZE:,} ids: "
           "the data's token ids would fall outside the embedding table")
   from phi4_jax.data import check_config
   check_config(config, files=check_files)  # config.data's fields, fractions and files
+  _check_objective(config)
+  if check_init_from and config.init_from:
+    from phi4_jax.model import abstract_params
+    try:
+      check_params(config.init_from, abstract_params(cfg), None if config.init_step < 0 else config.init_step)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"config.init_from: {e}") from None

@@ -6,7 +6,8 @@
        reference, the stage's init_from params (or their log-probs, precomputed into the workdir)
 
 The data each objective reads comes from `data.make_train_iterator`, chosen by the sources' format
-(the step is compiled for source_names(config), the loop's and the dry run's alike).
+(FORMATS: the formats each objective reads; train/config.py's validate refuses any other). The step is
+compiled for source_names(config), the loop's and the dry run's alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 OBJECTIVES = ("lm", "dpo")
+# objective -> the record formats (data/check.py's stage_format) whose rows its loss reads
+FORMATS = {"lm": ("text", "chat"), "dpo": ("pairs",)}
 
 
 @dataclasses.dataclass(frozen=True)

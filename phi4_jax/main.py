@@ -66,8 +66,13 @@ def main(argv) -> None:
     path = workdir.resolve(_FLAGS["workdir"].value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  config = _FLAGS["config"].value
   try:
-    recipe.run(_FLAGS["config"].value, path)
+    recipe.check(config, path)  # (nothing is written before every stage's config passed)
+  except (ValueError, FileNotFoundError) as e:  # what the checks raise, each naming its field
+    sys.exit(f"error: {e}")
+  try:
+    recipe.run(config, path, checked=True)
   except recovery.CheckpointError as e:
     # The last line says what failed. A failed async save leaves orbax coroutines that Python
     # would report, one traceback each, while shutting down; skip that shutdown.
@@ -89,7 +94,10 @@ def _dry_run(config, devices: int, device_memory_gb: float) -> None:
   from phi4_jax.posttrain import stages as data_stages
   from phi4_jax.train import dry_run, recipe
   if "stages" in config:
-    recipe.link(config, "<workdir>")  # (init_from and `stage:` sources, as a run would set them)
+    try:
+      recipe.link(config, "<workdir>")  # (init_from and `stage:` sources, as a run would set them)
+    except ValueError as e:  # (a `stage:` source naming no earlier data stage)
+      sys.exit(f"error: {e}")
   for name, stage, _ in recipe.stage_dirs(config, ""):
     if data_stages.is_generation(stage):
       continue

@@ -142,6 +142,23 @@ def test_an_objective_its_sources_cannot_feed_is_refused_before_anything_is_writ
   assert not (tmp_path / "lm").exists() and not (tmp_path / "dpo").exists()
 
 
+@pytest.mark.parametrize("stage,overrides,message", [
+    ("dpo", {}, "config.init_from: is empty, but a DPO stage needs one"),
+    ("dpo", {"objective": "lm"}, "config.objective: is 'lm', which trains on text or chat records"),
+    ("pretrain", {"init_from": "/nowhere"}, "config.init_from: no checkpoint under /nowhere"),
+    ("pretrain", {"data.sources.web.globs": "/nowhere/*.parquet"},
+     "config.data.sources.web.globs: glob '/nowhere/*.parquet' matches no file"),
+])
+def test_main_names_a_user_error_in_one_line_and_writes_nothing(tmp_path, stage, overrides, message):
+  workdir = tmp_path / "w"
+  cmd, env = _cli(workdir, 4, **overrides)
+  cmd = [f"--config={ROOT}/experiments/{stage}.py:test" if a.startswith("--config=") else a for a in cmd]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), out.stderr[-3000:]
+  assert not workdir.exists()
+
+
 def test_unwritable_workdir_fails_before_training(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")

@@ -76,13 +76,27 @@ def _check(config: ml_collections.ConfigDict, ready: dict[str, bool]) -> None:
       raise ValueError(f"stage {name}: {e}") from e
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def check(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Every stage's config (a recipe's linked first, see link), before anything is written: a
+  ValueError or FileNotFoundError names the field."""
   if "stages" not in config:
-    return [data_stages.run(config, workdir) if data_stages.is_generation(config) else train(config, workdir)]
+    if data_stages.is_generation(config):
+      data_stages.validate(config)
+    else:
+      validate(config, jax.device_count())
+    return
   for name in config.stages:
     if name not in config:
       raise ValueError(f"config.stages names {name!r}, but the recipe has no config.{name}")
   _check(config, link(config, workdir))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, checked: bool = False) -> list[dict]:
+  """Runs the stage or recipe in `workdir`; checked=True: check(config, workdir) has passed."""
+  if "stages" not in config:  # (train and data_stages.run check their stage first)
+    return [data_stages.run(config, workdir) if data_stages.is_generation(config) else train(config, workdir)]
+  if not checked:
+    check(config, workdir)
   results = []
   for name, stage, stage_dir in stage_dirs(config, workdir):
     if finished(stage, stage_dir):

@@ -41,7 +41,7 @@ def make(config: str, overrides: dict | None, workdir: str) -> Job:
 
 def check_shared_workdir(job: Job) -> None:
   """Every host must see the workdir: an absolute path on shared storage (NFS, a GCS FUSE mount)."""
-  from phi4_jax.train import workdir as workdir_lib
+  from phi4_jax.store import workdir as workdir_lib
   workdir = job.workdir
   workdir_lib.resolve(workdir)  # refuses URLs, as every entry point does
   if not os.path.isabs(workdir) and not workdir.startswith("~"):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from phi4_jax.train import checkpoint
+from phi4_jax.store import checkpoint
 from phi4_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -40,7 +40,7 @@ def test_notebook_cells_compile_and_name_real_functions():
   for dotted in used:
     module, _, attr = dotted.rpartition(".")
     assert hasattr(importlib.import_module(module), attr), dotted
-  assert {"phi4_jax.inference.generate", "phi4_jax.train.workdir.restore_params",
+  assert {"phi4_jax.inference.generate", "phi4_jax.store.workdir.restore_params",
           "phi4_jax.train.recipe.run"} <= used
 
 

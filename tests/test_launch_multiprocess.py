@@ -123,3 +123,76 @@ def test_processes_read_disjoint_shares_of_the_global_batch(tmp_path, data_cache
     mine = [{row.tobytes() for row in part[b]} for part in parts]
     assert len(mine[0]) == len(mine[1]) == 4 and not mine[0] & mine[1]
     np.testing.assert_array_equal(np.concatenate([parts[0][b], parts[1][b]]), whole[b])
+
+
+# DPO with dpo.precompute_reference in 2 processes, one reference chunk per batch; with --crash,
+# process 1 dies after scoring chunk 1 and before saving it (process 0 has saved its own).
+REFERENCE_PROBE = r'''
+import sys
+import jax
+from phi4_jax import main
+from phi4_jax.posttrain import reference
+reference.CHUNK_BATCHES = 1
+if "--crash" in sys.argv:
+  sys.argv.remove("--crash")
+  real_chunk, calls = reference._chunk, []
+  def chunk(*args):
+    scored = real_chunk(*args)  # (a computation over both processes' rows)
+    calls.append(1)
+    if len(calls) == 2 and jax.process_index() == 1:
+      raise SystemExit("killed after scoring chunk 1, before saving it")
+    return scored
+  reference._chunk = chunk
+main.run()
+'''
+
+
+def test_two_processes_precompute_their_own_reference_chunks_and_agree_on_a_resume(
+    tmp_path, data_cache, monkeypatch):
+  """Each process scores its own rows of the global batch, so its chunk and table files are named
+  by process (two processes writing one `chunk_k.npz` would each read back the other's rows, or a
+  file both wrote at once). A kill can leave a chunk saved by one process and not by the other:
+  scoring is one computation over both processes' rows, so both score it again (were process 0 to
+  skip it, process 1 would wait for it forever). The losses equal one process scoring the
+  reference on the fly, a second code path."""
+  import jax
+
+  from phi4_jax import hf, model
+  cfg = model.ModelConfig.preset("test")
+  hf.save(cfg, model.init(cfg, jax.random.key(0)), str(tmp_path / "hf"))
+  hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "init"))
+  args = ["--config=experiments/dpo.py:test", "--config.steps=3", "--config.log_every=1",
+          "--config.tensorboard=false", "--config.data.shards=2", f"--config.init_from={tmp_path / 'init'}",
+          f"--config.data.cache_dir={data_cache}", "--config.optimizer.warmup_steps=1"]
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  single_log = open(tmp_path / "single.log", "w")
+  on_the_fly = subprocess.Popen([sys.executable, "-m", "phi4_jax.main", *args, f"--workdir={single}"],
+                                env={**local.process_env(4), "PYTHONPATH": REPO}, cwd=REPO,
+                                stdout=single_log, stderr=subprocess.STDOUT)  # runs alongside
+  try:
+    (tmp_path / "reference_probe.py").write_text(REFERENCE_PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), REPO]))
+    precompute = [*args, "--config.dpo.precompute_reference=true", f"--workdir={multi}"]
+    crashed = io.StringIO()
+    assert local.launch([*precompute, "--crash"], 2, 2, module="reference_probe", timeout_s=240,
+                        out=crashed) != 0
+    on_the_fly.wait(timeout=300)
+  finally:
+    on_the_fly.kill()
+    single_log.close()
+  assert on_the_fly.returncode == 0, (tmp_path / "single.log").read_text()[-5000:]
+  table_dir = multi / "reference_logprobs"
+  assert sorted(os.listdir(table_dir)) == ["process_0.chunk_0.npz", "process_0.chunk_1.npz",
+                                           "process_1.chunk_0.npz"], crashed.getvalue()[-3000:]
+  ids = [set(np.load(table_dir / f"process_{i}.chunk_0.npz")["ids"]) for i in range(2)]
+  assert ids[0] and ids[1] and not ids[0] & ids[1]  # each process's own pairs
+
+  resumed = io.StringIO()
+  assert local.launch(precompute, 2, 2, module="reference_probe", timeout_s=240, out=resumed) == 0, \
+      resumed.getvalue()[-5000:]
+  assert sorted(os.listdir(table_dir)) == ["process_0.npz", "process_1.npz"]
+  expected, got = _losses(single), _losses(multi)
+  assert sorted(got) == [1, 2, 3] and all(len(v) == 1 for v in got.values())
+  np.testing.assert_allclose([got[s][0] for s in (1, 2, 3)], [expected[s][0] for s in (1, 2, 3)],
+                             rtol=1e-5)
+  assert abs(expected[3][0] - expected[1][0]) > 1e-4  # the loss moves: a real check

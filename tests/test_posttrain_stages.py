@@ -113,7 +113,7 @@ def test_precomputed_reference_gives_the_same_losses_and_its_pass_resumes(sft_ru
   overrides = {"steps": 3, "init_from": sft_dir, "dpo.precompute_reference": True}
   with pytest.raises(KeyboardInterrupt):
     loop.train(_config("dpo", **overrides), precomputed)
-  assert os.listdir(os.path.join(precomputed, "reference_logprobs")) == ["chunk_0.npz"]
+  assert os.listdir(os.path.join(precomputed, "reference_logprobs")) == ["process_0.chunk_0.npz"]
   loop.train(_config("dpo", **overrides), precomputed)  # scores batches 2 and 3 only
   assert len(calls) == 4
   table = np.load(os.path.join(precomputed, "reference_logprobs", "process_0.npz"))

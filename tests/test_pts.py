@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from phi4_jax.posttrain import bisection, jsonl_log, pts, rollouts
+from phi4_jax.posttrain import bisection, pts, rollouts
+from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.rollouts import PrefixStats, TOKENIZER
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from phi4_jax import configs
 from phi4_jax import data as data_lib
-from phi4_jax.train import checkpoint, loop, recovery
+from phi4_jax.store import checkpoint
+from phi4_jax.train import loop, recovery
 from phi4_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

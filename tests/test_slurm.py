@@ -18,7 +18,7 @@ import time
 import pytest
 
 from launch import local
-from phi4_jax.train import checkpoint
+from phi4_jax.store import checkpoint
 from phi4_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -205,7 +205,7 @@ def test_gke_jobs_get_valid_distinct_names(base, tmp_path, monkeypatch):
 def test_finished_needs_every_stage_of_a_recipe_at_its_last_step(tmp_path):
   import ml_collections
   import orbax.checkpoint as ocp
-  from phi4_jax.train import checkpoint
+  from phi4_jax.store import checkpoint
   recipe = ml_collections.ConfigDict({"stages": ("pretrain", "midtrain"),
                                       "pretrain": {"steps": 3}, "midtrain": {"steps": 2}})
 

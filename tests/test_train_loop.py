@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from phi4_jax import configs
-from phi4_jax.train import checkpoint, loop, recovery, workdir
+from phi4_jax.store import checkpoint, workdir
+from phi4_jax.train import loop, recovery
 from phi4_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,6 @@ files they write (atomically). sources.py builds a source's documents from these
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
@@ -17,6 +16,8 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
+
+from phi4_jax.store import atomic
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet", "arrayrecord")
 
@@ -78,19 +79,12 @@ def _file_key(path: str, *extra: str) -> str:
 
 
 def atomic_write(path: str, write) -> None:
-  """write(tmp_path), then rename it to path: readers never see a partial file, and a write that
-  fails (or is interrupted) removes its temporary file before the error goes on; an OSError of
-  the write is a CacheError naming `path`."""
-  tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+  """write(tmp_path) in store.atomic.replacing: readers never see a partial file, and a failed or
+  interrupted write leaves nothing; an OSError of the write is a CacheError naming `path`."""
   try:
-    try:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic.replacing(path) as tmp:
       write(tmp)
-      os.replace(tmp, path)
-    finally:
-      if os.path.lexists(tmp):  # the write failed (or was interrupted) before the rename
-        with contextlib.suppress(OSError):
-          os.unlink(tmp)
   except OSError as e:
     raise CacheError(f"cannot write the cache file {path}: {_describe(e)} (config.data.cache_dir "
                      "or $PHI4_JAX_CACHE choose the cache)") from e

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from phi4_jax.eval.model import Model, plain_prompt
-from phi4_jax.posttrain import jsonl_log
+from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.sandbox import run_python
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's

@@ -40,8 +40,8 @@ from phi4_jax.hf.stream import save_streaming
 from phi4_jax.hf.tokenizer import write_tokenizer
 from phi4_jax.model import ModelConfig, abstract_params
 from phi4_jax.model.config import DTYPES
-from phi4_jax.train import checkpoint
-from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.store import checkpoint
+from phi4_jax.store import workdir as workdir_lib
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 __all__ = ["config_from_hf", "config_to_hf", "export_checkpoint", "import_checkpoint", "load",

@@ -6,6 +6,7 @@ one, at a time; the writer takes each tensor as row blocks that are written as t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import ml_dtypes
 import numpy as np
+
+from phi4_jax.store import atomic
 
 DTYPES = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
           "BF16": np.dtype(ml_dtypes.bfloat16)}
@@ -240,7 +243,7 @@ def write_folder(out_dir: str, tensors: Sequence[TensorSpec],
                  blocks: Callable[[str], Iterable[np.ndarray]], max_shard_size: int | str) -> None:
   """model.safetensors, or shards and their index when the tensors exceed max_shard_size.
 
-  Files are written under hidden `.NAME.partial` names and renamed into place (replacing any
+  Files are written under store.atomic's temporary names and renamed into place (replacing any
   earlier single file or shards) only once all are written, so a failure (a refused block, a full
   disk) leaves out_dir as it was; overwriting a folder needs room for both copies meanwhile.
   """
@@ -249,24 +252,20 @@ def write_folder(out_dir: str, tensors: Sequence[TensorSpec],
   os.makedirs(out_dir, exist_ok=True)
   files = [SINGLE_FILE] if len(shards) == 1 else [
       f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-  partial = {file: os.path.join(out_dir, f".{file}.partial") for file in files}
   try:
-    for file, shard in zip(files, shards):
-      write_safetensors(partial[file], shard, blocks)
+    with contextlib.ExitStack() as renames:  # (each renamed into place as the stack closes)
+      temporaries = [renames.enter_context(atomic.replacing(os.path.join(out_dir, f))) for f in files]
+      for tmp, shard in zip(temporaries, shards):
+        write_safetensors(tmp, shard, blocks)
+      for stale in os.listdir(out_dir):  # a leftover single file or shard would shadow the new ones
+        if _WRITTEN_FILES.fullmatch(stale):
+          os.remove(os.path.join(out_dir, stale))
   except BaseException:
-    for path in partial.values():
-      if os.path.exists(path):
-        os.remove(path)
     if created and not os.listdir(out_dir):
       os.rmdir(out_dir)
     raise
-  for stale in os.listdir(out_dir):  # a leftover single file or shard would shadow the new ones
-    if _WRITTEN_FILES.fullmatch(stale):
-      os.remove(os.path.join(out_dir, stale))
-  for file in files:
-    os.replace(partial[file], os.path.join(out_dir, file))
   if len(shards) > 1:
     weight_map = {name: file for file, shard in zip(files, shards) for name, _, _ in shard}
-    with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-      json.dump({"metadata": {"total_size": sum(map(_nbytes, tensors))}, "weight_map": weight_map},
-                f, indent=2)
+    atomic.write_json(os.path.join(out_dir, INDEX_FILE),
+                      {"metadata": {"total_size": sum(map(_nbytes, tensors))}, "weight_map": weight_map},
+                      indent=2)

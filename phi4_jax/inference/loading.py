@@ -8,7 +8,7 @@ import jax
 
 from phi4_jax import hf
 from phi4_jax.model import ModelConfig
-from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.store import workdir as workdir_lib
 
 
 def is_hf_dir(path: str) -> bool:

@@ -29,7 +29,8 @@ import zlib
 import ml_collections
 
 from phi4_jax import fields, flags
-from phi4_jax.posttrain import jsonl_log, rollouts
+from phi4_jax.posttrain import rollouts
+from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
 from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
 from phi4_jax.posttrain.questions import read_questions

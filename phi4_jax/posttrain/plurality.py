@@ -22,7 +22,8 @@ import ml_collections
 
 from phi4_jax import fields, flags
 from phi4_jax.data.synthetic import numbers
-from phi4_jax.posttrain import jsonl_log, oracles, rollouts
+from phi4_jax.posttrain import oracles, rollouts
+from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.questions import read_questions
 
 def plurality_fields() -> ml_collections.ConfigDict:

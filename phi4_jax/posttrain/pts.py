@@ -27,7 +27,8 @@ import time
 import ml_collections
 
 from phi4_jax import fields, flags
-from phi4_jax.posttrain import jsonl_log, rollouts
+from phi4_jax.posttrain import rollouts
+from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
 from phi4_jax.posttrain.rollouts import PrefixStats, Roller

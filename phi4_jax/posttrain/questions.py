@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from phi4_jax.posttrain import jsonl_log, oracles
+from phi4_jax.posttrain import oracles
+from phi4_jax.store import jsonl_log
 
 
 def read_questions(path: str, need_answer: bool = True) -> list[dict]:

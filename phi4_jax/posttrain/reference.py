@@ -3,8 +3,10 @@
 The pass reads the batches training will read (a fresh data iterator, the same shards), runs the
 frozen reference over them and keeps each pair's (chosen, rejected) sums by pair id in
 W/reference_logprobs/process_<i>.npz; training then attaches them to its batches and needs no
-reference forward (nor the reference params in memory). The pass writes a file every
-CHUNK_BATCHES batches, so a killed pass resumes where it stopped.
+reference forward (nor the reference params in memory). Each process writes a file of its own
+rows every CHUNK_BATCHES batches (process_<i>.chunk_<k>.npz), so a killed pass resumes where it
+stopped. Scoring a chunk is one computation over every process's rows, so the processes agree on
+what is done: a chunk (or the table) that one process lacks is scored again by all of them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax
 import numpy as np
 
 from phi4_jax.posttrain import dpo
-from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.store import atomic, workdir as workdir_lib
 
 TABLE_DIR = "reference_logprobs"
 CHUNK_BATCHES = 32
@@ -30,10 +32,17 @@ def _local_rows(x: jax.Array) -> np.ndarray:
   return rows.reshape(-1, *rows.shape[2:])
 
 
-def _save(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
+  with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def _everywhere(done: bool) -> bool:
+  """Whether `done` holds in every process (all processes get the same answer)."""
+  if jax.process_count() == 1:
+    return done
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(done))))
 
 
 def _chunk(batches: list, to_global, score) -> dict[str, np.ndarray]:
@@ -51,9 +60,9 @@ def _chunk(batches: list, to_global, score) -> dict[str, np.ndarray]:
 def precompute(run, reference: dict, make_iterator, to_global) -> dict[str, np.ndarray]:
   """{ids, chosen, rejected} of every pair in the batches of config.steps (+ skip_batches) steps."""
   config = run.config
-  folder = workdir_lib.path(run.workdir, TABLE_DIR)
-  final = os.path.join(folder, f"process_{jax.process_index()}.npz")
-  if os.path.exists(final):
+  folder, me = workdir_lib.path(run.workdir, TABLE_DIR), f"process_{jax.process_index()}"
+  final = os.path.join(folder, f"{me}.npz")
+  if _everywhere(os.path.exists(final)):
     return dict(np.load(final))
   os.makedirs(folder, exist_ok=True)
   pairs = config.data.pairs_per_row
@@ -61,19 +70,19 @@ def precompute(run, reference: dict, make_iterator, to_global) -> dict[str, np.n
       params, mb, run.cfg, pairs, run.mesh, config.loss_chunk or 256), batch_MxBxT))
   score_one = lambda batch: score(reference, batch)
   iterator, total = make_iterator(), config.steps + config.skip_batches
-  parts = []
+  parts, paths = [], []
   for k, start in enumerate(range(0, total, CHUNK_BATCHES)):
     batches = [b for b in (next(iterator, None) for _ in range(min(CHUNK_BATCHES, total - start)))
                if b is not None]
-    path = os.path.join(folder, f"chunk_{k}.npz")
-    if not os.path.exists(path):  # (a resumed pass reads its finished chunks' batches, unscored)
-      _save(path, **_chunk(batches, to_global, score_one))
+    paths.append(os.path.join(folder, f"{me}.chunk_{k}.npz"))
+    if not _everywhere(os.path.exists(paths[-1])):  # (a resumed pass reads finished chunks' batches unscored)
+      _save(paths[-1], _chunk(batches, to_global, score_one))
       logging.info("reference log-probs: %d of %d batches", start + len(batches), total)
-    parts.append(dict(np.load(path)))
+    parts.append(dict(np.load(paths[-1])))
   table = {key: np.concatenate([p[key] for p in parts]) for key in ("ids", "chosen", "rejected")}
-  _save(final, **table)
-  for k in range(len(parts)):
-    os.remove(os.path.join(folder, f"chunk_{k}.npz"))
+  _save(final, table)
+  for path in paths:
+    os.remove(path)
   return table
 
 

@@ -19,9 +19,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
-from phi4_jax.train import checkpoint, objectives, prefetch as prefetch_lib, preemption as preemption_lib
+from phi4_jax.store import checkpoint, workdir as workdir_lib
+from phi4_jax.train import objectives, prefetch as prefetch_lib, preemption as preemption_lib
 from phi4_jax.train import recovery, steplog
-from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.config import model_config, validate
 from phi4_jax.train.optimizer import make_optimizer
 from phi4_jax.train.step import train_step

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from flax import traverse_util
 
-from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.store import workdir as workdir_lib
 
 # Dense bf16 peak FLOP/s per device (no sparsity), keyed by a substring of jax's device_kind.
 PEAK_FLOPS = {

@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from phi4_jax.train import checkpoint, workdir as workdir_lib
+from phi4_jax.store import checkpoint, workdir as workdir_lib
 
 SPIKE_WINDOW = 20  # steps in the running mean that spike_factor compares a loss with
 

@@ -14,7 +14,7 @@ import json
 import os
 
 from phi4_jax.posttrain import stages as data_stages
-from phi4_jax.train import workdir as workdir_lib
+from phi4_jax.store import workdir as workdir_lib
 from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
 
 HELDOUT = "heldout.json"
@@ -52,7 +52,7 @@ def heldout_rewards(config, stages: list[tuple], known: dict | None = None) -> d
   if not config.get("dpo_heldout"):
     return {}
   from phi4_jax.posttrain import dpo
-  from phi4_jax.train import checkpoint
+  from phi4_jax.store import checkpoint
   pairs, out = None, {}
   for name, stage, stage_dir in stages:
     step = checkpoint.latest_step(stage_dir)
@@ -163,7 +163,7 @@ def write_samples(workdir: str, last: tuple, prompts, max_new_tokens: int) -> st
   from phi4_jax import inference
   from phi4_jax.tokenizer import Phi4Tokenizer
   tok = Phi4Tokenizer()
-  from phi4_jax.train import checkpoint
+  from phi4_jax.store import checkpoint
   name, _, stage_dir = last
   path = workdir_lib.path(workdir, workdir_lib.SAMPLES)
   header = f"Samples from {name} (greedy, up to {max_new_tokens} tokens):"

@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi4_jax.data import decontam
+from phi4_jax.data import corpus, decontam
+from phi4_jax.data.formats import Record
+from phi4_jax.eval import answers
 
 ITEM = " ".join(f"w{i}" for i in range(1, 21))  # 20 distinct words: 14 7-grams, 8 13-grams
 SHARED = "the quick brown fox jumps over the lazy dog near the river bank"  # 13 words, in 2 items
@@ -126,7 +128,57 @@ def test_bad_input_is_named(setup):
 
 def test_embedded_corpus_against_humaneval_and_the_exercises():
   items = decontam.benchmark_items("humaneval,embedded:exercises")
-  assert len(items) == 164 + 256
+  assert len(items) == 164 + 256 + 256  # embedded:exercises: answers' items and choice's
   index = decontam.Index.build(items, [], common_items=5)
   humaneval_0 = items[0][1]
   assert index.verdict("Some blog post quoting: " + humaneval_0, decontam.Settings())["item"] == "HumanEval/0"
+
+
+def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_cache, tmp_path, monkeypatch):
+  """Issue #23's command: every stage of recipe.py:colab (sources, pairs, data stages' questions)
+  against the embedded sets: no contaminated document. A planted held-out item is found."""
+  monkeypatch.setenv("PHI4_JAX_CACHE", data_cache)
+  out = tmp_path / "out"
+  decontam.main(["--benchmarks=embedded:exercises,embedded:parity",
+                 "--sources=experiments/recipe.py:colab", f"--out={out}"])
+  result = json.load(open(out / "summary.json"))
+  assert result["contaminated"] == 0 and result["benchmark_items"] == 256 + 256 + 256
+  stages = result["stages"]
+  assert list(stages) == ["pretrain", "midtrain", "sft", "pts", "dpo_pts", "judge", "dpo_judge"]
+  # (every parity question shares its "divided by 2 <a> final answer <a>" tail with held-out ones: partial)
+  assert stages["pts"] == {"questions": {"docs": 16, "contaminated": 0, "partial": 16}}
+  assert stages["judge"]["questions"]["docs"] == 16 and set(stages["dpo_pts"]) == {"math"}
+  with open(os.path.join(corpus.build_posttrain(data_cache), "dpo_pairs.jsonl")) as f:
+    assert stages["dpo_pts"]["math"]["docs"] == sum(1 for _ in f) == 800
+  assert stages["pretrain"]["synthetic"] == stages["midtrain"]["replay/synthetic"]
+  assert [s.split(":")[0] for s in result["skipped"]] == ["dpo_pts/pts", "dpo_judge/judge"]
+  assert f"--config.sft.data.sources.math.globs={out}/sft/math/*" in result["flags"]
+  assert result["docs"] == sum(c["docs"] for s in stages.values() for c in s.values())
+  # a held-out exercise in SFT's math file and as a PTS question: both found
+  ex = answers.read_items("embedded:exercises", ())[3]
+  planted = tmp_path / "planted.jsonl"
+  planted.write_text(json.dumps({"messages": [{"role": "user", "content": ex["question"]},
+                                              {"role": "assistant", "content": ex["solution"]}]}) + "\n")
+  questions = tmp_path / "questions.jsonl"
+  questions.write_text(json.dumps({"id": "q", "question": ex["question"], "answer": ex["answer"],
+                                   "solution": ex["solution"]}) + "\n")
+  spec = tmp_path / "recipe.py"
+  spec.write_text("from experiments.recipe import get_config as base\ndef get_config(arg=''):\n"
+                  "  c = base('colab')\n  c.stages = ('sft', 'pts')\n"
+                  f"  c.sft.data.sources.math.globs = '{planted}'\n"
+                  f"  c.pts.questions, c.pts.num_questions = '{questions}', 0\n"
+                  "  return c\n")
+  found = decontam.run("embedded:exercises", f"{spec}:x", str(tmp_path / "planted"), progress=None)
+  assert found["stages"]["sft"]["math"]["contaminated"] == 1
+  assert found["stages"]["pts"]["questions"]["contaminated"] == 1 and found["contaminated"] == 2
+  report = [json.loads(line) for line in open(tmp_path / "planted" / "pts" / "questions.report.jsonl")]
+  assert report[0]["question"] == "q" and report[0]["item"] == "embedded:exercises/3"
+
+
+def test_a_pair_is_read_as_its_prompt_chosen_and_rejected_text():
+  pair = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+          "chosen": "good", "rejected": "bad", "answer": "4"}
+  assert decontam._document_text(Record(pair, "f:1")) == "S\nQ\ngood\nbad"
+  assert decontam._document_text(Record({"prompt": "P", "chosen": "c", "rejected": "r"}, "f:2")) == "P\nc\nr"
+  assert decontam._document_text(Record([{"role": "user", "content": "hi"}], "f:3")) == "hi"
+  assert decontam._document_text(Record({"chosen": 3}, "f:4")) is None

@@ -8,13 +8,14 @@ where the text exists. Configs name a file as `corpus:<name>`.
                  but phi4_jax's own (so that editing README.md does not change the data)
   web_rewrites   a rule-based rewrite of some of those into Q&A and key points (no model involved)
   synthetic      generated textbook exercises with worked solutions and checkable answers
+                 (families.py's pretrain split)
   code           the interpreter's standard-library modules under 24 KB
   acquired       the Python reference topics shipped with pydoc, stdlib module docstrings, LICENSE
   long           standard-library modules of 24 KB and more (midtraining's long-context stand-in)
 
 Post-training files are built on first use into `<cache>/corpus/posttrain-v<POSTTRAIN_VERSION>/`
-(under 1.5 MB, in a second or two; synthetic.py makes them from freshly drawn exercises, other
-seeds than pretraining's):
+(under 1.5 MB, in a few seconds; synthetic.py makes them from items of families.py's splits,
+each clear of the held-out evaluation sets):
 
   sft_math           chat: an exercise (sometimes after a tutor system turn, or two in a row)
                      answered with its worked solution ending `Final answer: <answer>`
@@ -38,13 +39,13 @@ import shutil
 import sys
 import sysconfig
 
-from phi4_jax.data import synthetic
+from phi4_jax.data import families, synthetic
 
-VERSION = 2  # 2: phi4_jax's own metadata (its README) left out of `web`
+VERSION = 3  # 3: `synthetic` drawn from families.py's pretrain split (clear of the held-out sets)
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
-POSTTRAIN_VERSION = 3
+POSTTRAIN_VERSION = 4  # 4: drawn from families.py's splits (clear of the held-out sets)
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
@@ -178,7 +179,7 @@ def _acquired(stdlib: list[tuple[str, str]]) -> list[dict]:
 def _synthetic(budget: int) -> list[dict]:
   out, size, i = [], 0, 0
   while size < budget:
-    out.append(synthetic.exercise(i))
+    out.append(families.item("exercises", "pretrain", i))
     size += len(out[-1]["text"].encode())
     i += 1
   return out
@@ -249,12 +250,16 @@ def posttrain_sources() -> dict[str, list[dict]]:
              [{"role": "user", "content": q}, {"role": "assistant", "content": REFUSAL}]}
             for i, (system, q) in enumerate((s, q) for s in ("", "You are a helpful assistant.")
                                             for q in _HARMFUL)]
-  return {"sft_math": [synthetic.sft_conversation(i) for i in range(_SFT_MATH)],
-          "sft_parity": [synthetic.parity_conversation(i) for i in range(_SFT_PARITY)],
-          "sft_identity": identity, "sft_safety": safety,
-          "dpo_pairs": [synthetic.dpo_pair(i, synthetic.DPO_SEED) for i in range(_DPO_PAIRS)],
-          "dpo_pairs_heldout": [synthetic.dpo_pair(i, synthetic.DPO_HELDOUT_SEED)
-                                for i in range(_DPO_HELDOUT)]}
+  sft_math = [synthetic.sft_conversation(i, families.item("exercises", "sft", i),
+                                         lambda i=i: families.item("exercises", "sft", 1_000_000 + i))
+              for i in range(_SFT_MATH)]
+  splits = {"dpo_pairs": ("dpo", _DPO_PAIRS), "dpo_pairs_heldout": ("dpo_heldout", _DPO_HELDOUT)}
+  dpo = {name: [synthetic.dpo_pair(i, ex, families.FAMILIES["exercises"].splits[split].seed)
+                for i, ex in enumerate(families.items("exercises", split, count))]
+         for name, (split, count) in splits.items()}
+  parity = [synthetic.parity_conversation(i, q)
+            for i, q in enumerate(families.items("parity", "sft", _SFT_PARITY))]
+  return {"sft_math": sft_math, "sft_parity": parity, "sft_identity": identity, "sft_safety": safety, **dpo}
 
 
 def build_posttrain(cache: str) -> str:

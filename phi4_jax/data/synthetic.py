@@ -182,20 +182,21 @@ TOPICS = {"arithmetic": _arithmetic, "linear equation": _linear_equation,
           "modular arithmetic": _modpow, "geometry": _triangle}
 
 
-def exercise(index: int, seed: int = 0) -> dict:
-  """Exercise `index` (deterministic for (index, seed)) as a corpus record."""
+def exercise(index: int, seed: int = 0, attempt: int = 0) -> dict:
+  """Exercise `index` (deterministic for (index, seed, attempt)) as a corpus record; attempt k > 0
+  keeps attempt 0's topic and redraws its numbers (families.py redraws an item that collides with
+  a held-out one)."""
   r = random.Random(f"{seed}-{index}")
   topic = r.choice(sorted(TOPICS))
+  if attempt:
+    r = random.Random(f"{seed}-{index}-{attempt}")
   question, solution, answer, params = TOPICS[topic](r)
   text = f"Exercise ({topic}). {question}\n\nSolution. {solution}\n\nFinal answer: {answer}"
   return {"id": f"synthetic-{index:06d}", "topic": topic, "question": question, "solution": solution,
           "answer": answer, "params": params, "text": text}
 
 
-# Post-training: the same exercises as SFT conversations and DPO preference pairs.
-SFT_SEED, DPO_SEED, DPO_HELDOUT_SEED = 1, 2, 3  # seed 0 is pretraining's `synthetic` corpus
-PARITY_SFT_SEED, PARITY_SEARCH_SEED = 4, 5  # parity questions: SFT's, and Pivotal Token Search's
-EVAL_SEED, PARITY_EVAL_SEED = 6, 7  # held-out evaluation sets (phi4_jax/eval): exercises, parity
+# Post-training records made from drawn items (families.py says which items each split draws).
 TUTOR = "You are a careful math tutor. Show your steps and end with 'Final answer:'."
 
 
@@ -224,31 +225,30 @@ def wrong_step(solution: str, r: random.Random) -> str:
   return solution[:m.start()] + _perturbed(m.group(), r) + solution[m.end():]
 
 
-def sft_conversation(index: int) -> dict:
-  """SFT record `index`: one exercise (sometimes after a tutor system turn) or two in a row, the
-  assistant replying with worked solutions. {"id", "messages", "answer" (of the last), "topic"}."""
+def sft_conversation(index: int, ex: dict, second) -> dict:
+  """SFT record `index`: exercise `ex` (sometimes after a tutor system turn) or it and `second()`
+  in a row, the assistant replying with worked solutions. {"id", "messages", "answer" (of the
+  last), "topic"}."""
   r = random.Random(f"sft-{index}")
-  ex = exercise(index, SFT_SEED)
   turns = [{"role": "user", "content": ex["question"]},
            {"role": "assistant", "content": worked_solution(ex)}]
   kind = r.random()
   if kind < 0.2:
     turns = [{"role": "system", "content": TUTOR}] + turns
   elif kind < 0.4:
-    second = exercise(1_000_000 + index, SFT_SEED)
-    turns += [{"role": "user", "content": "Next one: " + second["question"]},
-              {"role": "assistant", "content": worked_solution(second)}]
-    ex = second
+    ex = second()
+    turns += [{"role": "user", "content": "Next one: " + ex["question"]},
+              {"role": "assistant", "content": worked_solution(ex)}]
   return {"id": f"sft-math-{index:06d}", "messages": turns, "answer": ex["answer"],
           "topic": ex["topic"]}
 
 
-def dpo_pair(index: int, seed: int = DPO_SEED) -> dict:
-  """A DPO pair (conversation form): chosen = the worked solution; rejected (`kind`) = the same
-  solution with a wrong final answer, with a wrong intermediate step and final answer, or a wrong
-  final answer guessed without any working (the rejected reply of math preference data)."""
+def dpo_pair(index: int, ex: dict, seed: int) -> dict:
+  """A DPO pair (conversation form) of exercise `ex`: chosen = the worked solution; rejected
+  (`kind`) = the same solution with a wrong final answer, with a wrong intermediate step and final
+  answer, or a wrong final answer guessed without any working (the rejected reply of math
+  preference data)."""
   r = random.Random(f"dpo-{seed}-{index}")
-  ex = exercise(index, seed)
   kind = r.choice(["wrong_answer", "wrong_step", "no_work"])
   solution = wrong_step(ex["solution"], r) if kind == "wrong_step" else ex["solution"]
   wrong = f"Final answer: {wrong_final_answer(ex['answer'], r)}"
@@ -258,21 +258,30 @@ def dpo_pair(index: int, seed: int = DPO_SEED) -> dict:
           "kind": kind, "topic": ex["topic"]}
 
 
-def parity_question(index: int, seed: int = PARITY_SEARCH_SEED) -> dict:
+def multiple_choice(ex: dict, r: random.Random) -> dict:
+  """Exercise `ex` as a multiple-choice item: its answer among three wrong final answers."""
+  choices = {ex["answer"]}
+  while len(choices) < 4:
+    choices.add(wrong_final_answer(ex["answer"], r))
+  choices = sorted(choices)
+  r.shuffle(choices)
+  return {"question": ex["question"], "choices": choices, "answer": choices.index(ex["answer"])}
+
+
+def parity_question(index: int, seed: int, attempt: int = 0) -> dict:
   """A question whose reply is one digit ("What is the remainder of 4817 divided by 2?" ->
   `Final answer: 1`): the colab-scale model learns the reply's form in a few SFT steps but not
   the rule, so it is right part of the time, and the digit after "Final answer:" is pivotal
-  (Pivotal Token Search's embedded question family). {"id", "question", "answer", "solution",
-  "topic"}."""
-  r = random.Random(f"parity-{seed}-{index}")
+  (Pivotal Token Search's embedded question family). Attempt k > 0 draws another number.
+  {"id", "question", "answer", "solution", "topic"}."""
+  r = random.Random(f"parity-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
   n = r.randint(10, 99_999)
   return {"id": f"parity-{seed}-{index:06d}", "question": f"What is the remainder of {n} divided by 2?",
           "answer": str(n % 2), "solution": f"Final answer: {n % 2}", "topic": "parity"}
 
 
-def parity_conversation(index: int) -> dict:
-  """SFT record `index` of the parity family (its answer as the assistant's reply)."""
-  q = parity_question(index, PARITY_SFT_SEED)
+def parity_conversation(index: int, q: dict) -> dict:
+  """SFT record `index` of the parity family: question `q` with its answer as the assistant's reply."""
   return {"id": f"sft-parity-{index:06d}", "answer": q["answer"], "topic": "parity",
           "messages": [{"role": "user", "content": q["question"]},
                        {"role": "assistant", "content": q["solution"]}]}

@@ -1,10 +1,11 @@
 """Answer tasks (GSM8K / MATH / MGSM style): generate, extract the final answer, compare.
 
 Items are {"question", "answer"} records of a JSONL file, or an embedded held-out set
-("embedded:exercises", the synthetic textbook exercises; "embedded:parity"), drawn with seeds no
-training file uses. The final answer is extracted and compared exactly as the posttrain oracles
-do (oracles.check_final_answer: the last \\boxed{}, else the text after the last `Answer:`, else
-the last line; numbers by value, so 1,000 == 1000 and 0.5 == 1/2).
+("embedded:exercises", the synthetic textbook exercises; "embedded:parity"): the held-out eval
+splits of data/families.py, which every split trained on or searched is kept clear of. The final
+answer is extracted and compared exactly as the posttrain oracles do (oracles.check_final_answer:
+the last \\boxed{}, else the text after the last `Answer:`, else the last line; numbers by value,
+so 1,000 == 1000 and 0.5 == 1/2).
 
 Templates: "chat" (the question as a ChatML user turn, for post-trained models) or "plain"
 (`Question: ...\\nAnswer:` continued as a document and cut at the next `Question:`, for pretrained
@@ -13,14 +14,15 @@ checkpoints).
 
 from __future__ import annotations
 
-from phi4_jax.data import synthetic
+from phi4_jax.data import families
 from phi4_jax.eval.model import Model, chat_prompt, plain_prompt
-from phi4_jax.posttrain import jsonl_log, oracles
+from phi4_jax.posttrain import oracles
+from phi4_jax.store import jsonl_log
 
-EMBEDDED_SIZE = 256  # items of an embedded set (before settings.limit)
+EMBEDDED_SIZE = families.HELD_OUT_SIZE  # items of an embedded set (before settings.limit)
 EMBEDDED = {
-    "embedded:exercises": lambda i: synthetic.exercise(i, synthetic.EVAL_SEED),
-    "embedded:parity": lambda i: synthetic.parity_question(i, synthetic.PARITY_EVAL_SEED),
+    "embedded:exercises": lambda i: families.item("exercises", "eval", i),
+    "embedded:parity": lambda i: families.item("parity", "eval", i),
 }
 
 

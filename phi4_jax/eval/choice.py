@@ -1,20 +1,18 @@
 """Multiple choice by log-likelihood (MMLU style): the choice the model finds most likely.
 
 Items are {"question", "choices": [text, ...], "answer"} records (answer: the right choice's
-index, letter or text) of a JSONL file, or "embedded:exercises" (a held-out exercise's answer
-among three wrong final answers). Each choice is scored as a continuation of the question's
-prompt (answers.prompt: chat or plain; plain continuations start with a space) in one batched
-inference.logprobs call. acc takes the highest sum of log-probs; acc_norm divides it by the
-choice's length in characters first (lm-evaluation-harness's acc_norm).
+index, letter or text) of a JSONL file, or "embedded:exercises" (an exercise of data/families.py's
+held-out choice split: its answer among three wrong final answers). Each choice is scored as a
+continuation of the question's prompt (answers.prompt: chat or plain; plain continuations start
+with a space) in one batched inference.logprobs call. acc takes the highest sum of log-probs;
+acc_norm divides it by the choice's length in characters first (lm-evaluation-harness's acc_norm).
 """
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 
-from phi4_jax.data import synthetic
+from phi4_jax.data import families
 from phi4_jax.eval import answers
 from phi4_jax.eval.model import TOKENIZER, Model
 
@@ -22,14 +20,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def embedded_item(index: int) -> dict:
-  ex = synthetic.exercise(100_000 + index, synthetic.EVAL_SEED)
-  r = random.Random(f"choice-{index}")
-  choices = {ex["answer"]}
-  while len(choices) < 4:
-    choices.add(synthetic.wrong_final_answer(ex["answer"], r))
-  choices = sorted(choices)
-  r.shuffle(choices)
-  return {"question": ex["question"], "choices": choices, "answer": choices.index(ex["answer"])}
+  return families.choice_item(index)
 
 
 def answer_index(item: dict, where: str) -> int:

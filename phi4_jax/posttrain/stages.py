@@ -6,10 +6,10 @@ through a source glob `stage:<name>` (train/recipe.py resolves it). W/summary.js
 done; until then a rerun resumes from the tool's log (W/pairs.jsonl.log.jsonl).
 
 Questions (pts) and prompts (judge) come from a JSONL file or the embedded families:
-  corpus:parity        "What is the remainder of N divided by 2?" (synthetic.parity_question, a
-                       seed no SFT record uses)
-  corpus:exercises     the synthetic math exercises (a seed no other stage uses)
+  corpus:parity        "What is the remainder of N divided by 2?" (the parity family's search split)
+  corpus:exercises     the synthetic math exercises (the exercises family's search split)
   corpus:mixed         both, alternating
+(data/families.py: search splits are kept clear of every held-out evaluation set).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import os
 import ml_collections
 
 from phi4_jax import fields
-from phi4_jax.data import synthetic
+from phi4_jax.data import families
 from phi4_jax.posttrain import judge, pts
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.rollouts import Roller
 
 KINDS = ("pts", "judge")
 PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
-EMBEDDED = ("corpus:parity", "corpus:exercises", "corpus:mixed")
-EXERCISE_SEED = 6  # the embedded exercises' seed here (0-5 are pretraining's, SFT's, DPO's, parity's)
+EMBEDDED = families.QUESTIONS  # corpus:parity, corpus:exercises, corpus:mixed
 
 
 def stage_fields(kind: str) -> ml_collections.ConfigDict:
@@ -78,13 +77,7 @@ def questions(spec: str, count: int, need_answer: bool = True) -> list[dict]:
   """The stage's questions: an embedded family (`count` of them) or a JSONL file's (the first
   `count`, 0 = all; each with its ground truth unless need_answer=False, as a judge's prompts)."""
   if spec in EMBEDDED:
-    parity = lambda i: synthetic.parity_question(i)
-    def exercise(i):
-      ex = synthetic.exercise(i, EXERCISE_SEED)
-      return {"id": f"exercise-{i:06d}", "question": ex["question"], "answer": ex["answer"]}
-    pick = {"corpus:parity": parity, "corpus:exercises": exercise,
-            "corpus:mixed": lambda i: (parity, exercise)[i % 2](i // 2)}[spec]
-    return [pick(i) for i in range(count)]
+    return families.questions(spec, count)
   records = read_questions(os.path.expanduser(os.path.expandvars(spec)), need_answer=need_answer)
   return records[:count] if count else records
 

@@ -1,0 +1,173 @@
+"""The embedded question families and their named splits: which generated items are held out for
+evaluation, and which are trained on or searched.
+
+  exercises  synthetic.exercise, textbook exercises with worked solutions
+             eval         held out: answers' embedded:exercises (256 items)
+             choice       held out: choice's embedded:exercises (256 items, as multiple choice)
+             pretrain     corpus:synthetic (pretraining)
+             sft          corpus:sft_math
+             dpo          corpus:dpo_pairs
+             dpo_heldout  corpus:dpo_pairs_heldout (DPO's held-out rewards; the splits above and
+                          search skip its questions too)
+             search       PTS and judge questions: corpus:exercises, half of corpus:mixed
+  parity     synthetic.parity_question, "What is the remainder of N divided by 2?"
+             eval         held out: embedded:parity (256 items)
+             sft          corpus:sft_parity
+             search       corpus:parity, the other half of corpus:mixed
+
+Each split draws from its own seed. A held-out split's item i is the generator's draw at index
+start + i. Any other split's item i is the generator's first attempt at index i (attempt 0 is the
+plain draw; attempt k > 0 redraws the numbers, keeping the topic, so topic shares stay the
+generator's) that is clean of every held-out item:
+  1. its question, normalised as decontam normalises text (overlap.words), is no held-out item's
+     question, nor (exercises) a dpo_heldout item's, and
+  2. none of the documents it can become in training data (exercises: the pretraining text, the
+     question with its worked solution as SFT and DPO show it, the question with its answer as a
+     PTS/judge question; parity: the SFT conversation and the question record) is `contaminated`
+     by decontam's own verdict (overlap.Index, default Settings) against the benchmark items of
+     every embedded set (`benchmark_items`, what `--benchmarks=embedded:exercises,embedded:parity`
+     indexes).
+Rule 1 alone is not enough: template exercises share 13-grams with held-out items that hold a
+single number ("... the area of a triangle is half of base times height 48"), which decontam
+counts as contamination. Rule 2 is that verdict itself, so decontam with the embedded sets as
+benchmarks finds no contaminated document in any split trained on or searched (records that join
+several texts, a tutor turn, two exercises in a row or a DPO pair's rejected reply, are checked as
+built by tests/test_families.py). Partial overlap remains: every parity question shares its
+"divided by 2 <a> Final answer: <a>" tail with half the held-out ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+from collections.abc import Callable
+
+from phi4_jax.data import overlap, synthetic
+
+HELD_OUT_SIZE = 256  # items of each held-out split
+QUESTIONS = ("corpus:parity", "corpus:exercises", "corpus:mixed")  # the search splits as PTS/judge questions
+MAX_ATTEMPTS = 1000  # redraws of one item before giving up (a split that cannot be kept clean)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  seed: int  # the generator's seed
+  held_out: bool = False  # an evaluation set: drawn as is; every other split is kept clear of it
+  start: int = 0  # the generator index of item 0
+  avoid: tuple[str, ...] = ()  # other splits (of HELD_OUT_SIZE items) whose questions it skips
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  make: Callable[[int, int, int], dict]  # (index, seed, attempt) -> item with a "question"
+  documents: Callable[[dict], list[str]]  # an item -> the texts it can appear as in training data
+  splits: dict[str, Split]
+
+
+def _exercise_documents(ex: dict) -> list[str]:
+  question = ex["question"]
+  return [ex["text"], f"{question}\n{synthetic.worked_solution(ex)}", f"{question}\n{ex['answer']}"]
+
+
+def _parity_documents(q: dict) -> list[str]:
+  return [f"{q['question']}\n{q['solution']}", overlap.item_text(q)]
+
+
+_DPO_HELDOUT = ("dpo_heldout",)  # scores DPO on pairs no stage trains on: its questions are skipped too
+FAMILIES = {
+    "exercises": Family(synthetic.exercise, _exercise_documents, {
+        "eval": Split(6, held_out=True), "choice": Split(6, held_out=True, start=100_000),
+        "pretrain": Split(0, avoid=_DPO_HELDOUT), "sft": Split(1, avoid=_DPO_HELDOUT),
+        "dpo": Split(2, avoid=_DPO_HELDOUT), "dpo_heldout": Split(3),
+        "search": Split(8, avoid=_DPO_HELDOUT)}),
+    "parity": Family(synthetic.parity_question, _parity_documents, {
+        "eval": Split(7, held_out=True), "sft": Split(4), "search": Split(5)}),
+}
+# decontam's embedded benchmarks: name -> (family, its held-out splits an evaluation reads by that name)
+BENCHMARKS = {"embedded:exercises": ("exercises", ("eval", "choice")),
+              "embedded:parity": ("parity", ("eval",))}
+
+
+def item(family: str, split: str, index: int) -> dict:
+  """Item `index` of a family's split (held-out splits have HELD_OUT_SIZE items)."""
+  f = FAMILIES[family]
+  s = f.splits[split]
+  if s.held_out:
+    if not 0 <= index < HELD_OUT_SIZE:
+      raise ValueError(f"{family}/{split}: a held-out split has {HELD_OUT_SIZE} items, not item {index}")
+    return f.make(s.start + index, s.seed, 0)
+  for attempt in range(MAX_ATTEMPTS):
+    candidate = f.make(s.start + index, s.seed, attempt)
+    if clean(family, candidate, s.avoid):
+      return candidate
+  raise RuntimeError(f"{family}/{split}: item {index} collides with a held-out item in {MAX_ATTEMPTS} draws")
+
+
+def items(family: str, split: str, count: int) -> list[dict]:
+  """The first `count` items of a family's split."""
+  return [item(family, split, i) for i in range(count)]
+
+
+def questions(spec: str, count: int) -> list[dict]:
+  """The first `count` questions of an embedded question family (QUESTIONS): corpus:parity (the
+  parity search split's records), corpus:exercises (the exercises search split's, as {"id",
+  "question", "answer"}) or corpus:mixed (the two alternating, parity first)."""
+  parity = lambda i: item("parity", "search", i)
+
+  def exercise(i):
+    ex = item("exercises", "search", i)
+    return {"id": f"exercise-{i:06d}", "question": ex["question"], "answer": ex["answer"]}
+
+  pick = {"corpus:parity": parity, "corpus:exercises": exercise,
+          "corpus:mixed": lambda i: (parity, exercise)[i % 2](i // 2)}[spec]
+  return [pick(i) for i in range(count)]
+
+
+def choice_item(index: int) -> dict:
+  """Item `index` of the choice split as multiple choice ({"question", "choices", "answer"})."""
+  return synthetic.multiple_choice(item("exercises", "choice", index), random.Random(f"choice-{index}"))
+
+
+def benchmark_items(name: str) -> list[tuple[str, str]]:
+  """(item id, text) of the embedded set `name` as decontam indexes it: every held-out item an
+  evaluation reads under that name."""
+  if name not in BENCHMARKS:
+    raise ValueError(f"unknown embedded set {name!r} (known: {', '.join(BENCHMARKS)})")
+  family, splits = BENCHMARKS[name]
+  out = []
+  for split in splits:
+    records = ([choice_item(i) for i in range(HELD_OUT_SIZE)] if split == "choice"
+               else items(family, split, HELD_OUT_SIZE))
+    prefix = f"{name}/{'choice-' if split == 'choice' else ''}"
+    out += [(f"{prefix}{i}", overlap.item_text(r)) for i, r in enumerate(records)]
+  return out
+
+
+def normalised(text: str) -> str:
+  return " ".join(overlap.words(text))
+
+
+@functools.cache
+def _questions(family: str, splits: tuple[str, ...]) -> frozenset[str]:
+  return frozenset(normalised(item(family, s, i)["question"]) for s in splits for i in range(HELD_OUT_SIZE))
+
+
+@functools.cache
+def _index() -> overlap.Index:
+  every = [i for name in BENCHMARKS for i in benchmark_items(name)]
+  return overlap.Index.build(every, [], overlap.Settings().common_items)
+
+
+def clean(family: str, candidate: dict, avoid: tuple[str, ...] = ()) -> bool:
+  """True when `candidate` may join a split trained on or searched (rules 1 and 2 above)."""
+  held_out = tuple(n for n, s in FAMILIES[family].splits.items() if s.held_out)
+  question = normalised(candidate["question"])
+  if question in _questions(family, held_out) or (avoid and question in _questions(family, avoid)):
+    return False
+  index, settings = _index(), overlap.Settings()
+  for text in FAMILIES[family].documents(candidate):
+    found = index.verdict(text, settings)
+    if found is not None and found["verdict"] == "contaminated":
+      return False
+  return True

@@ -9,11 +9,11 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from phi4_jax import model
-from phi4_jax.model.output import target_logprobs
+from phi4_jax.model.output import next_token_targets, target_logprobs
 from phi4_jax.train import loop
 from phi4_jax.train.config import optimizer_fields
 from phi4_jax.train.optimizer import lr_schedule, make_optimizer, weight_decay_mask
-from phi4_jax.train.step import fused_cross_entropy, lm_loss_sums, next_token_targets, train_step
+from phi4_jax.train.step import fused_cross_entropy, lm_loss_sums, train_step
 
 CFG = model.ModelConfig.preset("test", vocab_size=512)
 NUM_SOURCES = 3

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from phi4_jax import model as model_lib
 from phi4_jax.inference.batching import bucket, check_prompts, note_compile
 from phi4_jax.model import ModelConfig
-from phi4_jax.model.output import target_logprobs, target_scores
+from phi4_jax.model.output import shift_left, target_logprobs, target_scores
 
 MIN_ROW_BUCKET = 32
 MIN_PICK_BUCKET = 128  # scored positions per call are padded to a power of two from here
@@ -33,7 +33,7 @@ def _score_rows(params, tokens_BxT, segment_ids_BxT, positions_BxT, picks_N, *, 
   note_compile("logprobs")
   hidden_BxTxD = model_lib.forward(params, tokens_BxT, cfg, segment_ids=segment_ids_BxT,
                                    positions=positions_BxT, mesh=mesh, return_hidden=True)
-  targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, :1]], axis=1)
+  targets_BxT = shift_left(tokens_BxT, 0)
   hidden_1xNxD = hidden_BxTxD.reshape(-1, hidden_BxTxD.shape[-1])[picks_N][None]
   targets_1xN = targets_BxT.reshape(-1)[picks_N][None]
   score = target_scores if with_greedy else target_logprobs

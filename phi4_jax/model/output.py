@@ -1,4 +1,5 @@
-"""The output layer's log-probability of given targets, a sequence chunk of logits at a time."""
+"""Next-token targets (position t predicts token t+1), and the output layer's log-probability of
+given targets, a sequence chunk of logits at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def shift_left(x: jax.Array, fill) -> jax.Array:
+  """x[:, t + 1] at position t (fill at the end)."""
+  return jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
+
+
+def target_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(targets [B,T], weights [B,T] float32): position t predicts token t+1 when both lie in the same
+  (non-padding) segment and loss_mask marks token t+1."""
+  seg = batch["segment_ids"]
+  next_seg = shift_left(seg, 0)
+  weights = (next_seg == seg) & (next_seg > 0) & (shift_left(batch["loss_mask"], 0) > 0)
+  return shift_left(batch["tokens"], 0), weights.astype(jnp.float32)
+
+
+def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(targets [B,T], weights [B,T] float32, target source ids [B,T]) aligned to the inputs."""
+  targets, weights = target_weights(batch)
+  return targets, weights, shift_left(batch["source_ids"], -1)
 
 
 def split_chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:

@@ -63,8 +63,7 @@ def sequence_logprobs(params: dict, batch: dict, cfg, pairs_per_row: int, mesh=N
   """Summed completion log-probs [B, P] of each row's chosen (segment 2j+1) and rejected (segment
   2j+2) sequences, from one forward over the packed row."""
   from phi4_jax import model as model_lib
-  from phi4_jax.model.output import target_logprobs
-  from phi4_jax.train.step import target_weights
+  from phi4_jax.model.output import target_logprobs, target_weights
   hidden = model_lib.forward(params, batch["tokens"], cfg, segment_ids=batch["segment_ids"],
                              positions=batch["positions"], mesh=mesh, return_hidden=True)
   targets, weights = target_weights(batch)

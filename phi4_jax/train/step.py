@@ -17,27 +17,8 @@ import optax
 
 from phi4_jax import model as model_lib
 from phi4_jax.model import ModelConfig
-from phi4_jax.model.output import chunk_logits, chunk_size, join_chunks, logprob_grads, split_chunks
-
-
-def _shift(x: jax.Array, fill) -> jax.Array:
-  """x[:, t + 1] at position t (fill at the end)."""
-  return jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
-
-
-def target_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
-  """(targets [B,T], weights [B,T] float32): position t predicts token t+1 when both lie in the same
-  (non-padding) segment and loss_mask marks token t+1."""
-  seg = batch["segment_ids"]
-  next_seg = _shift(seg, 0)
-  weights = (next_seg == seg) & (next_seg > 0) & (_shift(batch["loss_mask"], 0) > 0)
-  return _shift(batch["tokens"], 0), weights.astype(jnp.float32)
-
-
-def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(targets [B,T], weights [B,T] float32, target source ids [B,T]) aligned to the inputs."""
-  targets, weights = target_weights(batch)
-  return targets, weights, _shift(batch["source_ids"], -1)
+from phi4_jax.model.output import (chunk_logits, chunk_size, join_chunks, logprob_grads, next_token_targets,
+                                   split_chunks)
 
 
 def _fused_forward(hidden_BxTxD, kernel_DxV, targets_BxT, weights_BxT, chunk, dtype):

@@ -20,29 +20,11 @@ import os
 import sys
 
 from phi4_jax.flags import add_model_flags
-from phi4_jax.posttrain import jsonl_log
+from phi4_jax.store import jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 TOKENIZER = Phi4Tokenizer()
-PLAIN_STOPS = (TOKENIZER.endoftext_id, TOKENIZER.im_end_id)
-CHAT_STOPS = (TOKENIZER.im_end_id,)
-
-
-def prompt_ids(record: dict, chat: bool, where: str) -> list[int]:
-  """Token ids of a prompt record ({"prompt"}, {"messages"} or {"prompt_ids"})."""
-  if "prompt_ids" in record:
-    return [int(i) for i in record["prompt_ids"]]
-  if "messages" in record:
-    try:
-      return TOKENIZER.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=True)
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from None
-  if not isinstance(record.get("prompt"), str):
-    raise ValueError(f"{where}: expected a 'prompt' string, 'messages' or 'prompt_ids'")
-  if chat:
-    return TOKENIZER.apply_chat_template([{"role": "user", "content": record["prompt"]}],
-                                         add_generation_prompt=True, tokenize=True)
-  return [TOKENIZER.bos_id, *TOKENIZER.encode_ordinary(record["prompt"])]
+PLAIN_STOPS, CHAT_STOPS, prompt_ids = TOKENIZER.plain_stops, TOKENIZER.chat_stops, TOKENIZER.prompt_ids
 
 
 def _sampling(args) -> dict:

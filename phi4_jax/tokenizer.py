@@ -105,6 +105,27 @@ class Phi4Tokenizer:
   im_end_id: int = SPECIAL_TOKENS[IM_END]
   im_sep_id: int = SPECIAL_TOKENS[IM_SEP]
 
+  plain_stops: tuple[int, ...] = (endoftext_id, im_end_id)  # a plain prompt's continuation ends at either
+  chat_stops: tuple[int, ...] = (im_end_id,)  # an assistant turn ends here
+
+  def prompt_ids(self, record: Mapping, chat: bool, where: str) -> list[int]:
+    """Token ids of a prompt record ({"prompt"}, {"messages"} or {"prompt_ids"}): a plain prompt
+    starts a new document (<|endoftext|> first); with `chat`, or as messages, the ChatML template
+    with a generation prompt. A malformed record is a ValueError naming `where`."""
+    if "prompt_ids" in record:
+      return [int(i) for i in record["prompt_ids"]]
+    if "messages" in record:
+      try:
+        return self.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=True)
+      except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not isinstance(record.get("prompt"), str):
+      raise ValueError(f"{where}: expected a 'prompt' string, 'messages' or 'prompt_ids'")
+    if chat:
+      return self.apply_chat_template([{"role": "user", "content": record["prompt"]}],
+                                      add_generation_prompt=True, tokenize=True)
+    return [self.bos_id, *self.encode_ordinary(record["prompt"])]
+
   @property
   def _enc(self) -> tiktoken.Encoding:
     return _encoding()

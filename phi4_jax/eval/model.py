@@ -9,9 +9,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from phi4_jax import inference
-from phi4_jax.generate import PLAIN_STOPS as STOP_IDS
-from phi4_jax.generate import TOKENIZER, prompt_ids
 from phi4_jax.model import ModelConfig
+from phi4_jax.tokenizer import Phi4Tokenizer
+
+TOKENIZER = Phi4Tokenizer()
+STOP_IDS, prompt_ids = TOKENIZER.plain_stops, TOKENIZER.prompt_ids
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,7 +48,7 @@ def get_config(arg: str = "colab") -> ml_collections.ConfigDict:
              for name, p in PRESETS.items()}
   config = pretrain.stage_config(arg, presets, "midtrain")
   # At 16K the saved matmul outputs of dots_with_no_batch_dims_saveable alone outgrow an 80 GB
-  # device (--dry_run: 118 GB per device for 1b on 8); full remat recomputes them (58 GB).
+  # device (--dry_run's plan, benchmarks/README.md); full remat recomputes them.
   remat = {"remat_policy": "full"} if arg in ("1b", "phi4_14b") else {}
   config.model = ModelConfig.preset(arg, rope_theta=MIDTRAIN_ROPE_THETA,
                                     max_seq_len=max(config.seq_len, 16_384), **remat).to_config_dict()

@@ -105,14 +105,12 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose, *, greedy: bool =
   """int32 [B]: choose(logits [b, V], rows) of the rows' hidden states, where rows = arange(B)[chunk].
 
   On CPU, more than LOGIT_ROWS rows go through the output layer and `choose` LOGIT_ROWS at a time
-  (a sequential lax.map), so each chunk's logits are still in cache when they are sampled: at the
-  colab model's width (d_model 256), 256 rows' output layer + temperature sampling took 118 instead
-  of 250 ms per decode step, with the same tokens (benchmarks/README.md). Elsewhere one chunk.
+  (a sequential lax.map), so each chunk's logits are still in cache when they are sampled (the
+  same tokens as one chunk, faster: benchmarks/README.md). Elsewhere one chunk.
 
   greedy: `choose` is the argmax. On CPU, chunks of several rows then take it from logits made as
   [V, B] with split_layers' "lm_head_VxD" (XLA:CPU's matmul streams a [V, D] left operand past a few
-  columns faster: with the argmax, 16 rows at d_model 512 took 14.7 instead of 17.3 ms, 64 rows
-  36.9 instead of 43.7), down the columns.
+  columns faster than it streams [B, D] rows past the [D, V] kernel), down the columns.
   """
   b = x_BxD.shape[0]
   rows_B = jnp.arange(b)
@@ -128,8 +126,8 @@ def next_tokens(params: dict, cfg: ModelConfig, x_BxD, choose, *, greedy: bool =
 def split_layers(params: dict) -> dict:
   """params with "layers" as a tuple of decoding layers (one tree per layer, k/v and gate/up joined)
   instead of arrays stacked on axis 0, and, on CPU, each layer's "down_DxF": a transposed copy read
-  by a single row (its [1, F] x [F, D] product: 6.6 -> 5.9 ms for the 8 layers of the decode
-  benchmark's model; slower at 16 rows) and the output kernel's [V, D] copy "lm_head_VxD" for greedy
+  by a single row (its [1, F] x [F, D] product is faster from the transposed copy; at 16 rows it is
+  not, so they keep the kernel) and the output kernel's [V, D] copy "lm_head_VxD" for greedy
   chunks of several rows (next_tokens). The weights are copied once: the copy is kept for the same
   arrays (a PTS run calls generate thousands of times) until one of them is freed or
   clear_split_cache() is called. split_layers output is returned as it is."""

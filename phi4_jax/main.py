@@ -61,7 +61,8 @@ def main(argv) -> None:
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
   distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
                          _FLAGS["process_id"].value)
-  from phi4_jax.train import recipe, recovery, workdir  # after jax.distributed.initialize
+  from phi4_jax.store import workdir  # (these after jax.distributed.initialize)
+  from phi4_jax.train import recipe, recovery
   try:
     path = workdir.resolve(_FLAGS["workdir"].value)
   except ValueError as e:

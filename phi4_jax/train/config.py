@@ -141,7 +141,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   globs (a launcher checks a job on a machine that need not see the data).
   """
   from phi4_jax.model.sharding import resolve_mesh_shape
-  from phi4_jax.train.checkpoint import check_params
+  from phi4_jax.store.checkpoint import check_params
   fields.unknown(config, set(base_config()) | {"model", "data", "dpo"}, "config")
   fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   fields.check(config, RUN_RULES, "config")

@@ -17,7 +17,8 @@ import jax
 import ml_collections
 
 from phi4_jax.posttrain import stages as data_stages
-from phi4_jax.train import checkpoint, report
+from phi4_jax.store import checkpoint
+from phi4_jax.train import report
 from phi4_jax.train.config import validate
 from phi4_jax.train.loop import train
 

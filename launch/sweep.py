@@ -72,13 +72,13 @@ def record(sweep: Sweep, root: str) -> None:
 
 def finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Whether the run (every stage of a recipe) has its final checkpoint."""
-  from phi4_jax.train import recipe
+  from phi4_jax.recipe import runner as recipe
   return all(recipe.finished(stage, d) for _, stage, d in recipe.stage_dirs(config, workdir))
 
 
 def metrics_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the run's (last stage's) metrics.jsonl is."""
-  from phi4_jax.train import recipe
+  from phi4_jax.recipe import runner as recipe
   return recipe.stage_dirs(config, workdir)[-1][2]
 
 

@@ -61,8 +61,9 @@ def main(argv) -> None:
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
   distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
                          _FLAGS["process_id"].value)
-  from phi4_jax.store import workdir  # (these after jax.distributed.initialize)
-  from phi4_jax.train import recipe, recovery
+  from phi4_jax.recipe import runner as recipe  # (these after jax.distributed.initialize)
+  from phi4_jax.store import workdir
+  from phi4_jax.train import recovery
   try:
     path = workdir.resolve(_FLAGS["workdir"].value)
   except ValueError as e:
@@ -92,15 +93,16 @@ def _dry_run(config, devices: int, device_memory_gb: float) -> None:
       raise app.UsageError(f"--devices={devices}: this machine has {jax.device_count()} "
                            f"{jax.default_backend()} devices; fake devices are CPU ones (set "
                            "JAX_PLATFORMS=cpu to plan on them)")
-  from phi4_jax.posttrain import stages as data_stages
-  from phi4_jax.train import dry_run, recipe
+  from phi4_jax.recipe import runner as recipe
+  from phi4_jax.recipe.stages import kind_of
+  from phi4_jax.train import dry_run
   if "stages" in config:
     try:
       recipe.link(config, "<workdir>")  # (init_from and `stage:` sources, as a run would set them)
     except ValueError as e:  # (a `stage:` source naming no earlier data stage)
       sys.exit(f"error: {e}")
   for name, stage, _ in recipe.stage_dirs(config, ""):
-    if data_stages.is_generation(stage):
+    if not kind_of(stage).makes_model:  # (a data stage compiles no train step)
       continue
     try:
       print(dry_run.describe(dry_run.plan(stage, device_memory_gb)), flush=True)

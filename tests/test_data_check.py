@@ -124,9 +124,10 @@ def test_validate_checks_a_midtrain_stage_nested_fractions():
 
 
 def test_a_recipe_refuses_a_bad_midtrain_stage_before_pretraining_trains(tmp_path, monkeypatch):
-  from phi4_jax.train import recipe
+  from phi4_jax.recipe import runner as recipe
+  from phi4_jax.recipe import stages
   trained = []
-  monkeypatch.setattr(recipe, "train", lambda stage, workdir: trained.append(workdir))
+  monkeypatch.setattr(stages.TrainStage, "run", lambda self, stage, workdir, prefix: trained.append(workdir))
   # batch 8: divisible by the 8 fake devices of conftest
   config = configs.load(os.path.join(REPO, "experiments/recipe.py:test"),
                         {"midtrain.global_batch_size": 8,

@@ -9,7 +9,7 @@ import pytest
 
 from phi4_jax import configs, hf, model
 from phi4_jax.posttrain import stages
-from phi4_jax.train import recipe
+from phi4_jax.recipe import runner as recipe
 
 
 def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, mo
   assert c.dpo_judge.data.sources.judge.globs == os.path.join(w("judge"), "pairs.jsonl")
   assert c.dpo_pts.data.sources.math.globs == "corpus:dpo_pairs"
   assert ready == {**{s: True for s in c.stages}, "dpo_pts": False, "dpo_judge": False}
-  recipe._check(c, ready)  # every stage checks out before the pairs exist
+  recipe.check(configs.load("experiments/recipe.py:colab"), str(tmp_path))  # before the pairs exist
 
 
 def test_a_stage_source_must_name_an_earlier_data_stage(tmp_path):
@@ -39,7 +39,7 @@ def test_a_stage_source_must_name_an_earlier_data_stage(tmp_path):
     ("questions", "questions.txt", r"config.pts.questions: a .jsonl file or one of corpus:parity"),
     ("settings.p_gap", 0.0, r"config.pts.settings.p_gap: must be in \(0, 1\]"),
     ("settings.num_rollout", 3, r"unknown field config.pts.settings.num_rollout \(did you mean num_rollouts"),
-    ("kind", "ptss", r"config.pts.kind: must be one of \('pts', 'judge'\)"),
+    ("kind", "ptss", r"config.pts.kind: 'ptss' is not a stage kind \(known: train, pts, judge"),
 ])
 def test_data_stage_fields_are_checked_before_the_recipe_starts(tmp_path, monkeypatch, field, value, message):
   monkeypatch.setattr(recipe.jax, "device_count", lambda: 1)

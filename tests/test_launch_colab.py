@@ -41,7 +41,7 @@ def test_notebook_cells_compile_and_name_real_functions():
     module, _, attr = dotted.rpartition(".")
     assert hasattr(importlib.import_module(module), attr), dotted
   assert {"phi4_jax.inference.generate", "phi4_jax.store.workdir.restore_params",
-          "phi4_jax.train.recipe.run"} <= used
+          "phi4_jax.recipe.runner.run"} <= used
 
 
 # The notebook's settings, swapped for a tiny run: (line prefix in its cells, replacement line).

@@ -1,4 +1,4 @@
-"""phi4_jax.store: the one atomic write, and the old module names that alias the moved modules."""
+"""phi4_jax.store: the one atomic write; and the old module names that alias moved modules."""
 
 import os
 import socket
@@ -47,16 +47,20 @@ def test_a_folder_replaces_a_missing_path_and_never_a_full_one(tmp_path):
 def test_old_module_names_are_the_moved_modules_with_a_deprecation_warning():
   code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
           "from phi4_jax.store import checkpoint, jsonl_log, workdir\n"
-          "for old in ('phi4_jax.train.workdir', 'phi4_jax.train.checkpoint', 'phi4_jax.posttrain.jsonl_log'):\n"
+          "for old in ('phi4_jax.train.workdir', 'phi4_jax.train.checkpoint', 'phi4_jax.posttrain.jsonl_log',\n"
+          "            'phi4_jax.train.recipe', 'phi4_jax.train.report'):\n"
           "  try:\n    __import__(old)\n  except DeprecationWarning as e:\n    print(e)\n"
           "warnings.simplefilter('ignore')\n"
-          "from phi4_jax.train import workdir as w, checkpoint as c\nfrom phi4_jax.posttrain import jsonl_log as j\n"
-          "print(w is workdir, c is checkpoint, j is jsonl_log)")
+          "from phi4_jax.train import workdir as w, checkpoint as c, recipe as r, report\n"
+          "from phi4_jax.posttrain import jsonl_log as j\nfrom phi4_jax import recipe\n"
+          "print(w is workdir, c is checkpoint, j is jsonl_log, r is recipe.runner, report is recipe.report)")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
   assert out.stdout.splitlines() == ["phi4_jax.train.workdir moved to phi4_jax.store.workdir",
                                      "phi4_jax.train.checkpoint moved to phi4_jax.store.checkpoint",
                                      "phi4_jax.posttrain.jsonl_log moved to phi4_jax.store.jsonl_log",
-                                     "True True True"]
+                                     "phi4_jax.train.recipe moved to phi4_jax.recipe.runner",
+                                     "phi4_jax.train.report moved to phi4_jax.recipe.report",
+                                     "True True True True True"]
 
 
 def test_loading_a_workdir_imports_nothing_above_the_store():

@@ -59,7 +59,7 @@ from phi4_jax.data.overlap import LONG, SHORT, Index, Settings, item_text, words
 from phi4_jax.store import atomic, jsonl_log
 
 READ_BATCH = 256  # documents read together
-STAGE_GLOB = "stage:"  # a source glob naming a data stage's pairs (train/recipe.py makes them)
+STAGE_GLOB = "stage:"  # a source glob naming a data stage's pairs (recipe/runner.py resolves them)
 
 
 # -- benchmark items and the index ------------------------------------------------------------

@@ -30,6 +30,7 @@ from phi4_jax.data.fitpack import PAIR_ID_BITS, Item
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 PAIR_ROW_FIELDS = ("tokens", "segment_ids", "positions", "loss_mask", "pair_source_ids", "pair_ids")
+HOST_ONLY_FIELDS = ("pair_ids",)  # row fields the host reads (the reference look-up), not the step
 # tokens .. loss_mask: [B, seq_len]; pair_source_ids, pair_ids: [B, pairs_per_row] (-1 = empty slot)
 PAIR_ROW_DTYPES = {"tokens": np.int32, "segment_ids": np.int32, "positions": np.int32,
                    "loss_mask": np.int32, "pair_source_ids": np.int32, "pair_ids": np.int64}

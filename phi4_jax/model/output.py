@@ -31,6 +31,14 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
   return targets, weights, shift_left(batch["source_ids"], -1)
 
 
+def per_source(sums: dict, count_key: str, source_names) -> dict[str, float]:
+  """{source: mean loss} from a window's summed sums (source_loss_sum over sums[count_key]) for
+  each source with a count, named by source_names (the step's source order)."""
+  count = np.asarray(sums[count_key])
+  loss = np.asarray(sums["source_loss_sum"]) / np.maximum(count, 1)
+  return {n: float(loss[i]) for i, n in enumerate(source_names) if count[i] > 0}
+
+
 def split_chunks(x_BxTx: jax.Array, chunk: int) -> jax.Array:
   """[B, T, ...] -> [T / chunk, B, chunk, ...]."""
   b, t = x_BxTx.shape[:2]

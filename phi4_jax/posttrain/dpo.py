@@ -10,6 +10,8 @@ positive beyond float32 rounding.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,19 +21,21 @@ from phi4_jax import fields
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
+FIELDS = fields.Group(
+    beta=fields.Field(0.1, fields.number(0, low_open=True),
+                      "scale of the implicit reward beta * (log pi - log pi_ref); phi-4's is unpublished"),
+    label_smoothing=fields.Field(0.0, fields.number(0, 0.5),
+                                 "e: the chance a preference label is flipped (conservative DPO)"),
+    loss_type=fields.Field("sigmoid", fields.choice(LOSS_TYPES), "sigmoid (DPO) | ipo"),
+    precompute_reference=fields.Field(False, fields.boolean(),
+                                      "reference log-probs computed once into the workdir, not per step"),
+)
+RULES = FIELDS.rules
+
+
 def dpo_fields(**overrides) -> ml_collections.ConfigDict:
   """`config.dpo` of a DPO stage (config.objective = "dpo")."""
-  d = ml_collections.ConfigDict()
-  d.beta = 0.1  # scale of the implicit reward beta * (log pi - log pi_ref); phi-4's is unpublished
-  d.label_smoothing = 0.0  # e: the chance a preference label is flipped (conservative DPO)
-  d.loss_type = "sigmoid"  # sigmoid (DPO) | ipo
-  d.precompute_reference = False  # reference log-probs computed once into the workdir, not per step
-  d.update(overrides)
-  return d
-
-
-RULES = {"beta": fields.number(0, low_open=True), "label_smoothing": fields.number(0, 0.5),
-         "loss_type": fields.choice(LOSS_TYPES), "precompute_reference": fields.boolean()}
+  return FIELDS.config(**overrides)
 
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
@@ -122,3 +126,76 @@ def heldout_rewards(policy: dict, reference: dict, cfg, pairs: list[tuple], beta
   _, m = dpo_loss(policy_sums[:n], policy_sums[n:], ref_sums[:n], ref_sums[n:], beta=beta)
   return {"pairs": n, "reward_accuracy": float(m["reward_accuracy"].mean()),
           "reward_margin": float(m["reward_margin"].mean())}
+
+
+class DPO:
+  """dpo: config.objective's DPO (the loss above), its config.dpo settings, its frozen reference
+  (init_from's params, or their log-probs precomputed into the workdir: posttrain/reference.py)."""
+
+  name, formats, settings = "dpo", ("pairs",), "dpo"
+
+  def check(self, config) -> None:
+    fields.unknown(config.dpo, RULES, "config.dpo")
+    fields.check(config.dpo, RULES, "config.dpo")
+    if not config.init_from:
+      raise ValueError("config.init_from: is empty, but a DPO stage needs one: the workdir of the model "
+                       "it starts from (SFT's), which is also its frozen reference")
+
+  def loss(self, config, cfg, mesh, num_sources: int):
+    d = config.dpo
+    return functools.partial(dpo_loss_sums, cfg=cfg, beta=d.beta, label_smoothing=d.label_smoothing,
+                             loss_type=d.loss_type, num_sources=num_sources, mesh=mesh,
+                             chunk=config.loss_chunk or 256)
+
+  def summarize(self, sums: dict, steps: int, source_names) -> dict:
+    from phi4_jax.model.output import per_source
+    pairs = max(float(sums["denominator"]), 1.0)
+    means = {name: float(sums[name]) / pairs
+             for name in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")}
+    return {**means, "loss_per_source": per_source(sums, "source_pairs", source_names),
+            "pairs_per_step": float(sums["denominator"]) / steps}
+
+  def abstract_batch(self, config, rows: tuple[int, int], sharding) -> dict:
+    from phi4_jax.data.pairs import HOST_ONLY_FIELDS, PAIR_ROW_FIELDS
+    batch = {name: jax.ShapeDtypeStruct((*rows, config.seq_len), jnp.int32, sharding=sharding)
+             for name in PAIR_ROW_FIELDS if name not in HOST_ONLY_FIELDS}
+    slots = (*rows, config.data.pairs_per_row)
+    batch["pair_source_ids"] = jax.ShapeDtypeStruct(slots, jnp.int32, sharding=sharding)
+    if config.dpo.precompute_reference:
+      for name in ("ref_chosen", "ref_rejected"):
+        batch[name] = jax.ShapeDtypeStruct(slots, jnp.float32, sharding=sharding)
+    return batch
+
+  def abstract_extras(self, config, params, param_shardings) -> tuple[dict, dict]:
+    if config.dpo.precompute_reference:
+      return {}, {}
+    return {"reference": params}, {"reference": param_shardings}
+
+  def prepare(self, run, make_iterator, to_global) -> None:
+    """The frozen reference as a step input, or, with dpo.precompute_reference, its log-probs
+    scored once and attached to the batches."""
+    from phi4_jax.posttrain import reference as reference_lib
+    from phi4_jax.store import workdir as workdir_lib
+    config = run.config
+    _, reference = workdir_lib.restore_params(config.init_from, None if config.init_step < 0 else
+                                              config.init_step, run.shardings["params"], cfg=run.cfg)
+    if not config.dpo.precompute_reference:
+      run.extras["reference"], run.extra_shardings["reference"] = reference, run.shardings["params"]
+      return
+    table = reference_lib.precompute(run, reference, make_iterator, to_global, sequence_logprobs)
+    run.data_iter = reference_lib.WithReference(run.data_iter, table)
+
+  def notes(self, rows: list[dict]) -> list[str]:
+    last = rows[-1]
+    return [f"train reward acc {last['reward_accuracy']:.2f}, margin {last['reward_margin']:.3f}"]
+
+  def heldout(self, recipe, stage, stage_dir: str) -> dict | None:
+    """Reward accuracy and margin of the stage's final params against its reference on the
+    recipe's `dpo_heldout` pairs (the first `dpo_heldout_pairs`; 0 = all); None without them."""
+    if not recipe.get("dpo_heldout"):
+      return None
+    from phi4_jax.store import workdir as workdir_lib
+    pairs = read_pairs(recipe.dpo_heldout, stage.data.cache_dir)[:recipe.get("dpo_heldout_pairs", 0) or None]
+    cfg, policy = workdir_lib.restore_params(stage_dir)
+    _, reference = workdir_lib.restore_params(stage.init_from, cfg=cfg)
+    return heldout_rewards(policy, reference, cfg, pairs, stage.dpo.beta)

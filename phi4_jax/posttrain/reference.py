@@ -18,7 +18,6 @@ import grain
 import jax
 import numpy as np
 
-from phi4_jax.posttrain import dpo
 from phi4_jax.store import atomic, workdir as workdir_lib
 
 TABLE_DIR = "reference_logprobs"
@@ -57,8 +56,9 @@ def _chunk(batches: list, to_global, score) -> dict[str, np.ndarray]:
   return {"ids": cat(ids, np.int64), "chosen": cat(chosen, np.float32), "rejected": cat(rejected, np.float32)}
 
 
-def precompute(run, reference: dict, make_iterator, to_global) -> dict[str, np.ndarray]:
-  """{ids, chosen, rejected} of every pair in the batches of config.steps (+ skip_batches) steps."""
+def precompute(run, reference: dict, make_iterator, to_global, sequence_logprobs) -> dict[str, np.ndarray]:
+  """{ids, chosen, rejected} of every pair in the batches of config.steps (+ skip_batches) steps,
+  each scored by sequence_logprobs (dpo.sequence_logprobs: the reference's [B, P] sums)."""
   config = run.config
   folder, me = workdir_lib.path(run.workdir, TABLE_DIR), f"process_{jax.process_index()}"
   final = os.path.join(folder, f"{me}.npz")
@@ -66,7 +66,7 @@ def precompute(run, reference: dict, make_iterator, to_global) -> dict[str, np.n
     return dict(np.load(final))
   os.makedirs(folder, exist_ok=True)
   pairs = config.data.pairs_per_row
-  score = jax.jit(lambda params, batch_MxBxT: jax.lax.map(lambda mb: dpo.sequence_logprobs(
+  score = jax.jit(lambda params, batch_MxBxT: jax.lax.map(lambda mb: sequence_logprobs(
       params, mb, run.cfg, pairs, run.mesh, config.loss_chunk or 256), batch_MxBxT))
   score_one = lambda batch: score(reference, batch)
   iterator, total = make_iterator(), config.steps + config.skip_batches

@@ -2,8 +2,9 @@
 
 A stage config with `kind` "pts" or "judge" samples from its `init_from` model (a recipe fills it
 with the last training stage before it) and writes W/pairs.jsonl, which a later DPO stage reads
-through a source glob `stage:<name>` (train/recipe.py resolves it). W/summary.json marks the stage
-done; until then a rerun resumes from the tool's log (W/pairs.jsonl.log.jsonl).
+through a source glob `stage:<name>` (recipe/runner.py resolves it; recipe/stages.py registers
+both kinds). W/summary.json marks the stage done; until then a rerun resumes from the tool's log
+(W/pairs.jsonl.log.jsonl).
 
 Questions (pts) and prompts (judge) come from a JSONL file or the embedded families:
   corpus:parity        "What is the remainder of N divided by 2?" (the parity family's search split)
@@ -31,29 +32,31 @@ PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
 EMBEDDED = families.QUESTIONS  # corpus:parity, corpus:exercises, corpus:mixed
 
 
+PTS_STAGE = fields.Group(
+    kind=fields.Field("pts", fields.choice(KINDS), '"pts" or "judge"'),
+    stage=fields.Field("pts", fields.string(), "the stage's name in logs"),
+    init_from=fields.Field("", fields.string(), "the model's workdir (a recipe fills it)"),
+    init_step=fields.Field(-1, fields.integer(-1), "its checkpoint step (-1 = latest)"),
+    questions=fields.Field("corpus:parity", fields.string(),
+                           "a JSONL file or an embedded family (see EMBEDDED)"),
+    num_questions=fields.Field(0, fields.integer(0),
+                               "how many of them (0 = all of a file; required for an embedded family)"),
+    settings=fields.Field(pts.FIELDS, None, "the search's settings (posttrain/pts.py)"),
+)
+JUDGE_STAGE = fields.Group(
+    PTS_STAGE.with_defaults(kind="judge", stage="judge"),
+    settings=fields.Field(judge.FIELDS, None, "the judging's settings (posttrain/judge.py)"),
+    responders=fields.Field("", fields.string(),
+                            'responder specs (judge.policy) separated by ";"; "" = the init_from model'),
+    judge=fields.Field("oracle", fields.string(), '"oracle" or a judge spec'),
+)
+GROUPS = {"pts": PTS_STAGE, "judge": JUDGE_STAGE}
+RULES = JUDGE_STAGE.rules
+
+
 def stage_fields(kind: str) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.kind = kind  # "pts" or "judge"
-  c.stage = kind  # the stage's name in logs
-  c.init_from = ""  # the model's workdir (a recipe fills it)
-  c.init_step = -1  # its checkpoint step (-1 = latest)
-  c.questions = "corpus:parity"  # a JSONL file or an embedded family (see EMBEDDED)
-  c.num_questions = 0  # how many of them (0 = all of a file; required for an embedded family)
-  c.settings = pts.pts_fields() if kind == "pts" else judge.judge_fields()
-  if kind == "judge":
-    c.responders = ""  # responder specs (judge.policy) separated by ";"; "" = the init_from model
-    c.judge = "oracle"  # "oracle" or a judge spec
-  return c
-
-
-RULES = {"kind": fields.choice(KINDS), "stage": fields.string(), "init_from": fields.string(),
-         "init_step": fields.integer(-1), "questions": fields.string(), "num_questions": fields.integer(0),
-         "responders": fields.string(), "judge": fields.string()}
-
-
-def is_generation(config: ml_collections.ConfigDict) -> bool:
-  """A data stage (a stage config with a `kind`; training stages have none)."""
-  return "kind" in config
+  """A data stage's config: kind "pts" or "judge"."""
+  return GROUPS[kind].config()
 
 
 def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
@@ -85,6 +88,20 @@ def questions(spec: str, count: int, need_answer: bool = True) -> list[dict]:
 
 def finished(stage_dir: str) -> bool:
   return os.path.exists(os.path.join(stage_dir, SUMMARY))
+
+
+def note(stage_dir: str) -> str | None:
+  """What the stage made, for a recipe report's notes column; None before it finished."""
+  try:
+    with open(os.path.join(stage_dir, SUMMARY)) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if "searched" in summary:
+    return (f"searched {summary['searched']} of {summary['questions']} questions, "
+            f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs")
+  return (f"{summary['pairs']} pairs from {summary['prompts']} prompts ({summary['accuracy_pairs']} by "
+          f"accuracy, {summary['overall_pairs']} overall), {summary['dropped_responses']} responses dropped")
 
 
 def _barrier(name: str) -> None:

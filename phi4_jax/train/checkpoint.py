@@ -5,5 +5,6 @@ import warnings
 
 from phi4_jax.store import checkpoint
 
-warnings.warn("phi4_jax.train.checkpoint moved to phi4_jax.store.checkpoint", DeprecationWarning, stacklevel=2)
+warnings.warn("phi4_jax.train.checkpoint moved to phi4_jax.store.checkpoint", DeprecationWarning,
+              stacklevel=2)
 sys.modules[__name__] = checkpoint

@@ -6,77 +6,76 @@ import ml_collections
 
 from phi4_jax import fields
 from phi4_jax.eval import settings as eval_settings
-from phi4_jax.eval.settings import eval_fields
 from phi4_jax.model import ModelConfig
-from phi4_jax.train.objectives import FORMATS, OBJECTIVES
+from phi4_jax.train import objectives
+
+
+OPTIMIZER = fields.Group(
+    peak_lr=fields.Field(3e-4, fields.number(0), "AdamW peak learning rate (phi-4 pretraining: 3e-4)"),
+    warmup_steps=fields.Field(100, fields.integer(0), "linear warmup length; unpublished for phi-4"),
+    end_lr_ratio=fields.Field(0.0, fields.number(0, 1),
+                              "linear decay reaches peak_lr * end_lr_ratio on the last step"),
+    b1=fields.Field(0.9, fields.number(0, 1, high_open=True), "Adam beta1; unpublished for phi-4"),
+    b2=fields.Field(0.95, fields.number(0, 1, high_open=True), "Adam beta2; unpublished for phi-4"),
+    eps=fields.Field(1e-8, fields.number(0, low_open=True), "Adam epsilon"),
+    weight_decay=fields.Field(0.1, fields.number(0), "decoupled, constant (phi-4: 0.1)"),
+    decay_embeddings=fields.Field(True, fields.boolean(), "apply weight decay to the embedding table too"),
+    grad_clip_norm=fields.Field(1.0, fields.number(0), "global-norm clipping; 0 disables"),
+)
+OPTIMIZER_RULES = OPTIMIZER.rules
 
 
 def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
-  opt = ml_collections.ConfigDict()
-  opt.peak_lr = 3e-4  # AdamW peak learning rate (phi-4 pretraining: 3e-4)
-  opt.warmup_steps = 100  # linear warmup length; unpublished for phi-4
-  opt.end_lr_ratio = 0.0  # linear decay reaches peak_lr * end_lr_ratio on the last step
-  opt.b1 = 0.9  # Adam beta1; unpublished for phi-4
-  opt.b2 = 0.95  # Adam beta2; unpublished for phi-4
-  opt.eps = 1e-8  # Adam epsilon
-  opt.weight_decay = 0.1  # decoupled, constant (phi-4: 0.1)
-  opt.decay_embeddings = True  # apply weight decay to the embedding table too
-  opt.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
-  opt.update(overrides)
-  return opt
+  return OPTIMIZER.config(**overrides)
 
 
-OPTIMIZER_RULES = {
-    "peak_lr": fields.number(0), "warmup_steps": fields.integer(0), "end_lr_ratio": fields.number(0, 1),
-    "b1": fields.number(0, 1, high_open=True), "b2": fields.number(0, 1, high_open=True),
-    "eps": fields.number(0, low_open=True), "weight_decay": fields.number(0),
-    "decay_embeddings": fields.boolean(), "grad_clip_norm": fields.number(0),
-}
+F = fields.Field
+RUN = fields.Group(
+    stage=F("pretrain", fields.string(), "a name for logs and the recipe summary"),
+    objective=F("lm", fields.string(),
+                "lm: next-token loss on loss_mask's targets (pretrain, midtrain, sft) | dpo"),
+    seed=F(0, fields.integer(), "seeds parameter init and the data order"),
+    steps=F(1000, fields.integer(1), "optimizer steps of this stage"),
+    seq_len=F(4096, fields.integer(1), "tokens per packed row"),
+    global_batch_size=F(8, fields.integer(1), "sequences per optimizer step, over all processes"),
+    microbatches=F(1, fields.integer(1),
+                   "gradient accumulation: the global batch is split into this many passes"),
+    mesh_shape=F((1, -1, 1), fields.int_tuple(3),
+                 "(data, fsdp, tensor); one entry may be -1 = the remaining devices"),
+    loss_chunk=F(256, fields.integer(0),
+                 "sequence chunk of the fused output layer + cross-entropy; 0 = unchunked"),
+    log_every=F(10, fields.integer(1), "steps between metric rows"),
+    checkpoint_every=F(100, fields.integer(1), "steps between checkpoints (a final one is always written)"),
+    keep_checkpoints=F(3, fields.integer(0), "keep the newest k checkpoints; 0 keeps all"),
+    async_checkpointing=F(True, fields.boolean(), "write checkpoints in the background"),
+    prefetch=F(2, fields.integer(0),
+               "batches read and placed on the devices ahead of the step (0: read in the loop)"),
+    init_from=F("", fields.string(),
+                "a previous stage's workdir: start from its params, fresh optimizer state"),
+    init_step=F(-1, fields.integer(-1), "which checkpoint step of init_from; -1 = its latest"),
+    peak_flops_per_device=F(0.0, fields.number(0),
+                            "for MFU; 0 = look the device up in train/metrics.py's table"),
+    tensorboard=F(True, fields.boolean(), "also write TensorBoard event files under W/tensorboard"),
+    min_free_disk_gb=F(0.0, fields.number(0),
+                       "refuse to start when the workdir has less free space (0: estimate)"),
+    keep_period=F(0, fields.integer(0),
+                  "also keep every checkpoint whose step is a multiple of this; 0 = none"),
+    resume_step=F(-1, fields.integer(-1),
+                  "resume from this kept step, not the latest (later ones are moved aside)"),
+    skip_batches=F(0, fields.integer(0),
+                   "with resume_step: batches of data skipped after the restore (past a spike)"),
+    spike_factor=F(0.0, fields.number(1, low_open=True, also=(0,)),
+                   "stop when a loss exceeds this x the mean of the last 20; 0 = NaN/inf only"),
+    optimizer=F(OPTIMIZER, None, "AdamW with linear warmup and decay"),
+    eval=F(eval_settings.FIELDS, None,
+           "evaluation tasks run every eval.every steps (phi4_jax/eval); off by default"),
+)
+RUN_RULES = RUN.rules
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Run fields (the model, optimizer and data sub-configs are added by each stage file)."""
-  c = ml_collections.ConfigDict()
-  c.stage = "pretrain"  # a name for logs and the recipe summary
-  c.objective = "lm"  # lm: next-token loss on loss_mask's targets (pretrain, midtrain, sft) | dpo
-  c.seed = 0  # seeds parameter init and the data order
-  c.steps = 1000  # optimizer steps of this stage
-  c.seq_len = 4096  # tokens per packed row
-  c.global_batch_size = 8  # sequences per optimizer step, over all processes
-  c.microbatches = 1  # gradient accumulation: the global batch is split into this many passes
-  c.mesh_shape = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1 = the remaining devices
-  c.loss_chunk = 256  # sequence chunk of the fused output layer + cross-entropy; 0 = unchunked
-  c.log_every = 10  # steps between metric rows
-  c.checkpoint_every = 100  # steps between checkpoints (a final one is always written)
-  c.keep_checkpoints = 3  # keep the newest k checkpoints; 0 keeps all
-  c.async_checkpointing = True  # write checkpoints in the background
-  c.prefetch = 2  # batches read and placed on the devices ahead of the step (0: read in the loop)
-  c.init_from = ""  # a previous stage's workdir: start from its params, fresh optimizer state
-  c.init_step = -1  # which checkpoint step of init_from; -1 = its latest
-  c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up in train/metrics.py's table
-  c.tensorboard = True  # also write TensorBoard event files under W/tensorboard
-  c.min_free_disk_gb = 0.0  # refuse to start when the workdir has less free space (0: estimate)
-  c.keep_period = 0  # also keep every checkpoint whose step is a multiple of this; 0 = none
-  c.resume_step = -1  # resume from this kept step, not the latest (later ones are moved aside)
-  c.skip_batches = 0  # with resume_step: batches of data skipped after the restore (past a spike)
-  c.spike_factor = 0.0  # stop when a loss exceeds this x the mean of the last 20; 0 = NaN/inf only
-  c.optimizer = optimizer_fields()
-  c.eval = eval_fields()  # evaluation tasks run every eval.every steps (phi4_jax/eval); off by default
-  return c
-
-
-RUN_RULES = {
-    "stage": fields.string(), "objective": fields.choice(OBJECTIVES), "seed": fields.integer(), "steps": fields.integer(1),
-    "seq_len": fields.integer(1), "global_batch_size": fields.integer(1),
-    "microbatches": fields.integer(1), "mesh_shape": fields.int_tuple(3), "loss_chunk": fields.integer(0),
-    "log_every": fields.integer(1), "checkpoint_every": fields.integer(1),
-    "keep_checkpoints": fields.integer(0), "async_checkpointing": fields.boolean(),
-    "prefetch": fields.integer(0),
-    "init_from": fields.string(), "init_step": fields.integer(-1), "peak_flops_per_device": fields.number(0),
-    "tensorboard": fields.boolean(), "min_free_disk_gb": fields.number(0), "keep_period": fields.integer(0),
-    "resume_step": fields.integer(-1), "skip_batches": fields.integer(0),
-    "spike_factor": fields.number(1, low_open=True, also=(0,)),
-}
+  """Run fields (the model and data sub-configs are added by each stage file)."""
+  return RUN.config()
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -101,35 +100,31 @@ def _fail(field: str, message: str) -> None:
   raise ValueError(f"config.{field}: {message}")
 
 
-def _check_format(config: ml_collections.ConfigDict) -> None:
-  """The stage's sources hold the records config.objective reads (objectives.FORMATS)."""
+def _check_format(config: ml_collections.ConfigDict, objective) -> None:
+  """The stage's sources hold the records the objective reads (its `formats`)."""
   from phi4_jax.data import stage_format
   from phi4_jax.data.planner import leaves
-  kind, wanted = stage_format(config.data.sources), FORMATS[config.objective]
+  kind, wanted = stage_format(config.data.sources), objective.formats
   if kind not in wanted:
     first = leaves(config.data.sources)[0]
-    fits = [name for name, formats in FORMATS.items() if kind in formats]
+    fits = [name for name, o in objectives.OBJECTIVES.items() if kind in o.formats]
     _fail("objective", f"is {config.objective!r}, which trains on {' or '.join(wanted)} records, but "
           f"{first.field}.format is {first.cfg.format!r} ({kind} records): set config.objective to "
           f"{' or '.join(map(repr, fits))}, or give the stage {' or '.join(wanted)} sources")
 
 
 def _check_objective(config: ml_collections.ConfigDict) -> None:
-  """The sources fit the objective; a DPO stage has its config.dpo fields and an init_from (its
-  frozen reference)."""
-  _check_format(config)
-  if config.objective != "dpo":
-    if "dpo" in config:
-      _fail("dpo", f"is set, but config.objective is {config.objective!r} (set it to 'dpo')")
-    return
-  from phi4_jax.posttrain import dpo
-  if "dpo" not in config:
-    _fail("dpo", "missing: a DPO stage needs posttrain/dpo.py's dpo_fields()")
-  fields.unknown(config.dpo, dpo.RULES, "config.dpo")
-  fields.check(config.dpo, dpo.RULES, "config.dpo")
-  if not config.init_from:
-    _fail("init_from", "is empty, but a DPO stage needs one: the workdir of the model it starts from "
-          "(SFT's), which is also its frozen reference")
+  """config.objective is registered, the sources fit it, its settings group is there (and no other
+  objective's), and its own checks pass."""
+  objective = objectives.get(config.objective)
+  _check_format(config, objective)
+  for other in objectives.OBJECTIVES.values():
+    if other.settings and other.settings != objective.settings and other.settings in config:
+      _fail(other.settings, f"is set, but config.objective is {config.objective!r} "
+            f"(set it to {other.name!r})")
+  if objective.settings and objective.settings not in config:
+    _fail(objective.settings, f"missing: a {objective.name} stage needs its settings group")
+  objective.check(config)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_from: bool = True,
@@ -142,7 +137,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   """
   from phi4_jax.model.sharding import resolve_mesh_shape
   from phi4_jax.store.checkpoint import check_params
-  fields.unknown(config, set(base_config()) | {"model", "data", "dpo"}, "config")
+  groups = {o.settings for o in objectives.OBJECTIVES.values() if o.settings}
+  fields.unknown(config, set(base_config()) | {"model", "data"} | groups, "config")
   fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   fields.check(config, RUN_RULES, "config")
   fields.check(config.optimizer, OPTIMIZER_RULES, "config.optimizer")

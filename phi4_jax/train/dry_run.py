@@ -12,13 +12,10 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from phi4_jax import model as model_lib
-from phi4_jax.data.packing import ROW_FIELDS
-from phi4_jax.data.pairs import PAIR_ROW_FIELDS
 from phi4_jax.train import loop, objectives
 from phi4_jax.train.config import model_config, validate
 
@@ -40,17 +37,7 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
   """The step's global batch [M, B/M, T] (pair fields [M, B/M, pairs_per_row]) as ShapeDtypeStructs."""
   sharding = model_lib.batch_sharding(mesh, microbatched=True)
   rows = (config.microbatches, config.global_batch_size // config.microbatches)
-  if config.objective != "dpo":
-    return {name: jax.ShapeDtypeStruct((*rows, config.seq_len), jnp.int32, sharding=sharding)
-            for name in ROW_FIELDS}
-  batch = {name: jax.ShapeDtypeStruct((*rows, config.seq_len), jnp.int32, sharding=sharding)
-           for name in PAIR_ROW_FIELDS if name not in loop.HOST_ONLY_FIELDS}
-  slots = (*rows, config.data.pairs_per_row)
-  batch["pair_source_ids"] = jax.ShapeDtypeStruct(slots, jnp.int32, sharding=sharding)
-  if config.dpo.precompute_reference:
-    for name in ("ref_chosen", "ref_rejected"):
-      batch[name] = jax.ShapeDtypeStruct(slots, jnp.float32, sharding=sharding)
-  return batch
+  return objectives.get(config.objective).abstract_batch(config, rows, sharding)
 
 
 def plan(config: ml_collections.ConfigDict, device_memory_gb: float = 0.0) -> dict:
@@ -60,9 +47,7 @@ def plan(config: ml_collections.ConfigDict, device_memory_gb: float = 0.0) -> di
   mesh = model_lib.make_mesh(config.mesh_shape)
   optimizer, shardings, state = loop.abstract_train_state(config, cfg, mesh)
   objective = objectives.make(config, cfg, mesh)
-  extras, extra_shardings = {}, {}
-  if objective.uses_reference:
-    extras["reference"], extra_shardings["reference"] = state["params"], shardings["params"]
+  extras, extra_shardings = objective.objective.abstract_extras(config, state["params"], shardings["params"])
   batch = abstract_batch(config, mesh)
   step = loop.jit_step(optimizer, objective.loss_fn, shardings, mesh, extra_shardings)
   compiled = step.lower(state, batch, extras).compile()

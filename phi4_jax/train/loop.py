@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi4_jax import data as data_lib
 from phi4_jax import model as model_lib
+from phi4_jax.data.pairs import HOST_ONLY_FIELDS
 from phi4_jax.store import checkpoint, workdir as workdir_lib
 from phi4_jax.train import objectives, prefetch as prefetch_lib, preemption as preemption_lib
 from phi4_jax.train import recovery, steplog
@@ -40,7 +41,7 @@ class Run:
   abstract_state: dict  # ShapeDtypeStructs placed on `shardings`
   data_iter: data_lib.TrainIterator
   mngr: ocp.CheckpointManager
-  objective: objectives.Objective
+  objective: objectives.Bound  # config.objective with the stage's settings bound
   extras: dict  # frozen step inputs: DPO's reference params ({} otherwise)
   extra_shardings: dict
   flag_prefix: str = "--config."  # how this stage's fields are spelled on the command line
@@ -104,29 +105,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, flag_prefix: str = 
                             config.keep_period)
   run = Run(config, workdir, cfg, mesh, optimizer, shardings, abstract_state, data_iter, mngr,
             objective, {}, {}, flag_prefix, moved)
-  if config.objective == "dpo":
-    try:
-      _add_reference(run)
-    except BaseException:
-      mngr.close()
-      raise
+  try:  # (its frozen extras: DPO's reference)
+    objective.objective.prepare(run, lambda: data_lib.make_train_iterator(
+        config, jax.process_index(), jax.process_count()), batch_placer(run))
+  except BaseException:
+    mngr.close()
+    raise
   return run
-
-
-def _add_reference(run: Run) -> None:
-  """DPO's frozen reference (init_from's params, sharded like the policy) as a step input, or, with
-  dpo.precompute_reference, its log-probs scored once and attached to the batches."""
-  config = run.config
-  _, reference = workdir_lib.restore_params(config.init_from, None if config.init_step < 0 else
-                                            config.init_step, run.shardings["params"], cfg=run.cfg)
-  if not config.dpo.precompute_reference:
-    run.extras["reference"], run.extra_shardings["reference"] = reference, run.shardings["params"]
-    return
-  from phi4_jax.posttrain import reference as reference_lib
-  table = reference_lib.precompute(
-      run, reference, lambda: data_lib.make_train_iterator(config, jax.process_index(), jax.process_count()),
-      batch_placer(run))
-  run.data_iter = reference_lib.WithReference(run.data_iter, table)
 
 
 def build_or_restore_state(run: Run) -> dict:
@@ -324,9 +309,6 @@ def _evaluate(run: Run, state: dict) -> dict:
   logging.info("eval at step %d (%.1f s): %s", int(state["step"]), time.monotonic() - start,
                json.dumps(eval_lib.flat(results)))
   return results
-
-
-HOST_ONLY_FIELDS = ("pair_ids",)  # row fields the host reads (reference look-up), not the step
 
 
 def _global_batch(local: dict, microbatches: int, sharding: NamedSharding, global_rows: int) -> dict:

@@ -1,12 +1,14 @@
-"""What a stage plugs into the one loop (train/loop.py): its loss, its metric rows, its frozen extras.
+"""What a stage plugs into the one loop (train/loop.py): an objective, named by config.objective.
 
   lm:  next-token cross-entropy on the targets loss_mask marks: every token in pretraining and
-       midtraining, the assistant turns in SFT
+       midtraining, the assistant turns in SFT (here)
   dpo: the DPO loss of packed (prompt + chosen, prompt + rejected) segments against a frozen
-       reference, the stage's init_from params (or their log-probs, precomputed into the workdir)
+       reference (posttrain/dpo.py's DPO)
 
-The data each objective reads comes from `data.make_train_iterator`, chosen by the sources' format
-(FORMATS: the formats each objective reads; train/config.py's validate refuses any other). The step is
+An objective is one object with the members of `Objective` below: the record formats its loss reads
+(validate refuses other sources), its settings group in a stage config and their check, its loss,
+its metric fields, its step's abstract batch (the dry run), its frozen extras (the loop), and its
+notes in a recipe's report. A new one is a module plus `register(TheObjective())`. The step is
 compiled for source_names(config), the loop's and the dry run's alike.
 """
 
@@ -15,38 +17,114 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Protocol
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
-OBJECTIVES = ("lm", "dpo")
-# objective -> the record formats (data/check.py's stage_format) whose rows its loss reads
-FORMATS = {"lm": ("text", "chat"), "dpo": ("pairs",)}
+from phi4_jax.model.output import per_source
+
+
+class Objective(Protocol):
+  name: str  # config.objective's value
+  formats: tuple[str, ...]  # the record formats (data.stage_format) whose rows its loss reads
+  settings: str  # its settings group in a stage config (config.<settings>); "" for none
+
+  def check(self, config) -> None:
+    """Its settings group and what else it needs of the stage config (ValueError naming the field)."""
+
+  def loss(self, config, cfg, mesh, num_sources: int) -> Callable:
+    """(params, batch, extras) -> (loss_sum, sums); the step divides by sums["denominator"]."""
+
+  def summarize(self, sums: dict, steps: int, source_names) -> dict:
+    """A metric row's fields from the summed sums of `steps` steps."""
+
+  def abstract_batch(self, config, rows: tuple[int, int], sharding) -> dict:
+    """The step's global batch [M, B/M, ...] as ShapeDtypeStructs (what the loop feeds it)."""
+
+  def abstract_extras(self, config, params, param_shardings) -> tuple[dict, dict]:
+    """(extras, their shardings) the step takes besides params and batch, for the dry run."""
+
+  def prepare(self, run, make_iterator: Callable, to_global: Callable) -> None:
+    """Sets the run's frozen extras (run.extras, run.extra_shardings) or wraps run.data_iter."""
+
+  def notes(self, rows: list[dict]) -> list[str]:
+    """A recipe report's notes on a stage's metric rows."""
+
+  def heldout(self, recipe, stage, stage_dir: str) -> dict | None:
+    """A recipe's held-out evaluation of the stage's final model (W/heldout.json), or None."""
+
+
+class NextToken:
+  """lm: next-token cross-entropy (train/step.py's fused loss)."""
+
+  name, formats, settings = "lm", ("text", "chat"), ""
+
+  def check(self, config) -> None:
+    pass
+
+  def loss(self, config, cfg, mesh, num_sources: int) -> Callable:
+    from phi4_jax.train import step
+    return functools.partial(step.lm_loss_sums, cfg=cfg, num_sources=num_sources,
+                             loss_chunk=config.loss_chunk, mesh=mesh)
+
+  def summarize(self, sums: dict, steps: int, source_names) -> dict:
+    return {"loss_per_source": per_source(sums, "source_tokens", source_names),
+            "target_tokens_per_step": float(sums["denominator"]) / steps}
+
+  def abstract_batch(self, config, rows: tuple[int, int], sharding) -> dict:
+    from phi4_jax.data.packing import ROW_FIELDS
+    return {name: jax.ShapeDtypeStruct((*rows, config.seq_len), jnp.int32, sharding=sharding)
+            for name in ROW_FIELDS}
+
+  def abstract_extras(self, config, params, param_shardings) -> tuple[dict, dict]:
+    return {}, {}
+
+  def prepare(self, run, make_iterator: Callable, to_global: Callable) -> None:
+    pass
+
+  def notes(self, rows: list[dict]) -> list[str]:
+    return []
+
+  def heldout(self, recipe, stage, stage_dir: str) -> dict | None:
+    return None
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(objective: Objective) -> Objective:
+  """Makes `objective` a value of config.objective (its name must be new)."""
+  if objective.name in OBJECTIVES and OBJECTIVES[objective.name] is not objective:
+    raise ValueError(f"objective {objective.name!r} is registered already")
+  OBJECTIVES[objective.name] = objective
+  return objective
+
+
+def get(name: str) -> Objective:
+  """The objective config.objective names (ValueError naming the field and the known ones)."""
+  if name not in OBJECTIVES:
+    raise ValueError(f"config.objective: {name!r} is not an objective (known: {', '.join(OBJECTIVES)})")
+  return OBJECTIVES[name]
+
+
+def _register_builtin() -> None:
+  from phi4_jax.posttrain import dpo
+  register(NextToken())
+  register(dpo.DPO())
+
+
+_register_builtin()
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
-  loss_fn: Callable  # (params, batch, extras) -> (loss_sum, sums); sums["denominator"] divides
-  summarize: Callable  # (summed sums of a window, steps, source names) -> metric row fields
-  uses_reference: bool = False  # extras["reference"]: the frozen init_from params
+class Bound:
+  """An objective with a stage's settings bound: what the loop and the dry run compile."""
+  objective: Objective
+  loss_fn: Callable  # (params, batch, extras) -> (loss_sum, sums)
 
-
-def _per_source(sums: dict, count_key: str, source_names) -> dict[str, float]:
-  count = np.asarray(sums[count_key])
-  loss = np.asarray(sums["source_loss_sum"]) / np.maximum(count, 1)
-  return {n: float(loss[i]) for i, n in enumerate(source_names) if count[i] > 0}
-
-
-def _lm_summary(sums: dict, steps: int, source_names) -> dict:
-  return {"loss_per_source": _per_source(sums, "source_tokens", source_names),
-          "target_tokens_per_step": float(sums["denominator"]) / steps}
-
-
-def _dpo_summary(sums: dict, steps: int, source_names) -> dict:
-  pairs = max(float(sums["denominator"]), 1.0)
-  means = {name: float(sums[name]) / pairs
-           for name in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")}
-  return {**means, "loss_per_source": _per_source(sums, "source_pairs", source_names),
-          "pairs_per_step": float(sums["denominator"]) / steps}
+  def summarize(self, sums: dict, steps: int, source_names) -> dict:
+    return self.objective.summarize(sums, steps, source_names)
 
 
 def source_names(config) -> tuple[str, ...]:
@@ -56,17 +134,7 @@ def source_names(config) -> tuple[str, ...]:
   return tuple(leaf.name for leaf in leaves(config.data.sources))
 
 
-def make(config, cfg, mesh) -> Objective:
-  """The objective config.objective names, with the stage's settings and source count bound."""
-  num_sources = len(source_names(config))
-  if config.objective == "dpo":
-    from phi4_jax.posttrain import dpo
-    d = config.dpo
-    loss_fn = functools.partial(dpo.dpo_loss_sums, cfg=cfg, beta=d.beta, label_smoothing=d.label_smoothing,
-                                loss_type=d.loss_type, num_sources=num_sources, mesh=mesh,
-                                chunk=config.loss_chunk or 256)
-    return Objective(loss_fn, _dpo_summary, uses_reference=not d.precompute_reference)
-  from phi4_jax.train import step
-  loss_fn = functools.partial(step.lm_loss_sums, cfg=cfg, num_sources=num_sources,
-                              loss_chunk=config.loss_chunk, mesh=mesh)
-  return Objective(loss_fn, _lm_summary)
+def make(config, cfg, mesh) -> Bound:
+  """config.objective's objective with the stage's settings and source count bound."""
+  objective = get(config.objective)
+  return Bound(objective, objective.loss(config, cfg, mesh, len(source_names(config))))

@@ -1,0 +1,117 @@
+"""The one protocol of a recipe's stages, and the registry of stage kinds.
+
+A stage config's `kind` picks its implementation: none (or "train") is a training stage of the one
+loop (train/loop.py); "pts" and "judge" are data stages (posttrain/stages.py) that sample from the
+model before them and write a pairs file. A new kind is a module with an object that has the
+members of `Stage` below, plus `register("kind", TheStage())`; the runner and the report only
+speak this protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import ml_collections
+
+TRAIN = "train"  # the kind of a stage config without `kind`
+
+
+class Stage(Protocol):
+  makes_model: bool  # True: later stages start from its params (their init_from); False: it makes data
+
+  def check(self, config: ml_collections.ConfigDict, prefix: str, first: bool, data_ready: bool) -> None:
+    """Every field, before the recipe's first stage runs (ValueError naming `prefix`.field). first:
+    no stage runs before it (its init_from must exist now); data_ready: the files its sources name
+    exist (an earlier data stage may make them later)."""
+
+  def finished(self, config: ml_collections.ConfigDict, stage_dir: str) -> bool:
+    """Done in stage_dir: a rerun skips it."""
+
+  def run(self, config: ml_collections.ConfigDict, stage_dir: str, flag_prefix: str) -> dict:
+    """Runs (or resumes) it in stage_dir; a result with "preempted": True stops the recipe."""
+
+  def output(self, config: ml_collections.ConfigDict, stage_dir: str) -> str:
+    """The file a later source's glob `stage:<name>` reads ("" for a stage that makes a model)."""
+
+  def note(self, config: ml_collections.ConfigDict, stage_dir: str) -> str | None:
+    """The report's notes on a data stage (None: the report reads a training stage's metrics)."""
+
+
+class TrainStage:
+  """A training stage: config.objective's loss in the one loop."""
+
+  makes_model = True
+
+  def check(self, config, prefix, first, data_ready) -> None:
+    import jax
+
+    from phi4_jax.train.config import validate
+    validate(config, jax.device_count(), check_init_from=first, check_files=data_ready)
+
+  def finished(self, config, stage_dir) -> bool:
+    """Once its workdir holds a checkpoint at (or past) its last step."""
+    from phi4_jax.store import checkpoint
+    step = checkpoint.latest_step(stage_dir)
+    return step is not None and step >= config.steps
+
+  def run(self, config, stage_dir, flag_prefix) -> dict:
+    from phi4_jax.train.loop import train
+    return train(config, stage_dir, flag_prefix=flag_prefix)
+
+  def output(self, config, stage_dir) -> str:
+    return ""
+
+  def note(self, config, stage_dir) -> str | None:
+    return None
+
+
+class PairsStage:
+  """A data stage of posttrain/stages.py (Pivotal Token Search, judge-guided pairs): W/pairs.jsonl
+  from the model before it, done once W/summary.json exists."""
+
+  makes_model = False
+
+  def check(self, config, prefix, first, data_ready) -> None:
+    from phi4_jax.posttrain import stages as data_stages
+    data_stages.validate(config, prefix)
+
+  def finished(self, config, stage_dir) -> bool:
+    from phi4_jax.posttrain import stages as data_stages
+    return data_stages.finished(stage_dir)
+
+  def run(self, config, stage_dir, flag_prefix) -> dict:
+    from phi4_jax.posttrain import stages as data_stages
+    return {**data_stages.run(config, stage_dir), "preempted": False}
+
+  def output(self, config, stage_dir) -> str:
+    from phi4_jax.posttrain import stages as data_stages
+    return os.path.join(stage_dir, data_stages.PAIRS)
+
+  def note(self, config, stage_dir) -> str | None:
+    from phi4_jax.posttrain import stages as data_stages
+    return data_stages.note(stage_dir)
+
+
+KINDS: dict[str, Stage] = {}
+
+
+def register(kind: str, stage: Stage) -> Stage:
+  """Makes `kind` a stage config's `kind` (a new name)."""
+  if kind in KINDS and KINDS[kind] is not stage:
+    raise ValueError(f"stage kind {kind!r} is registered already")
+  KINDS[kind] = stage
+  return stage
+
+
+register(TRAIN, TrainStage())
+register("pts", PairsStage())
+register("judge", PairsStage())
+
+
+def kind_of(config: ml_collections.ConfigDict, prefix: str = "config") -> Stage:
+  """The implementation of a stage config (ValueError naming `prefix`.kind when none is registered)."""
+  kind = config.get("kind", TRAIN)
+  if kind not in KINDS:
+    raise ValueError(f"{prefix}.kind: {kind!r} is not a stage kind (known: {', '.join(KINDS)})")
+  return KINDS[kind]

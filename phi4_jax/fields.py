@@ -1,10 +1,14 @@
-"""Valid values of config fields, declared beside the fields, and the one check that applies them.
+"""Config fields declared once each (default, rule, one-line help) and the one check that applies them.
 
-    RULES = {"peak_lr": fields.number(low=0), "b2": fields.number(0, 1, high_open=True),
-             "steps": fields.integer(low=1), "tensorboard": fields.boolean()}
-    fields.check(config.optimizer, RULES, "config.optimizer")   # ValueError naming field and range
+    DPO = fields.Group(
+        beta=fields.Field(0.1, fields.number(0, low_open=True), "scale of the implicit reward"),
+        loss_type=fields.Field("sigmoid", fields.choice(("sigmoid", "ipo")), "sigmoid (DPO) | ipo"))
+    DPO.config(beta=0.2)           # ConfigDict of the defaults, overrides applied
+    DPO.rules, DPO.help            # {name: Rule}, {name: one line}
+    DPO.check(config.dpo, "config.dpo")   # unknown fields (closest names), then every rule
 
-`unknown` refuses fields that no rule knows, with the closest known names.
+A Rule alone is a field's type and range: `fields.check(node, {"steps": fields.integer(1)}, prefix)`
+raises ValueError naming prefix.field, the range and the value; `unknown` refuses fields no rule knows.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import Any
+
+import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +68,11 @@ class Rule:
       return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
     if value in self.also:
       return None
-    if not math.isfinite(value):
-      return f"must be a finite number {self.describe()}".rstrip()
-    if not self._in_range(value):
-      return f"must be {self.describe()}"
+    wanted = self.describe()
+    if math.isnan(value) or not self._in_range(value):
+      return f"must be {wanted}" if wanted else "must be finite"
+    if math.isinf(value):
+      return f"must be finite and {wanted}" if wanted else "must be finite"
     return None
 
   def _in_range(self, value) -> bool:
@@ -116,3 +123,75 @@ def unknown(names: Iterable[str], known: Iterable[str], prefix: str) -> None:
       close = difflib.get_close_matches(name, known, n=3)
       hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(known)}"
       raise ValueError(f"unknown field {prefix}.{name} ({hint})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field: its default (a Group: a nested group of fields), its Rule (None: checked
+  elsewhere) and its one-line help."""
+
+  default: Any
+  rule: Rule | None
+  help: str
+
+
+def attribute(default, rule: Rule | None, help: str) -> Any:
+  """A dataclass attribute declared as a Field (Group.of_dataclass reads it back)."""
+  return dataclasses.field(default=default, metadata={"field": Field(default, rule, help)})
+
+
+class Group:
+  """Fields declared once each, in order: Group(*bases, name=Field(...), ...) takes the bases' fields
+  first; a keyword of the same name replaces one in place."""
+
+  def __init__(self, *bases: "Group", **declared: Field):
+    self.fields: dict[str, Field] = {}
+    for base in bases:
+      self.fields.update(base.fields)
+    self.fields.update(declared)
+
+  @classmethod
+  def of_dataclass(cls, datacls) -> "Group":
+    """The fields of a dataclass whose attributes are declared with `attribute`."""
+    return cls(**{f.name: f.metadata["field"] for f in dataclasses.fields(datacls)})
+
+  def without(self, *names: str) -> "Group":
+    return Group(**{k: v for k, v in self.fields.items() if k not in names})
+
+  def with_defaults(self, **defaults) -> "Group":
+    """The same fields, rules and help with other defaults."""
+    unknown(defaults, self.fields, "Group")
+    return Group(self, **{k: dataclasses.replace(self.fields[k], default=v) for k, v in defaults.items()})
+
+  @property
+  def defaults(self) -> dict[str, Any]:
+    """name -> default (a nested Group's as its ConfigDict)."""
+    return {k: f.default.config() if isinstance(f.default, Group) else f.default
+            for k, f in self.fields.items()}
+
+  @property
+  def rules(self) -> dict[str, Rule]:
+    return {k: f.rule for k, f in self.fields.items() if f.rule is not None}
+
+  @property
+  def help(self) -> dict[str, str]:
+    return {k: f.help for k, f in self.fields.items()}
+
+  def config(self, **overrides) -> ml_collections.ConfigDict:
+    """The defaults as a ConfigDict (a nested Group as a nested one), then `overrides`."""
+    c = ml_collections.ConfigDict(self.defaults)
+    c.update(overrides)
+    return c
+
+  def check(self, node: Mapping, prefix: str, complete: bool = False) -> None:
+    """No unknown field (closest names suggested), none missing when `complete`, every rule obeyed,
+    and nested groups checked the same way; ValueError names `prefix.field`."""
+    unknown(node.keys(), self.fields, prefix)
+    if complete:
+      for name, f in self.fields.items():
+        if name not in node:
+          raise ValueError(f"{prefix}.{name}: missing (its default is {f.default!r})")
+    check(node, self.rules, prefix)
+    for name, f in self.fields.items():
+      if isinstance(f.default, Group) and name in node:
+        f.default.check(node[name], f"{prefix}.{name}", complete)

@@ -29,7 +29,7 @@ def _config(**overrides):
     ({"optimizer.eps": 0.0}, r"config.optimizer.eps: must be > 0, got 0.0"),
     ({"optimizer.end_lr_ratio": 1.5}, r"config.optimizer.end_lr_ratio: must be in \[0, 1\]"),
     ({"optimizer.weight_decay": -0.1}, r"config.optimizer.weight_decay: must be >= 0"),
-    ({"optimizer.peak_lr": float("inf")}, r"config.optimizer.peak_lr: must be a finite number >= 0, got inf"),
+    ({"optimizer.peak_lr": float("inf")}, r"config.optimizer.peak_lr: must be finite and >= 0, got inf"),
     ({"optimizer.grad_clip_norm": -1.0}, r"config.optimizer.grad_clip_norm: must be >= 0"),
     ({"keep_checkpoints": -1}, r"config.keep_checkpoints: must be >= 0, got -1"),
     ({"keep_period": -2}, r"config.keep_period: must be >= 0"),

@@ -11,31 +11,35 @@ TASK_NAMES = ("humaneval", "answers", "choice", "perplexity")
 TEMPLATES = ("chat", "plain")
 
 
+F = fields.Field
+FIELDS = fields.Group(
+    tasks=F("", fields.string(), "comma-separated task names: humaneval, answers, choice, perplexity"),
+    every=F(0, fields.integer(0),
+            "(config.eval in training) evaluate every this many steps and at the last; 0 = never"),
+    limit=F(0, fields.integer(0),
+            "items per task (problems, questions, documents per source); 0 = all (perplexity: 8)"),
+    max_new_tokens=F(256, fields.integer(1), "generation budget per item (humaneval, answers)"),
+    temperature=F(0.0, fields.number(0), "humaneval sampling temperature; 0 = greedy"),
+    num_samples=F(1, fields.integer(1), "humaneval samples per problem (pass@k for k <= this)"),
+    seed=F(0, fields.integer(0), "humaneval sampling seed"),
+    timeout_s=F(10.0, fields.number(0, low_open=True),
+                "humaneval: wall-clock limit per program in the sandbox"),
+    template=F("chat", fields.choice(TEMPLATES),
+               "answers and choice prompts: chat (a ChatML user turn) | plain (Question/Answer)"),
+    answers_file=F("embedded:exercises", fields.string(),
+                   "JSONL {question, answer}; or embedded:exercises | embedded:parity"),
+    choice_file=F("embedded:exercises", fields.string(),
+                  "JSONL {question, choices, answer}; or embedded:exercises"),
+    perplexity_config=F("experiments/pretrain.py:colab", fields.string(),
+                        "the stage config whose sources are scored"),
+    perplexity_tokens=F(2048, fields.integer(0),
+                        "tokens scored per document (its first ones); 0 = the model's context"),
+)
+RULES = FIELDS.rules
+
+
 def eval_fields(**overrides) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.tasks = ""  # comma-separated task names: humaneval, answers, choice, perplexity
-  c.every = 0  # (config.eval in training) evaluate every this many steps and at the last; 0 = never
-  c.limit = 0  # items per task (problems, questions, documents per source); 0 = all (perplexity: 8)
-  c.max_new_tokens = 256  # generation budget per item (humaneval, answers)
-  c.temperature = 0.0  # humaneval sampling temperature; 0 = greedy
-  c.num_samples = 1  # humaneval samples per problem (pass@k for k <= this)
-  c.seed = 0  # humaneval sampling seed
-  c.timeout_s = 10.0  # humaneval: wall-clock limit per program in the sandbox
-  c.template = "chat"  # answers and choice prompts: chat (a ChatML user turn) | plain (Question/Answer)
-  c.answers_file = "embedded:exercises"  # JSONL {question, answer}; or embedded:exercises | embedded:parity
-  c.choice_file = "embedded:exercises"  # JSONL {question, choices, answer}; or embedded:exercises
-  c.perplexity_config = "experiments/pretrain.py:colab"  # the stage config whose sources are scored
-  c.perplexity_tokens = 2048  # tokens scored per document (its first ones); 0 = the model's context
-  c.update(overrides)
-  return c
-
-
-RULES = {"tasks": fields.string(), "every": fields.integer(0), "limit": fields.integer(0),
-         "max_new_tokens": fields.integer(1), "temperature": fields.number(0), "num_samples": fields.integer(1),
-         "seed": fields.integer(0), "timeout_s": fields.number(0, low_open=True),
-         "template": fields.choice(TEMPLATES), "answers_file": fields.string(),
-         "choice_file": fields.string(), "perplexity_config": fields.string(),
-         "perplexity_tokens": fields.integer(0)}
+  return FIELDS.config(**overrides)
 
 
 def task_names(settings, field: str = "eval.tasks") -> list[str]:
@@ -49,6 +53,5 @@ def task_names(settings, field: str = "eval.tasks") -> list[str]:
 
 def check(settings, prefix: str = "eval") -> list[str]:
   """Refuses unknown fields and bad values (naming prefix.field); returns the task names."""
-  fields.unknown(settings.keys(), eval_fields().keys(), prefix)
-  fields.check(settings, RULES, prefix)
+  FIELDS.check(settings, prefix)
   return task_names(settings, f"{prefix}.tasks")

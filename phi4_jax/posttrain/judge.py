@@ -36,25 +36,25 @@ from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
 from phi4_jax.posttrain.questions import read_questions
 
 
+FIELDS = fields.Group(
+    num_responses=fields.Field(4, fields.integer(1), "responses per prompt from each responder"),
+    temperature=fields.Field(0.8, fields.number(0), "responders' sampling temperature"),
+    top_p=fields.Field(1.0, fields.number(0, 1, low_open=True),
+                       "responders' nucleus (1 = the whole distribution)"),
+    max_new_tokens=fields.Field(256, fields.integer(1), "tokens per response"),
+    judge_retries=fields.Field(2, fields.integer(0),
+                               "a verdict that does not parse is asked again this many times"),
+    judge_max_tokens=fields.Field(32, fields.integer(8), "tokens per verdict"),
+    concurrency=fields.Field(8, fields.integer(1), "HTTP requests in flight per endpoint"),
+    prompts_per_round=fields.Field(16, fields.integer(1), "prompts answered and judged together"),
+    max_batch=fields.Field(256, fields.integer(1), "rows decoded together by our sampler"),
+    seed=fields.Field(0, fields.integer(0), "seeds our sampler's responses"),
+)
+RULES = FIELDS.rules
+
+
 def judge_fields() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.num_responses = 4  # responses per prompt from each responder
-  c.temperature = 0.8  # responders' sampling temperature
-  c.top_p = 1.0
-  c.max_new_tokens = 256  # tokens per response
-  c.judge_retries = 2  # a verdict that does not parse is asked again this many times
-  c.judge_max_tokens = 32  # tokens per verdict
-  c.concurrency = 8  # HTTP requests in flight per endpoint
-  c.prompts_per_round = 16  # prompts answered and judged together
-  c.max_batch = 256  # rows decoded together by our sampler
-  c.seed = 0
-  return c
-
-
-RULES = {"num_responses": fields.integer(1), "temperature": fields.number(0), "top_p": fields.number(0, 1, low_open=True),
-         "max_new_tokens": fields.integer(1), "judge_retries": fields.integer(0), "judge_max_tokens": fields.integer(8),
-         "concurrency": fields.integer(1), "prompts_per_round": fields.integer(1), "max_batch": fields.integer(1),
-         "seed": fields.integer(0)}
+  return FIELDS.config()
 
 
 class SamplerPolicy:
@@ -165,8 +165,7 @@ def judge_round(responders: list, judge, records: list[dict], settings) -> list[
 
 def run(responders: list, judge, prompts: list[dict], out: str, settings, progress=sys.stderr) -> dict:
   """Answers, judges and pairs every prompt not yet in OUT.log.jsonl; writes OUT. Returns counts."""
-  fields.unknown(settings.keys(), judge_fields().keys(), "judge")
-  fields.check(settings, RULES, "judge")
+  FIELDS.check(settings, "judge")
   log = out + ".log.jsonl"
   done = jsonl_log.read(log, "prompt_id")
   todo = [p for p in prompts if p["id"] not in done]

@@ -26,20 +26,20 @@ from phi4_jax.posttrain import oracles, rollouts
 from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.questions import read_questions
 
+FIELDS = fields.Group(
+    rollouts.SAMPLING.without("num_rollouts").with_defaults(temperature=0.7),
+    num_samples=fields.Field(8, fields.integer(2), "answers sampled per question"),
+    max_share=fields.Field(1.0, fields.number(0, 1, low_open=True),
+                           "drop as too easy when at least this share of the answers agree"),
+    min_share=fields.Field(0.0, fields.number(0, 1),
+                           "drop as ambiguous when the plurality answer's share is below this"),
+    questions_per_call=fields.Field(16, fields.integer(1), "questions sampled together"),
+)
+RULES = FIELDS.rules
+
+
 def plurality_fields() -> ml_collections.ConfigDict:
-  c = rollouts.sampling_fields()
-  del c["num_rollouts"]
-  c.num_samples = 8  # answers sampled per question
-  c.temperature = 0.7
-  c.max_share = 1.0  # drop as too easy when at least this share of the answers agree
-  c.min_share = 0.0  # drop as ambiguous when the plurality answer's share is below this
-  c.questions_per_call = 16  # questions sampled together
-  return c
-
-
-RULES = {**{k: v for k, v in rollouts.SAMPLING_RULES.items() if k != "num_rollouts"},
-         "num_samples": fields.integer(2), "max_share": fields.number(0, 1, low_open=True),
-         "min_share": fields.number(0, 1), "questions_per_call": fields.integer(1)}
+  return FIELDS.config()
 
 
 def normalize(completion: str, kind: str = "final_answer") -> str | None:
@@ -73,8 +73,7 @@ def vote(answers: list[str | None], *, max_share: float = 1.0, min_share: float 
 def run(roller: rollouts.Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
         progress=sys.stderr) -> dict:
   """Votes on every question not yet in OUT.log.jsonl; writes the kept ones to OUT. Returns counts."""
-  fields.unknown(settings.keys(), plurality_fields().keys(), "plurality")
-  fields.check(settings, RULES, "plurality")
+  FIELDS.check(settings, "plurality")
   log = out + ".log.jsonl"
   done = jsonl_log.read(log, "question_id")
   todo = [q for q in questions if q["id"] not in done]

@@ -36,22 +36,24 @@ from phi4_jax.posttrain.rollouts import PrefixStats, Roller
 __all__ = ["Pivot", "merge", "pts_fields", "read_questions", "run", "search", "split_point", "subdivide"]
 
 
+FIELDS = fields.Group(
+    rollouts.SAMPLING,
+    p_gap=fields.Field(0.2, fields.number(0, 1, low_open=True),
+                       "a token is pivotal when it moves p(success) by at least this"),
+    p_min=fields.Field(0.2, fields.number(0, 1), "questions are searched when p_min <= p(success) <= p_max"),
+    p_max=fields.Field(0.8, fields.number(0, 1), "the upper end of the p(success) searched (see p_min)"),
+    questions_per_round=fields.Field(8, fields.integer(1),
+                                     "questions searched together (their rollouts batched)"),
+)
+RULES = FIELDS.rules
+
+
 def pts_fields() -> ml_collections.ConfigDict:
-  c = rollouts.sampling_fields()
-  c.p_gap = 0.2  # a token is pivotal when it moves p(success) by at least this
-  c.p_min = 0.2  # questions are searched when p_min <= p(success) <= p_max
-  c.p_max = 0.8
-  c.questions_per_round = 8  # questions searched together (their rollouts batched)
-  return c
-
-
-RULES = {**rollouts.SAMPLING_RULES, "p_gap": fields.number(0, 1, low_open=True),
-         "p_min": fields.number(0, 1), "p_max": fields.number(0, 1), "questions_per_round": fields.integer(1)}
+  return FIELDS.config()
 
 
 def check_settings(settings: ml_collections.ConfigDict, prefix: str = "pts") -> None:
-  fields.unknown(settings.keys(), pts_fields().keys(), prefix)
-  fields.check(settings, RULES, prefix)
+  FIELDS.check(settings, prefix)
   if settings.p_min > settings.p_max:
     raise ValueError(f"{prefix}.p_min: must be <= {prefix}.p_max, got {settings.p_min} > {settings.p_max}")
 

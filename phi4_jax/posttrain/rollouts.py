@@ -24,20 +24,22 @@ TOKENIZER = Phi4Tokenizer()
 STOP_IDS = (TOKENIZER.im_end_id, TOKENIZER.endoftext_id)
 
 
+SAMPLING = fields.Group(
+    num_rollouts=fields.Field(64, fields.integer(1),
+                              "continuations sampled per prefix to estimate p(success | prefix)"),
+    max_new_tokens=fields.Field(256, fields.integer(1), "tokens per rollout (and per searched solution)"),
+    temperature=fields.Field(1.0, fields.number(0, low_open=True), "sampling temperature of the rollouts"),
+    top_p=fields.Field(1.0, fields.number(0, 1, low_open=True),
+                       "nucleus of the rollouts (1 = the whole distribution)"),
+    max_batch=fields.Field(256, fields.integer(1), "rows decoded together (prompts x rollouts)"),
+    seed=fields.Field(0, fields.integer(0),
+                      "rollouts are a function of (seed, the questions, these settings)"),
+)
+SAMPLING_RULES = SAMPLING.rules
+
+
 def sampling_fields() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.num_rollouts = 64  # continuations sampled per prefix to estimate p(success | prefix)
-  c.max_new_tokens = 256  # tokens per rollout (and per searched solution)
-  c.temperature = 1.0  # sampling temperature of the rollouts
-  c.top_p = 1.0  # nucleus of the rollouts (1 = the whole distribution)
-  c.max_batch = 256  # rows decoded together (prompts x rollouts)
-  c.seed = 0  # rollouts are a function of (seed, the questions, these settings)
-  return c
-
-
-SAMPLING_RULES = {"num_rollouts": fields.integer(1), "max_new_tokens": fields.integer(1),
-                  "temperature": fields.number(0, low_open=True), "top_p": fields.number(0, 1, low_open=True),
-                  "max_batch": fields.integer(1), "seed": fields.integer(0)}
+  return SAMPLING.config()
 
 
 def question_prompt(record: dict) -> list[int]:

@@ -1,0 +1,158 @@
+"""fields.Group: each config field declared once (default, rule, help), and every group of the package."""
+
+import ast
+import importlib
+import os
+
+import ml_collections
+import pytest
+
+from phi4_jax import fields
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+INNER = fields.Group(depth=fields.Field(2, fields.integer(1), "how deep"))
+TOY = fields.Group(
+    rate=fields.Field(0.5, fields.number(0, 1, high_open=True), "a share"),
+    mode=fields.Field("a", fields.choice(("a", "b")), "a or b"),
+    steps=fields.Field(10, fields.integer(1), "how many"),
+    inner=fields.Field(INNER, None, "a nested group"),
+)
+
+
+def test_config_gives_the_defaults_then_the_overrides():
+  c = TOY.config(steps=3)
+  assert isinstance(c, ml_collections.ConfigDict) and isinstance(c.inner, ml_collections.ConfigDict)
+  assert c.to_dict() == {"rate": 0.5, "mode": "a", "steps": 3, "inner": {"depth": 2}}
+  assert TOY.config().steps == 10  # a fresh ConfigDict each time
+  assert TOY.help == {"rate": "a share", "mode": "a or b", "steps": "how many", "inner": "a nested group"}
+  assert set(TOY.rules) == {"rate", "mode", "steps"}  # the nested group has no rule of its own
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rate": 1.0}, r"^toy\.rate: must be in \[0, 1\), got 1\.0$"),
+    ({"rate": float("inf")}, r"^toy\.rate: must be in \[0, 1\), got inf$"),
+    ({"steps": 0}, r"^toy\.steps: must be >= 1, got 0$"),
+    ({"steps": 2.5}, r"^toy\.steps: must be an integer, got 2\.5$"),
+    ({"mode": "c"}, r"^toy\.mode: must be one of \('a', 'b'\), got 'c'$"),
+    ({"inner": {"depth": 0}}, r"^toy\.inner\.depth: must be >= 1, got 0$"),
+])
+def test_check_names_prefix_field_range_and_value(overrides, message):
+  TOY.check(TOY.config(), "toy")
+  node = {**TOY.config().to_dict(), **overrides}
+  with pytest.raises(ValueError, match=message):
+    TOY.check(node, "toy")
+
+
+def test_unknown_fields_are_refused_with_the_closest_names_and_missing_ones_when_complete():
+  with pytest.raises(ValueError, match=r"^unknown field toy\.stesp \(did you mean steps\?\)$"):
+    TOY.check({"stesp": 3}, "toy")
+  with pytest.raises(ValueError, match=r"^unknown field toy\.inner\.dept \(did you mean depth\?\)$"):
+    TOY.check({"inner": {"dept": 3}}, "toy")
+  TOY.check({"steps": 3}, "toy")  # a partial node is fine unless complete
+  with pytest.raises(ValueError, match=r"^toy\.mode: missing \(its default is 'a'\)$"):
+    TOY.check({"rate": 0.5, "steps": 3}, "toy", complete=True)
+
+
+def test_infinite_numbers_are_refused_with_or_without_a_range():
+  assert fields.number(0).error(float("inf")) == "must be finite and >= 0"
+  assert fields.number().error(float("nan")) == "must be finite"
+  assert fields.number(0).error(float("nan")) == "must be >= 0"
+  assert fields.number(1, low_open=True, also=(0,)).error(0) is None
+
+
+def test_bases_without_and_with_defaults_keep_rule_help_and_order():
+  extra = fields.Field(True, fields.boolean(), "x")
+  group = fields.Group(TOY.without("inner").with_defaults(rate=0.25), extra=extra)
+  assert list(group.fields) == ["rate", "mode", "steps", "extra"]
+  assert group.config().rate == 0.25 and TOY.config().rate == 0.5
+  assert group.fields["rate"].rule == TOY.fields["rate"].rule and group.help["rate"] == "a share"
+  with pytest.raises(ValueError, match=r"unknown field Group\.rat \(did you mean rate\?\)"):
+    TOY.with_defaults(rat=0.1)
+
+
+def _declared_groups() -> list[tuple[str, str]]:
+  """(module, name) of every module-level `NAME = fields.Group(...)` in the package, read with ast."""
+  found = []
+  for folder, _, files in os.walk(os.path.join(ROOT, "phi4_jax")):
+    for f in sorted(files):
+      if not f.endswith(".py") or f == "fields.py":
+        continue
+      path = os.path.join(folder, f)
+      module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+      for node in ast.parse(open(path).read()).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) == "fields.Group"):
+          found += [(module, t.id) for t in node.targets]
+  return found
+
+
+GROUPS = _declared_groups()
+
+
+def test_the_package_declares_its_config_groups_with_fields():
+  names = {f"{m}.{n}" for m, n in GROUPS}
+  assert {"phi4_jax.train.config.RUN", "phi4_jax.train.config.OPTIMIZER", "phi4_jax.eval.settings.FIELDS",
+          "phi4_jax.posttrain.dpo.FIELDS", "phi4_jax.posttrain.pts.FIELDS", "phi4_jax.posttrain.judge.FIELDS",
+          "phi4_jax.posttrain.plurality.FIELDS", "phi4_jax.posttrain.rollouts.SAMPLING",
+          "phi4_jax.posttrain.stages.PTS_STAGE", "phi4_jax.posttrain.stages.JUDGE_STAGE"} <= names
+
+
+@pytest.mark.parametrize("module,name", GROUPS)
+def test_every_field_of_every_group_has_a_one_line_help_and_its_default_obeys_its_rule(module, name):
+  group = getattr(importlib.import_module(module), name)
+  for field, f in group.fields.items():
+    assert f.help.strip() and "\n" not in f.help, f"{module}.{name}.{field}"
+  group.check(group.config(), name, complete=True)
+
+
+def test_the_migrated_groups_keep_their_previous_defaults():
+  from phi4_jax.eval import eval_fields
+  from phi4_jax.posttrain import dpo, judge, plurality, pts, stages
+  from phi4_jax.train import config
+  assert dpo.dpo_fields().to_dict() == {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid",
+                                        "precompute_reference": False}
+  assert pts.pts_fields().to_dict() == {"num_rollouts": 64, "max_new_tokens": 256, "temperature": 1.0,
+                                        "top_p": 1.0, "max_batch": 256, "seed": 0, "p_gap": 0.2, "p_min": 0.2,
+                                        "p_max": 0.8, "questions_per_round": 8}
+  assert plurality.plurality_fields().to_dict() == {
+      "max_new_tokens": 256, "temperature": 0.7, "top_p": 1.0, "max_batch": 256, "seed": 0, "num_samples": 8,
+      "max_share": 1.0, "min_share": 0.0, "questions_per_call": 16}
+  assert judge.judge_fields().to_dict() == {
+      "num_responses": 4, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 256, "judge_retries": 2,
+      "judge_max_tokens": 32, "concurrency": 8, "prompts_per_round": 16, "max_batch": 256, "seed": 0}
+  judge_stage = stages.stage_fields("judge").to_dict()
+  assert {k: v for k, v in judge_stage.items() if k != "settings"} == {
+      "kind": "judge", "stage": "judge", "init_from": "", "init_step": -1, "questions": "corpus:parity",
+      "num_questions": 0, "responders": "", "judge": "oracle"}
+  assert set(stages.stage_fields("pts")) == {"kind", "stage", "init_from", "init_step", "questions",
+                                             "num_questions", "settings"}
+  assert stages.stage_fields("pts").settings.to_dict() == pts.pts_fields().to_dict()
+  assert eval_fields().to_dict() == {
+      "tasks": "", "every": 0, "limit": 0, "max_new_tokens": 256, "temperature": 0.0, "num_samples": 1,
+      "seed": 0, "timeout_s": 10.0, "template": "chat", "answers_file": "embedded:exercises",
+      "choice_file": "embedded:exercises", "perplexity_config": "experiments/pretrain.py:colab",
+      "perplexity_tokens": 2048}
+  assert config.optimizer_fields().to_dict() == {
+      "peak_lr": 3e-4, "warmup_steps": 100, "end_lr_ratio": 0.0, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
+      "weight_decay": 0.1, "decay_embeddings": True, "grad_clip_norm": 1.0}
+  run = config.base_config().to_dict()
+  assert set(run) == {
+      "stage", "objective", "seed", "steps", "seq_len", "global_batch_size", "microbatches", "mesh_shape",
+      "loss_chunk", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpointing", "prefetch",
+      "init_from", "init_step", "peak_flops_per_device", "tensorboard", "min_free_disk_gb", "keep_period",
+      "resume_step", "skip_batches", "spike_factor", "optimizer", "eval"}
+  assert run["optimizer"] == config.optimizer_fields().to_dict() and run["eval"] == eval_fields().to_dict()
+  names = ("stage", "objective", "steps", "seq_len", "mesh_shape", "loss_chunk", "init_step", "spike_factor",
+           "prefetch")
+  assert [run[n] for n in names] == ["pretrain", "lm", 1000, 4096, (1, -1, 1), 256, -1, 0.0, 2]
+
+
+def test_the_thin_names_are_the_groups_rules():
+  from phi4_jax.posttrain import dpo, pts, rollouts
+  from phi4_jax.train import config
+  assert dpo.RULES["beta"] == fields.number(0, low_open=True)
+  assert pts.RULES["num_rollouts"] == rollouts.SAMPLING_RULES["num_rollouts"] == fields.integer(1)
+  assert config.OPTIMIZER_RULES["b2"] == fields.number(0, 1, high_open=True)
+  assert config.RUN_RULES["spike_factor"] == fields.number(1, low_open=True, also=(0,))
+  assert "optimizer" not in config.RUN_RULES

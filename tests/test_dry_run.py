@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from phi4_jax import configs
 from phi4_jax.model import flops_per_token
@@ -59,10 +60,16 @@ def test_dry_run_command_plans_every_training_stage_of_a_recipe_and_writes_nothi
   assert bad.returncode == 1 and "error: config.global_batch_size" in bad.stderr
 
 
-def test_the_dry_run_lowers_the_step_the_loop_runs_for_every_nested_source(tmp_path, monkeypatch):
-  # midtrain: long_half_row, long_full_row and `replay`, a mixture of the 5 Table-5 sources.
-  config = configs.load(os.path.join(ROOT, "experiments/midtrain.py:test"),
-                        {**SMALL, "mesh_shape": (1, 8, 1), "steps": 1, "tensorboard": False})
+@pytest.mark.parametrize("stage", ["midtrain", "dpo"])
+def test_the_dry_run_lowers_the_step_the_loop_runs(tmp_path, monkeypatch, stage):
+  # midtrain: long_half_row, long_full_row and `replay`, a mixture of the 5 Table-5 sources (7);
+  # dpo: pair rows and the frozen reference (init_from's params) as the step's extra input.
+  overrides = {**SMALL, "mesh_shape": (1, 8, 1), "steps": 1, "tensorboard": False}
+  if stage == "dpo":
+    pretrain = configs.load(os.path.join(ROOT, "experiments/pretrain.py:test"), overrides)
+    loop.train(pretrain, str(tmp_path / "pre"))
+    overrides["init_from"] = str(tmp_path / "pre")
+  config = configs.load(os.path.join(ROOT, f"experiments/{stage}.py:test"), overrides)
   lowered = []  # the StableHLO of each train step lowered: the dry run's, then the loop's
   jit_step = loop.jit_step
 
@@ -84,5 +91,6 @@ def test_the_dry_run_lowers_the_step_the_loop_runs_for_every_nested_source(tmp_p
     loop.compile_step(run).lower(run.abstract_state, abstract, run.extras)
   finally:
     run.mngr.close()
-  assert len(run.data_iter.source_names) == 2 + 5 == run.objective.loss_fn.keywords["num_sources"]
+  sources = {"midtrain": 2 + 5, "dpo": 1}[stage]
+  assert len(run.data_iter.source_names) == sources == run.objective.loss_fn.keywords["num_sources"]
   assert len(lowered) == 2 and lowered[0] == lowered[1]  # same sources, same batch fields and shapes

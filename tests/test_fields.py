@@ -95,7 +95,8 @@ def test_the_package_declares_its_config_groups_with_fields():
   assert {"phi4_jax.train.config.RUN", "phi4_jax.train.config.OPTIMIZER", "phi4_jax.eval.settings.FIELDS",
           "phi4_jax.posttrain.dpo.FIELDS", "phi4_jax.posttrain.pts.FIELDS", "phi4_jax.posttrain.judge.FIELDS",
           "phi4_jax.posttrain.plurality.FIELDS", "phi4_jax.posttrain.rollouts.SAMPLING",
-          "phi4_jax.posttrain.stages.PTS_STAGE", "phi4_jax.posttrain.stages.JUDGE_STAGE"} <= names
+          "phi4_jax.posttrain.stages.PTS_STAGE", "phi4_jax.posttrain.stages.JUDGE_STAGE",
+          "phi4_jax.data.config.SOURCE", "phi4_jax.data.config.MIXTURE", "phi4_jax.data.config.DATA"} <= names
 
 
 @pytest.mark.parametrize("module,name", GROUPS)
@@ -156,3 +157,19 @@ def test_the_thin_names_are_the_groups_rules():
   assert config.OPTIMIZER_RULES["b2"] == fields.number(0, 1, high_open=True)
   assert config.RUN_RULES["spike_factor"] == fields.number(1, low_open=True, also=(0,))
   assert "optimizer" not in config.RUN_RULES
+
+
+def test_the_data_builders_keep_their_previous_defaults():
+  from phi4_jax.data import config as data_config
+  assert data_config.source("a/*.jsonl", 1).to_dict() == {
+      "globs": "a/*.jsonl", "format": "", "text_field": "text", "fraction": 1.0, "unique_tokens": 0.0,
+      "max_epochs": 0.0, "min_doc_tokens": 0, "max_doc_tokens": 0}
+  assert data_config.chat_source("c", 0.5).text_field == "messages"
+  assert data_config.pairs_source("p", 0.5, max_epochs=2.0).to_dict()["text_field"] == ""
+  assert data_config.mixture(0.3, {}).to_dict() == {"fraction": 0.3, "sources": {}}
+  d = data_config.data({"web": data_config.source("w", 1.0)}, shards=2).to_dict()
+  assert {k: v for k, v in d.items() if k != "sources"} == {
+      "total_tokens": 0.0, "epoch_margin": 0.02, "docs_per_batch": 64, "read_threads": 2,
+      "tokenizer_threads": 1, "prefetch": 4, "worker_count": 0, "shards": 2, "cache_dir": "", "long_conversations": "cut",
+      "pack_bins": 8, "pairs_per_row": 4}
+  assert d["sources"]["web"]["globs"] == "w"

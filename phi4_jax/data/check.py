@@ -14,9 +14,6 @@ fixed fields (text_field ""), and an embedded `corpus:` post-training file needs
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import ml_collections
 
 from phi4_jax.data import config as data_config
@@ -26,51 +23,9 @@ from phi4_jax.data.chat import LONG_CONVERSATIONS
 from phi4_jax.data.formats import FORMATS, RECORD_FORMATS, detect_format, record_mode
 from phi4_jax.data.sources import resolve_globs
 
-_SOURCE_FIELDS = frozenset(data_config.source("", 0.0))
-_MIXTURE_FIELDS = frozenset(data_config.mixture(0.0, {}))
-_DATA_FIELDS = frozenset(data_config.data({}))
-# field -> (type, smallest value[, largest value]); a float field accepts ints too and must be
-# finite. Every field of data/config.py's data(...) and source(...) is here or checked below
-# (sources, cache_dir; globs, format, text_field), and test_data_check.py checks that.
-_DATA_RANGES = {"total_tokens": (float, 0), "epoch_margin": (float, 0), "docs_per_batch": (int, 1),
-                "read_threads": (int, 0), "tokenizer_threads": (int, 1), "prefetch": (int, 0),
-                "worker_count": (int, 0), "shards": (int, 0), "pack_bins": (int, 1),
-                "pairs_per_row": (int, 1)}
-_SOURCE_RANGES = {"fraction": (float, 0, 1), "unique_tokens": (float, 0), "max_epochs": (float, 0),
-                  "min_doc_tokens": (int, 0), "max_doc_tokens": (int, 0)}
-_DATA_STRINGS = ("cache_dir", "long_conversations")
-_SOURCE_STRINGS = ("globs", "format", "text_field")
-
 
 def _fail(field: str, message: str) -> None:
   raise ValueError(f"{field}: {message}")
-
-
-def _number(field: str, value, kind: type, low: float, high: float | None = None) -> None:
-  ok = isinstance(value, int) if kind is int else isinstance(value, Real)
-  if isinstance(value, bool) or not ok:
-    _fail(field, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-  wanted = f"in [{low}, {high}]" if high is not None else f">= {low}"
-  if math.isnan(value) or value < low or (high is not None and value > high):
-    _fail(field, f"must be {wanted}, got {value}")
-  if math.isinf(value):
-    _fail(field, f"must be finite and {wanted}, got {value}")
-
-
-def _string(field: str, value) -> None:
-  if not isinstance(value, str):
-    _fail(field, f"must be a string, got {value!r}")
-
-
-def _fields(field: str, node, known: frozenset, builder: str) -> None:
-  """No unknown field (a typo would be ignored) and none missing (the pipeline reads them all)."""
-  extra = sorted(set(node) - known)
-  if extra:
-    _fail(f"{field}.{extra[0]}", f"unknown field (known: {', '.join(sorted(known))})")
-  missing = sorted(known - set(node))
-  if missing:
-    _fail(f"{field}.{missing[0]}", f"missing (data/config.py's {builder} gives every field its "
-          "default)")
 
 
 def _check_files(field: str, cfg: ml_collections.ConfigDict) -> None:
@@ -100,11 +55,7 @@ def _raw_text(field: str, why: str) -> None:
 
 
 def _check_source(field: str, cfg: ml_collections.ConfigDict, files: bool) -> None:
-  _fields(field, cfg, _SOURCE_FIELDS, "source(...)")
-  for name in _SOURCE_STRINGS:
-    _string(f"{field}.{name}", cfg[name])
-  for name, bounds in _SOURCE_RANGES.items():
-    _number(f"{field}.{name}", cfg[name], *bounds)
+  data_config.SOURCE.check(cfg, field, complete=True)  # no typo ignored, none missing, every range
   if cfg.format and cfg.format not in FORMATS + RECORD_FORMATS:
     _fail(f"{field}.format", f"unknown format {cfg.format!r} (known: {', '.join(FORMATS)}; "
           f"{', '.join(RECORD_FORMATS)} for post-training records; '' = from each file's extension)")
@@ -139,8 +90,7 @@ def _check_sources(field: str, sources, files: bool) -> None:
       _fail(at, "must be a source (data/config.py source(...)) or a mixture (mixture(...)) with a "
             "fraction")
     if "sources" in node:
-      _fields(at, node, _MIXTURE_FIELDS, "mixture(...)")
-      _number(f"{at}.fraction", node.fraction, float, 0, 1)
+      data_config.MIXTURE.check(node, at, complete=True)
       _check_sources(f"{at}.sources", node.sources, files)
     else:
       _check_source(at, node, files)
@@ -165,11 +115,7 @@ def check_config(config: ml_collections.ConfigDict, files: bool = True) -> None:
   if "data" not in config or not isinstance(config.data, ml_collections.ConfigDict):
     _fail("config.data", "missing: a stage needs data/config.py's data(...)")
   d = config.data
-  _fields("config.data", d, _DATA_FIELDS, "data(...)")
-  for name, bounds in _DATA_RANGES.items():
-    _number(f"config.data.{name}", d[name], *bounds)
-  for name in _DATA_STRINGS:
-    _string(f"config.data.{name}", d[name])
+  data_config.DATA.check(d, "config.data", complete=True)
   if d.read_threads and 0 < d.prefetch < d.read_threads:
     _fail("config.data.prefetch", f"must be 0 (no read-ahead) or >= config.data.read_threads="
           f"{d.read_threads} (grain keeps at most `prefetch` batches in flight, so the other "

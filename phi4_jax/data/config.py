@@ -1,12 +1,58 @@
 """ConfigDict builders for `config.data`: sources, nested mixtures and pipeline settings.
 
-Stage files (experiments/*.py) carry the numbers; these functions give every field its default
-and a one-line comment, so `--config.data.sources.web.globs=/data/web/*.parquet` works.
+Stage files (experiments/*.py) carry the numbers; SOURCE, MIXTURE and DATA declare every field's
+default, rule and one-line help (data/check.py applies the rules), so
+`--config.data.sources.web.globs=/data/web/*.parquet` works.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from phi4_jax import fields
+
+F = fields.Field
+SOURCE = fields.Group(
+    globs=F("", fields.string(),
+            'comma-separated path globs (~, $VARS and ** expand); "corpus:<name>" = embedded'),
+    format=F("", fields.string(),
+             'jsonl | jsonl.gz | parquet | arrayrecord | chat | pairs; "" = from each file\'s extension'),
+    text_field=F("text", fields.string(), 'field holding the document text (chat: the messages list; pairs: '
+                 'unused, ""); "" = ArrayRecord raw text'),
+    fraction=F(1.0, fields.number(0, 1), "share of this mixture's tokens (siblings sum to 1)"),
+    unique_tokens=F(0.0, fields.number(0),
+                    "tokens in one epoch (documents + separators); 0 = measure and cache"),
+    max_epochs=F(0.0, fields.number(0), "refuse plans repeating this source more often; 0 = no limit"),
+    min_doc_tokens=F(0, fields.integer(0), "keep only documents with at least this many tokens"),
+    max_doc_tokens=F(0, fields.integer(0), "keep only documents with at most this many tokens; 0 = no limit"),
+)
+MIXTURE = fields.Group(
+    fraction=F(1.0, fields.number(0, 1), "share of the enclosing mixture's tokens"),
+    sources=F({}, None, "name -> source(...) or mixture(...)"),
+)
+DATA = fields.Group(
+    sources=F({}, None, "name -> source(...) or mixture(...); ids sorted by name"),
+    total_tokens=F(0.0, fields.number(0),
+                   "token budget of the plan; 0 = steps * global_batch_size * seq_len"),
+    epoch_margin=F(0.02, fields.number(0),
+                   "streams hold whole epochs covering planned epochs x (1 + margin)"),
+    docs_per_batch=F(64, fields.integer(1), "documents read and tokenized together: one grain element"),
+    read_threads=F(2, fields.integer(0), "grain threads per source reading and tokenizing document batches"),
+    tokenizer_threads=F(1, fields.integer(1), "tiktoken threads inside one document batch"),
+    prefetch=F(4, fields.integer(0), "document batches buffered ahead per source (and per worker process)"),
+    worker_count=F(0, fields.integer(0),
+                   "grain worker processes per source (mp_prefetch); 0 = threads in this process"),
+    shards=F(0, fields.integer(0),
+             "logical data shards (batches identical for any process count dividing it); 0 = processes"),
+    cache_dir=F("", fields.string(),
+                'embedded corpus, file indexes, token counts; "" = $PHI4_JAX_CACHE or ~/.cache/phi4_jax'),
+    long_conversations=F("cut", fields.string(),
+                         'chat: a conversation over seq_len: "cut" at a turn boundary | "drop"'),
+    pack_bins=F(8, fields.integer(1),
+                "chat/pairs: rows open at once for first-fit packing of whole items (1 = next fit)"),
+    pairs_per_row=F(4, fields.integer(1),
+                    "pairs: pair slots per DPO row (pair j: segments 2j+1 chosen, 2j+2 rejected)"),
+)
 
 
 def source(globs: str, fraction: float, **overrides) -> ml_collections.ConfigDict:
@@ -16,45 +62,21 @@ def source(globs: str, fraction: float, **overrides) -> ml_collections.ConfigDic
   each extension: jsonl, jsonl.gz, parquet, arrayrecord); their text_field defaults to "messages"
   (chat: the field holding the list of {role, content} messages) and "" (pairs: fixed fields,
   see data/pairs.py)."""
-  fmt = overrides.get("format", "")
-  s = ml_collections.ConfigDict()
-  s.globs = globs  # comma-separated path globs (~, $VARS and ** expand); "corpus:<name>" = embedded
-  s.format = ""  # jsonl | jsonl.gz | parquet | arrayrecord | chat | pairs; "" = from each file's extension
-  # field holding the document text (chat: the messages list; pairs: unused, ""); "" = ArrayRecord raw text
-  s.text_field = {"chat": "messages", "pairs": ""}.get(fmt, "text")
-  s.fraction = float(fraction)  # share of this mixture's tokens (siblings sum to 1)
-  s.unique_tokens = 0.0  # tokens in one epoch (documents + separators); 0 = measure and cache
-  s.max_epochs = 0.0  # refuse plans repeating this source more often; 0 = no limit
-  s.min_doc_tokens = 0  # keep only documents with at least this many tokens
-  s.max_doc_tokens = 0  # keep only documents with at most this many tokens; 0 = no limit
-  s.update(overrides)
-  return s
+  text_field = {"chat": "messages", "pairs": ""}.get(overrides.get("format", ""), "text")
+  return SOURCE.config(**{"globs": globs, "text_field": text_field, "fraction": float(fraction), **overrides})
 
 
 def mixture(fraction: float, sources: dict[str, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
   """A mixture used as a source of an enclosing mixture (e.g. midtraining's pretraining replay)."""
-  m = ml_collections.ConfigDict()
-  m.fraction = float(fraction)  # share of the enclosing mixture's tokens
-  m.sources = ml_collections.ConfigDict(sources)  # name -> source(...) or mixture(...)
+  m = MIXTURE.config(fraction=float(fraction))
+  m.sources = ml_collections.ConfigDict(sources)
   return m
 
 
 def data(sources: dict[str, ml_collections.ConfigDict], **overrides) -> ml_collections.ConfigDict:
   """`config.data`: the mixture (Table 5 as data) and how the grain pipeline reads it."""
-  d = ml_collections.ConfigDict()
-  d.sources = ml_collections.ConfigDict(sources)  # name -> source(...) or mixture(...); ids sorted by name
-  d.total_tokens = 0.0  # token budget of the plan; 0 = steps * global_batch_size * seq_len
-  d.epoch_margin = 0.02  # streams hold whole epochs covering planned epochs x (1 + margin)
-  d.docs_per_batch = 64  # documents read and tokenized together: one grain element
-  d.read_threads = 2  # grain threads per source reading and tokenizing document batches
-  d.tokenizer_threads = 1  # tiktoken threads inside one document batch
-  d.prefetch = 4  # document batches buffered ahead per source (and per worker process)
-  d.worker_count = 0  # grain worker processes per source (mp_prefetch); 0 = threads in this process
-  d.shards = 0  # logical data shards (batches identical for any process count dividing it); 0 = processes
-  d.cache_dir = ""  # embedded corpus, file indexes, token counts; "" = $PHI4_JAX_CACHE or ~/.cache/phi4_jax
-  d.long_conversations = "cut"  # chat: a conversation over seq_len: "cut" at a turn boundary | "drop"
-  d.pack_bins = 8  # chat/pairs: rows open at once for first-fit packing of whole items (1 = next fit)
-  d.pairs_per_row = 4  # pairs: pair slots per DPO row (pair j: segments 2j+1 chosen, 2j+2 rejected)
+  d = DATA.config()
+  d.sources = ml_collections.ConfigDict(sources)
   d.update(overrides)
   return d
 

@@ -73,8 +73,12 @@ def main(argv) -> None:
     recipe.check(config, path)  # (nothing is written before every stage's config passed)
   except (ValueError, FileNotFoundError) as e:  # what the checks raise, each naming its field
     sys.exit(f"error: {e}")
+  from phi4_jax.data import SourceError
+  from phi4_jax.data.formats import CacheError
   try:
     recipe.run(config, path, checked=True)
+  except (SourceError, CacheError, workdir.WorkdirError) as e:  # a bad data file, cache or workdir
+    sys.exit(f"error: {e}")
   except recovery.CheckpointError as e:
     # The last line says what failed. A failed async save leaves orbax coroutines that Python
     # would report, one traceback each, while shutting down; skip that shutdown.

@@ -160,11 +160,15 @@ def test_main_names_a_user_error_in_one_line_and_writes_nothing(tmp_path, stage,
   assert not workdir.exists()
 
 
-def test_unwritable_workdir_fails_before_training(tmp_path):
+def test_unwritable_workdir_fails_before_training_in_one_line(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(OSError, match="not writable"):
     loop.train(_config(steps=1), str(blocker / "w"))
+  cmd, env = _cli(blocker / "w", 4)
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(f"error: workdir {blocker / 'w'} is not writable")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -35,6 +35,10 @@ SAMPLES = "samples.md"
 RECOVERY = "recovery.jsonl"
 
 
+class WorkdirError(OSError):
+  """The workdir cannot hold the run (not writable, or too little free space)."""
+
+
 def resolve(workdir: str | os.PathLike, flag: str = "--workdir") -> str:
   """An absolute local path for `workdir` (~ expanded); a URL is refused naming `flag`."""
   workdir = os.fspath(workdir)
@@ -61,11 +65,11 @@ def check_writable(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> N
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise OSError(f"workdir {workdir} is not writable: {e}") from e
+    raise WorkdirError(f"workdir {workdir} is not writable: {e}") from e
   free = shutil.disk_usage(workdir).free
   need = max(need_bytes, int(min_free_gb * 2**30))
   if free < need:
-    raise OSError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; the checkpoints this run keeps "
+    raise WorkdirError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; the checkpoints this run keeps "
                   f"need about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")
 
 

@@ -87,8 +87,8 @@ def test_axis_rules_override_takes_effect():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"model.d_model": 0}, r"config.model.d_model must be positive, got 0"),
-    ({"model.dtype": "fp8"}, r"config.model.dtype must be one of"),
+    ({"model.d_model": 0}, r"config.model.d_model: must be >= 1, got 0"),
+    ({"model.dtype": "fp8"}, r"config.model.dtype: must be one of"),
     ({"model.axis_rules": ("embed", None)}, r"config.model.axis_rules: 'embed' is not a \(logical"),
     ({"model.axis_rules": (("embed", 3),)}, r"config.model.axis_rules: rule 'embed' maps to 3"),
     ({"model.axis_rules": (("embed", "fsdq"),)},
@@ -103,13 +103,13 @@ def test_bad_model_values_name_config_model_field(overrides, message):
 def test_unknown_or_mistyped_model_fields_are_refused():
   model_dict = ModelConfig.preset("test").to_config_dict()
   model_dict.d_modle = 3
-  with pytest.raises(ValueError, match=r"unknown config.model fields: config.model.d_modle"):
+  with pytest.raises(ValueError, match=r"unknown field config.model.d_modle \(did you mean d_model\?\)"):
     ModelConfig.from_config_dict(model_dict)
   written = {**ModelConfig.preset("test").to_dict(), "scan_layers": 1, "d_model": 64.0}
-  with pytest.raises(ValueError, match=r"config.model.d_model must be of type int, got 64.0"):
+  with pytest.raises(ValueError, match=r"config.model.d_model: must be an integer, got 64.0"):
     ModelConfig.from_config_dict(ml_collections.ConfigDict(written))
   written["d_model"] = 64
-  with pytest.raises(ValueError, match=r"config.model.scan_layers must be of type bool, got 1"):
+  with pytest.raises(ValueError, match=r"config.model.scan_layers: must be true or false, got 1"):
     ModelConfig.from_config_dict(ml_collections.ConfigDict(written))
 
 

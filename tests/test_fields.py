@@ -72,7 +72,8 @@ def test_bases_without_and_with_defaults_keep_rule_help_and_order():
 
 
 def _declared_groups() -> list[tuple[str, str]]:
-  """(module, name) of every module-level `NAME = fields.Group(...)` in the package, read with ast."""
+  """(module, name) of every module-level `NAME = fields.Group(...)` (or `fields.Group.of_dataclass(...)`)
+  in the package, read with ast."""
   found = []
   for folder, _, files in os.walk(os.path.join(ROOT, "phi4_jax")):
     for f in sorted(files):
@@ -82,7 +83,7 @@ def _declared_groups() -> list[tuple[str, str]]:
       module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
       for node in ast.parse(open(path).read()).body:
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-            and ast.unparse(node.value.func) == "fields.Group"):
+            and ast.unparse(node.value.func) in ("fields.Group", "fields.Group.of_dataclass")):
           found += [(module, t.id) for t in node.targets]
   return found
 
@@ -96,7 +97,8 @@ def test_the_package_declares_its_config_groups_with_fields():
           "phi4_jax.posttrain.dpo.FIELDS", "phi4_jax.posttrain.pts.FIELDS", "phi4_jax.posttrain.judge.FIELDS",
           "phi4_jax.posttrain.plurality.FIELDS", "phi4_jax.posttrain.rollouts.SAMPLING",
           "phi4_jax.posttrain.stages.PTS_STAGE", "phi4_jax.posttrain.stages.JUDGE_STAGE",
-          "phi4_jax.data.config.SOURCE", "phi4_jax.data.config.MIXTURE", "phi4_jax.data.config.DATA"} <= names
+          "phi4_jax.data.config.SOURCE", "phi4_jax.data.config.MIXTURE", "phi4_jax.data.config.DATA",
+          "phi4_jax.model.config.MODEL"} <= names
 
 
 @pytest.mark.parametrize("module,name", GROUPS)
@@ -170,6 +172,20 @@ def test_the_data_builders_keep_their_previous_defaults():
   d = data_config.data({"web": data_config.source("w", 1.0)}, shards=2).to_dict()
   assert {k: v for k, v in d.items() if k != "sources"} == {
       "total_tokens": 0.0, "epoch_margin": 0.02, "docs_per_batch": 64, "read_threads": 2,
-      "tokenizer_threads": 1, "prefetch": 4, "worker_count": 0, "shards": 2, "cache_dir": "", "long_conversations": "cut",
-      "pack_bins": 8, "pairs_per_row": 4}
+      "tokenizer_threads": 1, "prefetch": 4, "worker_count": 0, "shards": 2, "cache_dir": "",
+      "long_conversations": "cut", "pack_bins": 8, "pairs_per_row": 4}
   assert d["sources"]["web"]["globs"] == "w"
+
+
+def test_model_config_is_declared_by_its_dataclass_attributes():
+  from phi4_jax.model import ModelConfig
+  from phi4_jax.model.config import MODEL
+  assert list(MODEL.fields)[:3] == ["vocab_size", "d_model", "n_layers"] and "axis_rules" in MODEL.fields
+  cfg = ModelConfig()
+  assert (cfg.vocab_size, cfg.d_model, cfg.n_kv_heads, cfg.d_ff, cfg.rope_theta, cfg.attention_impl) == (
+      100_352, 5120, 10, 17_920, 250_000.0, "auto")
+  assert MODEL.defaults["max_seq_len"] == 16_384 and MODEL.help["head_dim"] == "per-head width"
+  with pytest.raises(ValueError, match=r"^config\.model\.rope_theta: must be > 0, got 0\.0$"):
+    ModelConfig.from_dict({"rope_theta": 0.0}, where="config.model")
+  with pytest.raises(ValueError, match=r"^ModelConfig\.head_dim: must be even for RoPE, got 7$"):
+    ModelConfig(head_dim=7)

@@ -140,5 +140,5 @@ def test_config_json_round_trip():
   cfg = model.ModelConfig.preset("colab")
   import json
   assert model.ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
-  with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+  with pytest.raises(ValueError, match=r"unknown field ModelConfig.d_modle \(did you mean d_model\?\)"):
     model.ModelConfig.from_dict({"d_modle": 3})

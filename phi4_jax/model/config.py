@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 from typing import Any
 
 import ml_collections
+
+from phi4_jax import fields
 
 # Logical axis -> mesh axes. Parameters and activations are annotated with the
 # logical names on the left; a run maps them onto its Mesh(data, fsdp, tensor).
@@ -38,24 +39,34 @@ DTYPES = ("float32", "bfloat16", "float16")
 class ModelConfig:
   """Shape and numerics of a Phi-3-architecture decoder (defaults: phi-4 14B)."""
 
-  vocab_size: int = 100_352  # cl100k_base 100,256 + specials, padded
-  d_model: int = 5120  # residual stream width
-  n_layers: int = 40  # decoder blocks
-  n_heads: int = 40  # query heads
-  n_kv_heads: int = 10  # key/value heads (GQA: query head h uses kv head h // (n_heads // n_kv_heads))
-  head_dim: int = 128  # per-head width
-  d_ff: int = 17_920  # SwiGLU hidden width
-  rope_theta: float = 250_000.0  # RoPE base (released phi-4; pretraining value unpublished)
-  norm_eps: float = 1e-5  # RMSNorm epsilon
-  max_seq_len: int = 16_384  # longest position the model is configured for
-  param_dtype: str = "float32"  # storage dtype of parameters
-  dtype: str = "float32"  # compute dtype of activations and matmuls
-  scan_layers: bool = True  # compile one block and lax.scan it (False unrolls; params identical)
-  remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-  attention_impl: str = "auto"  # xla | cudnn | blocked | tpu_flash | auto: cuDNN on GPU in 16-bit, tpu_flash on TPU, else blocked
-  attention_block: int = 128  # query rows per block of the blocked attention (model/attention.py)
-  init_std: float = 0.02  # std of the normal initializer of every weight matrix
-  axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_AXIS_RULES  # logical -> mesh axes
+  vocab_size: int = fields.attribute(100_352, fields.integer(1), "cl100k_base 100,256 + specials, padded")
+  d_model: int = fields.attribute(5120, fields.integer(1), "residual stream width")
+  n_layers: int = fields.attribute(40, fields.integer(1), "decoder blocks")
+  n_heads: int = fields.attribute(40, fields.integer(1), "query heads")
+  n_kv_heads: int = fields.attribute(
+      10, fields.integer(1), "key/value heads (GQA: query head h uses kv head h // (n_heads // n_kv_heads))")
+  head_dim: int = fields.attribute(128, fields.integer(1), "per-head width")
+  d_ff: int = fields.attribute(17_920, fields.integer(1), "SwiGLU hidden width")
+  rope_theta: float = fields.attribute(250_000.0, fields.number(0, low_open=True),
+                                       "RoPE base (released phi-4; pretraining value unpublished)")
+  norm_eps: float = fields.attribute(1e-5, fields.number(0, low_open=True), "RMSNorm epsilon")
+  max_seq_len: int = fields.attribute(
+      16_384, fields.integer(1), "longest position the model is configured for")
+  param_dtype: str = fields.attribute("float32", fields.choice(DTYPES), "storage dtype of parameters")
+  dtype: str = fields.attribute("float32", fields.choice(DTYPES), "compute dtype of activations and matmuls")
+  scan_layers: bool = fields.attribute(
+      True, fields.boolean(), "compile one block and lax.scan it (False unrolls; params identical)")
+  remat_policy: str = fields.attribute(
+      "none", fields.choice(REMAT_POLICIES), "none | full | dots_saveable | dots_with_no_batch_dims_saveable")
+  attention_impl: str = fields.attribute(
+      "auto", fields.choice(ATTENTION_IMPLS),
+      "xla | cudnn | blocked | tpu_flash | auto: cuDNN on GPU in 16-bit, tpu_flash on TPU, else blocked")
+  attention_block: int = fields.attribute(
+      128, fields.integer(1), "query rows per block of the blocked attention (model/attention.py)")
+  init_std: float = fields.attribute(
+      0.02, fields.number(0), "std of the normal initializer of every weight matrix")
+  axis_rules: tuple[tuple[str, Any], ...] = fields.attribute(
+      DEFAULT_AXIS_RULES, None, "logical -> mesh axes, as (logical name, None | mesh axis | mesh axes) pairs")
 
   def __post_init__(self):
     values = _checked(_values(self), "ModelConfig")
@@ -92,11 +103,7 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, d: dict[str, Any], where: str = "ModelConfig") -> "ModelConfig":
     """Fields (a subset; the rest keep their defaults) -> ModelConfig; errors name `<where>.<field>`."""
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-      raise ValueError(f"unknown {where} fields: {', '.join(f'{where}.{n}' for n in unknown)} "
-                       f"(known: {', '.join(known)})")
+    fields.unknown(d, MODEL.fields, where)
     values = {f.name: f.default for f in dataclasses.fields(cls)}
     values.update(d)
     return cls(**_checked(values, where))
@@ -110,38 +117,15 @@ def _values(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
-  """values with axis_rules normalised; raises ValueError naming `<where>.<field>`."""
-  for f in dataclasses.fields(ModelConfig):
-    if f.name != "axis_rules" and not _type_ok(values[f.name], f.default):
-      raise ValueError(f"{where}.{f.name} must be of type {type(f.default).__name__}, got {values[f.name]!r}")
-  positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-              "max_seq_len", "attention_block")
-  for name in positive:
-    if values[name] <= 0:
-      raise ValueError(f"{where}.{name} must be positive, got {values[name]}")
+  """values with axis_rules normalised; raises ValueError naming `<where>.<field>` (MODEL's rules,
+  then the ones relating two fields)."""
+  MODEL.check(values, where)
   if values["n_heads"] % values["n_kv_heads"]:
-    raise ValueError(f"{where}.n_heads ({values['n_heads']}) must be a multiple of "
-                     f"{where}.n_kv_heads ({values['n_kv_heads']})")
+    raise ValueError(f"{where}.n_heads: must be a multiple of {where}.n_kv_heads={values['n_kv_heads']}, "
+                     f"got {values['n_heads']}")
   if values["head_dim"] % 2:
-    raise ValueError(f"{where}.head_dim must be even for RoPE, got {values['head_dim']}")
-  if values["rope_theta"] <= 0:
-    raise ValueError(f"{where}.rope_theta must be positive, got {values['rope_theta']}")
-  for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES),
-                        ("remat_policy", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
-    if values[name] not in allowed:
-      raise ValueError(f"{where}.{name} must be one of {allowed}, got {values[name]!r}")
+    raise ValueError(f"{where}.head_dim: must be even for RoPE, got {values['head_dim']}")
   return {**values, "axis_rules": _axis_rules(values["axis_rules"], f"{where}.axis_rules")}
-
-
-def _type_ok(value: Any, default: Any) -> bool:
-  """Whether value has the type of the field's default (an int is a float; a bool only a bool)."""
-  if isinstance(default, bool) or isinstance(value, bool):
-    return isinstance(default, bool) and isinstance(value, bool)
-  if isinstance(default, int):
-    return isinstance(value, numbers.Integral)
-  if isinstance(default, float):
-    return isinstance(value, numbers.Real)
-  return isinstance(value, type(default))
 
 
 def _axis_rules(rules: Any, where: str) -> tuple[tuple[str, Any], ...]:
@@ -167,6 +151,8 @@ def _axis_rules(rules: Any, where: str) -> tuple[tuple[str, Any], ...]:
     raise ValueError(f"{where}: logical axes {repeated} have more than one rule")
   return tuple(out)
 
+
+MODEL = fields.Group.of_dataclass(ModelConfig)
 
 PRESETS: dict[str, ModelConfig] = {
     # The released microsoft/phi-4 shapes; bf16 compute, fp32 master params.

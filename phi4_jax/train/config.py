@@ -139,9 +139,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, check_init_fro
   from phi4_jax.store.checkpoint import check_params
   groups = {o.settings for o in objectives.OBJECTIVES.values() if o.settings}
   fields.unknown(config, set(base_config()) | {"model", "data"} | groups, "config")
-  fields.unknown(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
+  OPTIMIZER.check(config.optimizer, "config.optimizer")
   fields.check(config, RUN_RULES, "config")
-  fields.check(config.optimizer, OPTIMIZER_RULES, "config.optimizer")
   if "eval" in config:
     tasks = eval_settings.check(config.eval, "config.eval")
     if config.eval.every and not tasks:

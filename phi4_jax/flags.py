@@ -6,6 +6,8 @@ import argparse
 
 import ml_collections
 
+from phi4_jax import fields
+
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
   """--workdir (a stage's workdir) or --hf_dir (a Hugging Face folder), and --step."""
@@ -15,11 +17,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--step", type=int, default=None)
 
 
-def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict) -> None:
+def add_settings_flags(p: argparse.ArgumentParser,
+                       defaults: ml_collections.ConfigDict | fields.Group) -> None:
   """One --<name> flag per field of `defaults`, typed by its default (a bool's flag takes
-  true/false, yes/no or 1/0)."""
-  for name, value in defaults.items():
-    p.add_argument(f"--{name}", type=_boolean if isinstance(value, bool) else type(value), default=value)
+  true/false, yes/no or 1/0); a Group's fields also give each flag its one-line help."""
+  notes = defaults.help if isinstance(defaults, fields.Group) else {}
+  for name, value in _config(defaults).items():
+    note = notes.get(name, "").replace("%", "%%")
+    p.add_argument(f"--{name}", type=_boolean if isinstance(value, bool) else type(value), default=value,
+                   help=f"{note} (default: %(default)s)".lstrip())
+
+
+def _config(defaults: ml_collections.ConfigDict | fields.Group) -> ml_collections.ConfigDict:
+  return defaults.config() if isinstance(defaults, fields.Group) else defaults
 
 
 def _boolean(text: str) -> bool:
@@ -30,6 +40,7 @@ def _boolean(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def settings(args: argparse.Namespace, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def settings(args: argparse.Namespace,
+             defaults: ml_collections.ConfigDict | fields.Group) -> ml_collections.ConfigDict:
   """The settings the flags of add_settings_flags(defaults) gave."""
-  return ml_collections.ConfigDict({name: getattr(args, name) for name in defaults})
+  return ml_collections.ConfigDict({name: getattr(args, name) for name in _config(defaults)})

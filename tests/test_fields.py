@@ -7,7 +7,7 @@ import os
 import ml_collections
 import pytest
 
-from phi4_jax import fields
+from phi4_jax import fields, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,3 +189,25 @@ def test_model_config_is_declared_by_its_dataclass_attributes():
     ModelConfig.from_dict({"rope_theta": 0.0}, where="config.model")
   with pytest.raises(ValueError, match=r"^ModelConfig\.head_dim: must be even for RoPE, got 7$"):
     ModelConfig(head_dim=7)
+
+
+def test_a_commands_flags_carry_each_fields_help_and_default(capsys):
+  from phi4_jax.posttrain import pts
+  with pytest.raises(SystemExit):
+    pts.parse_args(["--help"])
+  text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+  for name, line in pts.FIELDS.help.items():
+    default = pts.FIELDS.fields[name].default
+    assert f"--{name} {name.upper()} {' '.join(line.split())} (default: {default})" in text, name
+  args = pts.parse_args(["--hf_dir=h", "--questions=q", "--out=o", "--p_gap=0.3", "--num_rollouts=8"])
+  assert flags.settings(args, pts.FIELDS).to_dict() == pts.FIELDS.config(p_gap=0.3, num_rollouts=8).to_dict()
+
+
+def test_settings_flags_from_a_group_parse_bools_and_keep_a_percent_sign_literal():
+  import argparse
+  group = fields.Group(on=fields.Field(True, fields.boolean(), "100% on"),
+                       n=fields.Field(2, fields.integer(1), "n"))
+  p = argparse.ArgumentParser()
+  flags.add_settings_flags(p, group)
+  assert "100% on (default: True)" in " ".join(p.format_help().split())
+  assert flags.settings(p.parse_args(["--on=no", "--n=5"]), group).to_dict() == {"on": False, "n": 5}

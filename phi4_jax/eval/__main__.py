@@ -8,7 +8,7 @@ import json
 import sys
 
 from phi4_jax import flags
-from phi4_jax.eval.settings import eval_fields, task_names
+from phi4_jax.eval.settings import FIELDS, eval_fields, task_names
 from phi4_jax.eval.tasks import TASKS, evaluate, table
 
 
@@ -16,8 +16,7 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(prog="python -m phi4_jax.eval", description=__doc__.split("\n")[0])
   flags.add_model_flags(p)
   p.add_argument("--out", default="", help="also write the results here as JSON")
-  defaults = eval_fields()
-  del defaults["every"]
+  defaults = FIELDS.without("every")  # a training-only field
   flags.add_settings_flags(p, defaults)
   args = p.parse_args(argv)
   if not args.tasks:

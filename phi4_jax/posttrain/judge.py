@@ -189,9 +189,9 @@ def main(argv=None) -> None:
   p.add_argument("--responder", action="append", required=True,
                  help="workdir:PATH, hf:PATH or http(s)://URL,model=NAME (repeatable)")
   p.add_argument("--judge", default="oracle", help="oracle (rule-based), workdir:PATH, hf:PATH or an endpoint")
-  flags.add_settings_flags(p, judge_fields())
+  flags.add_settings_flags(p, FIELDS)
   args = p.parse_args(argv)
-  settings = flags.settings(args, judge_fields())
+  settings = flags.settings(args, FIELDS)
   prompts = read_questions(args.prompts, need_answer=False)
   responders = [policy(spec, settings) for spec in args.responder]
   judge = "oracle" if args.judge == "oracle" else policy(args.judge, settings, name="judge")

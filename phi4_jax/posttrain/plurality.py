@@ -104,10 +104,10 @@ def main(argv=None) -> None:
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True)
   p.add_argument("--out", required=True)
-  flags.add_settings_flags(p, plurality_fields())
+  flags.add_settings_flags(p, FIELDS)
   args = p.parse_args(argv)
   from phi4_jax import inference
-  settings = flags.settings(args, plurality_fields())
+  settings = flags.settings(args, FIELDS)
   questions = read_questions(args.questions, need_answer=False)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
   print(json.dumps(run(rollouts.Roller(params, cfg, settings), questions, args.out, settings)))

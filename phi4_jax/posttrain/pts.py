@@ -171,7 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
   p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
   p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
-  flags.add_settings_flags(p, pts_fields())
+  flags.add_settings_flags(p, FIELDS)
   return p.parse_args(argv)
 
 
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
 
   from phi4_jax import distributed, inference
   distributed.initialize()
-  settings = flags.settings(args, pts_fields())
+  settings = flags.settings(args, FIELDS)
   check_settings(settings)
   questions = read_questions(args.questions)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)

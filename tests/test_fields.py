@@ -98,7 +98,7 @@ def test_the_package_declares_its_config_groups_with_fields():
           "phi4_jax.posttrain.plurality.FIELDS", "phi4_jax.posttrain.rollouts.SAMPLING",
           "phi4_jax.posttrain.stages.PTS_STAGE", "phi4_jax.posttrain.stages.JUDGE_STAGE",
           "phi4_jax.data.config.SOURCE", "phi4_jax.data.config.MIXTURE", "phi4_jax.data.config.DATA",
-          "phi4_jax.model.config.MODEL"} <= names
+          "phi4_jax.model.config.MODEL", "phi4_jax.data.overlap.SETTINGS"} <= names
 
 
 @pytest.mark.parametrize("module,name", GROUPS)

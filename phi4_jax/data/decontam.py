@@ -52,10 +52,8 @@ import pickle
 import sys
 import time
 
-import ml_collections
-
 from phi4_jax import flags
-from phi4_jax.data.overlap import LONG, SHORT, Index, Settings, item_text, words  # noqa: F401
+from phi4_jax.data.overlap import LONG, SHORT, SETTINGS, Index, Settings, item_text, words  # noqa: F401
 from phi4_jax.store import atomic, jsonl_log
 
 READ_BATCH = 256  # documents read together
@@ -327,10 +325,9 @@ def main(argv=None) -> None:
   p.add_argument("--sources", required=True, help="a stage config (experiments/<stage>.py:<preset>)")
   p.add_argument("--out", required=True, help="the clean copies, reports and summary")
   p.add_argument("--allow", default="", help="a file of allow-listed 13-grams, one per line")
-  defaults = ml_collections.ConfigDict(dataclasses.asdict(Settings()))
-  flags.add_settings_flags(p, defaults)
+  flags.add_settings_flags(p, SETTINGS)
   args = p.parse_args(argv)
-  settings = Settings(**flags.settings(args, defaults).to_dict())
+  settings = Settings(**flags.settings(args, SETTINGS).to_dict())
   result = run(args.benchmarks, args.sources, args.out, args.allow, settings)
   print(json.dumps(result, indent=1))
 

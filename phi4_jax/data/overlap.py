@@ -16,6 +16,8 @@ import collections
 import dataclasses
 import re
 
+from phi4_jax import fields
+
 LONG, SHORT = 13, 7  # n-gram lengths: an exact match, and the overlap ratio's
 _SEPARATORS = re.compile(r"[\W_]+", re.UNICODE)
 _SKIP_FIELDS = ("id", "task_id")
@@ -45,10 +47,19 @@ def item_text(record: dict) -> str:
 
 @dataclasses.dataclass
 class Settings:
-  common_items: int = 5  # a 13-gram found in this many benchmark items is common (allow-listed)
-  contaminated_ratio: float = 0.5  # 7-gram overlap at or above this: contaminated
-  partial_ratio: float = 0.2  # 7-gram overlap at or above this: partial
-  drop_partial: bool = False  # also remove partial documents
+  common_items: int = fields.attribute(
+      5, fields.integer(1), "a 13-gram found in this many benchmark items is common (allow-listed)")
+  contaminated_ratio: float = fields.attribute(
+      0.5, fields.number(0, 1), "7-gram overlap at or above this: contaminated")
+  partial_ratio: float = fields.attribute(
+      0.2, fields.number(0, 1), "7-gram overlap at or above this: partial")
+  drop_partial: bool = fields.attribute(False, fields.boolean(), "also remove partial documents")
+
+  def __post_init__(self):
+    SETTINGS.check(dataclasses.asdict(self), "decontam")
+
+
+SETTINGS = fields.Group.of_dataclass(Settings)
 
 
 @dataclasses.dataclass

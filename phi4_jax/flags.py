@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import ml_collections
 
@@ -17,15 +18,33 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--step", type=int, default=None)
 
 
-def add_settings_flags(p: argparse.ArgumentParser,
-                       defaults: ml_collections.ConfigDict | fields.Group) -> None:
-  """One --<name> flag per field of `defaults`, typed by its default (a bool's flag takes
-  true/false, yes/no or 1/0); a Group's fields also give each flag its one-line help."""
+def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict | fields.Group,
+                       group: str = "") -> None:
+  """One flag per field of `defaults`, typed by its default (a bool's flag takes true/false, yes/no
+  or 1/0); a Group's fields also give each flag its one-line help. With `group` (the settings'
+  name in a stage config, e.g. "settings"), a field is `--<group>.<name>`, as a recipe spells it
+  (`--config.<stage>.<group>.<name>`); the old `--<name>` still works and says it is deprecated."""
   notes = defaults.help if isinstance(defaults, fields.Group) else {}
   for name, value in _config(defaults).items():
     note = notes.get(name, "").replace("%", "%%")
-    p.add_argument(f"--{name}", type=_boolean if isinstance(value, bool) else type(value), default=value,
+    kind = _boolean if isinstance(value, bool) else type(value)
+    p.add_argument(f"--{group}.{name}" if group else f"--{name}", dest=name, type=kind, default=value,
                    help=f"{note} (default: %(default)s)".lstrip())
+    if group:
+      p.add_argument(f"--{name}", dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                     action=_Deprecated, new=f"--{group}.{name}")
+
+
+class _Deprecated(argparse.Action):
+  """An old flag spelling: sets the same value and prints one line naming the new spelling."""
+
+  def __init__(self, *args, new: str, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.new = new
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    print(f"{parser.prog}: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+    setattr(namespace, self.dest, values)
 
 
 def _config(defaults: ml_collections.ConfigDict | fields.Group) -> ml_collections.ConfigDict:

@@ -198,8 +198,9 @@ def test_a_commands_flags_carry_each_fields_help_and_default(capsys):
   text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
   for name, line in pts.FIELDS.help.items():
     default = pts.FIELDS.fields[name].default
-    assert f"{name.upper()} {' '.join(line.split())} (default: {default})" in text, name  # metavar, help
-  args = pts.parse_args(["--hf_dir=h", "--questions=q", "--out=o", "--p_gap=0.3", "--num_rollouts=8"])
+    assert f"--settings.{name} {name.upper()} {' '.join(line.split())} (default: {default})" in text, name
+  args = pts.parse_args(["--hf_dir=h", "--questions=q", "--out=o", "--settings.p_gap=0.3",
+                         "--settings.num_rollouts=8"])
   assert flags.settings(args, pts.FIELDS).to_dict() == pts.FIELDS.config(p_gap=0.3, num_rollouts=8).to_dict()
 
 

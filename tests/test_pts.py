@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from phi4_jax.posttrain import bisection, pts, rollouts
-from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.rollouts import PrefixStats, TOKENIZER
+from phi4_jax.store import jsonl_log
 
 
 def _planted(jumps: dict[int, float], start: float):
@@ -186,8 +186,8 @@ def test_cli_on_a_real_model_searches_with_the_sampler_s_own_rollouts(tmp_path):
   questions = tmp_path / "q.jsonl"
   questions.write_text(json.dumps(QUESTION) + "\n")
   out = tmp_path / "pairs.jsonl"
-  pts.main([f"--hf_dir={hf_dir}", f"--questions={questions}", f"--out={out}", "--num_rollouts=4",
-            "--max_new_tokens=6", "--p_min=0", "--p_max=1", "--max_batch=8"])
+  pts.main([f"--hf_dir={hf_dir}", f"--questions={questions}", f"--out={out}", "--settings.num_rollouts=4",
+            "--settings.max_new_tokens=6", "--settings.p_min=0", "--settings.p_max=1", "--settings.max_batch=8"])
   (result,) = jsonl_log.read(str(out) + ".log.jsonl", "question_id").values()
   assert result["searched"] and result["p_success"] == 0.0 and out.read_text() == ""
   cfg, params = inference.load(hf_dir)
@@ -196,3 +196,22 @@ def test_cli_on_a_real_model_searches_with_the_sampler_s_own_rollouts(tmp_path):
                              temperature=1.0, num_samples=4, stop_ids=rollouts.STOP_IDS,
                              sample_ids=[key])[0]
   assert result["solution_ids"] == rollouts.content(first)  # the searched solution is rollout 0
+
+
+@pytest.mark.parametrize("tool", ["pts", "judge"])
+def test_a_setting_has_the_same_name_on_the_command_and_in_a_recipe(tool, capsys):
+  """`--settings.<name>` on the command is `--config.<stage>.settings.<name>` in a recipe; the old
+  `--<name>` still sets it, with a deprecation line."""
+  import importlib
+  import re
+
+  from phi4_jax.posttrain import stages
+  module = importlib.import_module(f"phi4_jax.posttrain.{tool}")
+  with pytest.raises(SystemExit):
+    (pts.parse_args if tool == "pts" else module.main)(["--help"])
+  shown = set(re.findall(r"--(settings\.\w+)", capsys.readouterr().out))
+  assert shown == {f"settings.{name}" for name in stages.stage_fields(tool).settings}
+  args = pts.parse_args(["--hf_dir=h", "--questions=q", "--out=o", "--settings.p_gap=0.3", "--num_rollouts=8"])
+  assert (args.p_gap, args.num_rollouts) == (0.3, 8)
+  assert capsys.readouterr().err.strip() == ("python -m phi4_jax.posttrain.pts: --num_rollouts is deprecated; "
+                                             "use --settings.num_rollouts")

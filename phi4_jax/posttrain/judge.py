@@ -189,7 +189,7 @@ def main(argv=None) -> None:
   p.add_argument("--responder", action="append", required=True,
                  help="workdir:PATH, hf:PATH or http(s)://URL,model=NAME (repeatable)")
   p.add_argument("--judge", default="oracle", help="oracle (rule-based), workdir:PATH, hf:PATH or an endpoint")
-  flags.add_settings_flags(p, FIELDS)
+  flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   args = p.parse_args(argv)
   settings = flags.settings(args, FIELDS)
   prompts = read_questions(args.prompts, need_answer=False)

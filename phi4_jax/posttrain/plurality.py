@@ -104,7 +104,7 @@ def main(argv=None) -> None:
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True)
   p.add_argument("--out", required=True)
-  flags.add_settings_flags(p, FIELDS)
+  flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   args = p.parse_args(argv)
   from phi4_jax import inference
   settings = flags.settings(args, FIELDS)

@@ -171,7 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
   p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
   p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
-  flags.add_settings_flags(p, FIELDS)
+  flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   return p.parse_args(argv)
 
 

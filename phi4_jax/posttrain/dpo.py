@@ -135,8 +135,7 @@ class DPO:
   name, formats, settings = "dpo", ("pairs",), "dpo"
 
   def check(self, config) -> None:
-    fields.unknown(config.dpo, RULES, "config.dpo")
-    fields.check(config.dpo, RULES, "config.dpo")
+    FIELDS.check(config.dpo, "config.dpo")
     if not config.init_from:
       raise ValueError("config.init_from: is empty, but a DPO stage needs one: the workdir of the model "
                        "it starts from (SFT's), which is also its frozen reference")

@@ -62,13 +62,9 @@ def stage_fields(kind: str) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
   """Every field known and in range (before a recipe's first stage trains)."""
   fields.check(config, {"kind": RULES["kind"]}, prefix)
-  fields.unknown(config.keys(), stage_fields(config.kind).keys(), prefix)
-  fields.check(config, RULES, prefix)
+  GROUPS[config.kind].check(config, prefix)  # (its settings group too)
   if config.kind == "pts":
-    pts.check_settings(config.settings, f"{prefix}.settings")
-  else:
-    fields.unknown(config.settings.keys(), judge.judge_fields().keys(), f"{prefix}.settings")
-    fields.check(config.settings, judge.RULES, f"{prefix}.settings")
+    pts.check_settings(config.settings, f"{prefix}.settings")  # (and p_min <= p_max)
   if config.questions in EMBEDDED and config.num_questions < 1:
     raise ValueError(f"{prefix}.num_questions: must be >= 1 for the embedded {config.questions}, got "
                      f"{config.num_questions}")

@@ -32,8 +32,8 @@ def optimizer_fields(**overrides) -> ml_collections.ConfigDict:
 F = fields.Field
 RUN = fields.Group(
     stage=F("pretrain", fields.string(), "a name for logs and the recipe summary"),
-    objective=F("lm", fields.string(),
-                "lm: next-token loss on loss_mask's targets (pretrain, midtrain, sft) | dpo"),
+    objective=F("lm", fields.string(), "a registered objective (train/objectives.py): lm, next-token "
+                "loss on loss_mask's targets (pretrain, midtrain, sft) | dpo"),
     seed=F(0, fields.integer(), "seeds parameter init and the data order"),
     steps=F(1000, fields.integer(1), "optimizer steps of this stage"),
     seq_len=F(4096, fields.integer(1), "tokens per packed row"),

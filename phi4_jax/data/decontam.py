@@ -268,8 +268,8 @@ def _check_stage(r: _Run, name: str, stage, skipped: list[str], flags: list[str]
   from phi4_jax.data import corpus
   from phi4_jax.data.planner import leaves
   root = os.path.join(r.out, name)
-  if "kind" in stage:  # a data stage (posttrain/stages.py)
-    return {"questions": _check_questions(r, stage, root)}
+  if "data" not in stage:  # a data stage: the questions it samples from (if any) are its documents
+    return {"questions": _check_questions(r, stage, root)} if "questions" in stage else {}
   summary = {}
   for leaf in leaves(stage.data.sources):
     if leaf.cfg.globs.startswith(STAGE_GLOB):
@@ -322,7 +322,8 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m phi4_jax.data.decontam", description=__doc__.split("\n")[0])
   p.add_argument("--benchmarks", required=True, help="humaneval, embedded:<set> or JSONL globs, comma-separated")
-  p.add_argument("--sources", required=True, help="a stage config (experiments/<stage>.py:<preset>)")
+  p.add_argument("--sources", required=True,
+                 help="a stage or recipe config (experiments/<stage>.py:<preset>, experiments/recipe.py:colab)")
   p.add_argument("--out", required=True, help="the clean copies, reports and summary")
   p.add_argument("--allow", default="", help="a file of allow-listed 13-grams, one per line")
   flags.add_settings_flags(p, SETTINGS)

@@ -12,7 +12,13 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+import jax
 import ml_collections
+
+from phi4_jax.posttrain import stages as data_stages
+from phi4_jax.store import checkpoint
+from phi4_jax.train.config import validate
+from phi4_jax.train.loop import train
 
 TRAIN = "train"  # the kind of a stage config without `kind`
 
@@ -44,19 +50,14 @@ class TrainStage:
   makes_model = True
 
   def check(self, config, prefix, first, data_ready) -> None:
-    import jax
-
-    from phi4_jax.train.config import validate
     validate(config, jax.device_count(), check_init_from=first, check_files=data_ready)
 
   def finished(self, config, stage_dir) -> bool:
     """Once its workdir holds a checkpoint at (or past) its last step."""
-    from phi4_jax.store import checkpoint
     step = checkpoint.latest_step(stage_dir)
     return step is not None and step >= config.steps
 
   def run(self, config, stage_dir, flag_prefix) -> dict:
-    from phi4_jax.train.loop import train
     return train(config, stage_dir, flag_prefix=flag_prefix)
 
   def output(self, config, stage_dir) -> str:
@@ -73,23 +74,18 @@ class PairsStage:
   makes_model = False
 
   def check(self, config, prefix, first, data_ready) -> None:
-    from phi4_jax.posttrain import stages as data_stages
     data_stages.validate(config, prefix)
 
   def finished(self, config, stage_dir) -> bool:
-    from phi4_jax.posttrain import stages as data_stages
     return data_stages.finished(stage_dir)
 
   def run(self, config, stage_dir, flag_prefix) -> dict:
-    from phi4_jax.posttrain import stages as data_stages
     return {**data_stages.run(config, stage_dir), "preempted": False}
 
   def output(self, config, stage_dir) -> str:
-    from phi4_jax.posttrain import stages as data_stages
     return os.path.join(stage_dir, data_stages.PAIRS)
 
   def note(self, config, stage_dir) -> str | None:
-    from phi4_jax.posttrain import stages as data_stages
     return data_stages.note(stage_dir)
 
 

@@ -50,10 +50,10 @@ def check_shared_workdir(job: Job) -> None:
 
 
 def parse(job: Job) -> ml_collections.ConfigDict:
-  """The config phi4_jax.main builds from these flags (its own parsing: configs.parse_args)."""
+  """The config phi4_jax.main builds from these flags (its own parsing: main.parse_args)."""
   from phi4_jax import main
   try:
-    return configs.parse_args(job.args, main.define_run_flags)
+    return main.parse_args(job.args)[0]
   except ValueError as e:
     raise ValueError(f"training flags {list(job.args)}: {e}") from e
 

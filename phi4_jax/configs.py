@@ -1,9 +1,10 @@
 """The one way a config is built: `path/file.py:arg` -> get_config(arg), then `--config.a.b=v`.
 
-phi4_jax.main's --config flag, the launchers (checking a job's flags) and sweeps (a point's
-overrides, given as Python values and run as flags) all parse through `define_flag`: absl's
-ml_collections override syntax (`--config.mesh_shape="(1,4,1)"`, `--config.tensorboard=false`,
-unknown fields refused) on a file loaded by `load_file`. A config built here is therefore the one
+phi4_jax.main's --config flag (declared by phi4_jax/flags.py, the commands' one flag library), the
+launchers (checking a job's flags) and sweeps (a point's overrides, given as Python values and run
+as flags) all parse through `parse_args`: ml_collections' override syntax (`--config.mesh_shape=
+"(1,4,1)"`, `--config.tensorboard=false`, unknown fields refused), read by its config_flags on a
+private absl FlagValues, on a file loaded by `load_file`. A config built here is therefore the one
 `python -m phi4_jax.main` builds from the same flags.
 """
 
@@ -12,8 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -52,16 +52,12 @@ def flag_value(value: Any) -> str:
   return value if isinstance(value, str) else repr(value)
 
 
-def parse_args(args: Sequence[str],
-               define_others: Callable[[flags.FlagValues], Any] | None = None) -> ml_collections.ConfigDict:
-  """The config from command-line flags (`--config=... --config.a=v`), parsed as phi4_jax.main
-  parses them; define_others(flag_values) defines the program's other flags (else none are
-  accepted). Raises ValueError naming the flag."""
+def parse_args(args: Sequence[str]) -> ml_collections.ConfigDict:
+  """The config from `--config=... --config.a=v ...` (nothing else is accepted), parsed as
+  phi4_jax.main parses them. Raises ValueError naming the flag."""
   argv = ["phi4_jax.main", *args]
   flag_values = flags.FlagValues()
   holder = define_flag(flag_values, sys_argv=argv)
-  if define_others:
-    define_others(flag_values)
   try:
     rest = flag_values(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -73,10 +69,9 @@ def parse_args(args: Sequence[str],
   return holder.value
 
 
-def define_flag(flag_values: flags.FlagValues = flags.FLAGS,
-                sys_argv: list[str] | None = None) -> flags.FlagHolder:
+def define_flag(flag_values: flags.FlagValues, sys_argv: list[str]) -> flags.FlagHolder:
   """Defines --config (a `file.py:arg` spec, loaded by load_file and locked) with its
-  `--config.<field>=value` overrides; sys_argv: the command line (default sys.argv)."""
+  `--config.<field>=value` overrides on flag_values; sys_argv: the command line."""
   holder = config_flags.DEFINE_config_file(FLAG, None, HELP, flag_values=flag_values,
                                            lock_config=True, sys_argv=sys_argv)
   flag_values[FLAG].parser = _FileParser(sys_argv)
@@ -86,7 +81,7 @@ def define_flag(flag_values: flags.FlagValues = flags.FLAGS,
 class _FileParser(flags.ArgumentParser):
   """--config's value -> load_file(value), locked, after checking the overrides name real fields."""
 
-  def __init__(self, sys_argv: list[str] | None):
+  def __init__(self, sys_argv: list[str]):
     self._sys_argv = sys_argv
 
   def parse(self, argument: str) -> ml_collections.ConfigDict:
@@ -96,7 +91,7 @@ class _FileParser(flags.ArgumentParser):
       raise ValueError(str(e)) from e
     if not isinstance(config, ml_collections.ConfigDict):
       raise TypeError(f"get_config returned {type(config).__name__}, not an ml_collections.ConfigDict")
-    for arg in self._sys_argv if self._sys_argv is not None else sys.argv:
+    for arg in self._sys_argv:
       match = _OVERRIDE.match(arg)
       if match:
         check_field(config, match.group(1))

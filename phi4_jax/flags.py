@@ -1,13 +1,73 @@
-"""Command-line flags the sampling tools share: which model, and a settings ConfigDict as flags."""
+"""The one flag library of every command (argparse): a parser that raises instead of exiting,
+--config with its `--config.<field>=v` overrides, booleans as absl spelled them, which model, and a
+settings group as flags (`--<group>.<name>`, as a recipe spells the same field)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import configs, fields
+
+
+class UsageError(ValueError):
+  """A command line that does not parse: the message names the flag."""
+
+
+class Parser(argparse.ArgumentParser):
+  """Every command's parser: argparse without abbreviations (`--work` is not `--workdir`), described
+  by the first paragraph of the command's docstring. parse_args exits 2 with the usage on a bad command
+  line, as argparse does; parse_known_args raises UsageError instead, for callers that check flags
+  without running them (main.parse_args, a launcher checking a job's)."""
+
+  def __init__(self, prog: str | None = None, doc: str | None = None, **kwargs):
+    kwargs.setdefault("description", " ".join((doc or "").split("\n\n")[0].split()) or None)
+    super().__init__(prog=prog, allow_abbrev=False, **kwargs)
+
+  def error(self, message: str):
+    raise UsageError(message)
+
+  def parse_args(self, args=None, namespace=None):
+    try:
+      return super().parse_args(args, namespace)
+    except UsageError as e:
+      self.exit(2, f"{self.format_usage()}{self.prog}: error: {e}\n")
+
+
+def add_config_flag(p: argparse.ArgumentParser) -> None:
+  """--config=experiments/<stage>.py:<preset>; its `--config.<field>=v` overrides are the
+  arguments `parse_with_config` hands to configs.parse_args."""
+  p.add_argument(f"--{configs.FLAG}", required=True, metavar="FILE.py:PRESET", help=configs.HELP)
+
+
+def parse_with_config(p: argparse.ArgumentParser,
+                      argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+  """(the config, the other flags) from argv; the arguments p does not know are --config's
+  overrides, parsed in order by configs.parse_args (which refuses anything else, named)."""
+  args, overrides = p.parse_known_args(list(argv))
+  return configs.parse_args([f"--{configs.FLAG}={args.config}", *overrides]), args
+
+
+def command_line(p: argparse.ArgumentParser,
+                 argv: Sequence[str] | None = None) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+  """parse_with_config on argv (default: sys.argv's), or exit 1 with the usage and one `error:`
+  line naming the flag, the config file or its field."""
+  try:
+    return parse_with_config(p, sys.argv[1:] if argv is None else argv)
+  except ValueError as e:
+    sys.exit(f"{p.format_usage()}error: {e}")
+
+
+def add_bool(p: argparse.ArgumentParser, flag: str, default: bool, help: str, dest: str | None = None,
+             **kwargs) -> None:
+  """`--x`, `--x=true|false|yes|no|1|0` and `--nox`, as absl spelled a boolean flag."""
+  dest = dest or flag.lstrip("-")
+  p.add_argument(flag, dest=dest, nargs="?", const=True, default=default, type=_boolean, help=help,
+                 metavar="true|false", **kwargs)
+  p.add_argument(f"--no{flag.lstrip('-')}", dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -28,11 +88,14 @@ def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.Conf
   for name, value in _config(defaults).items():
     note = notes.get(name, "").replace("%", "%%")
     kind = _boolean if isinstance(value, bool) else type(value)
-    p.add_argument(f"--{group}.{name}" if group else f"--{name}", dest=name, type=kind, default=value,
-                   help=f"{note} (default: %(default)s)".lstrip())
+    flag, note = f"--{group}.{name}" if group else f"--{name}", f"{note} (default: %(default)s)".lstrip()
+    if isinstance(value, bool):
+      add_bool(p, flag, value, note, dest=name)
+    else:
+      p.add_argument(flag, dest=name, type=kind, default=value, help=note)
     if group:
       p.add_argument(f"--{name}", dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                     action=_Deprecated, new=f"--{group}.{name}")
+                     action=_Deprecated, new=flag)
 
 
 class _Deprecated(argparse.Action):

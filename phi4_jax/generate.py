@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from phi4_jax.flags import add_model_flags
+from phi4_jax import flags
 from phi4_jax.store import jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
@@ -79,8 +79,8 @@ def run_file(params, cfg, args) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.generate", description=__doc__.split("\n")[0])
-  add_model_flags(p)
+  p = flags.Parser("python -m phi4_jax.generate", __doc__)
+  flags.add_model_flags(p)
   what = p.add_mutually_exclusive_group(required=True)
   what.add_argument("--prompt", help="one prompt, streamed to the terminal")
   what.add_argument("--prompts_file", help="JSONL of prompts (needs --output)")

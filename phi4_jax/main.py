@@ -2,40 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 
-from absl import app, flags
+import ml_collections
 
-from phi4_jax import configs, hugepages
-
-_FLAGS: dict[str, flags.FlagHolder] = {}  # defined by run()
+from phi4_jax import flags, hugepages
 
 
-def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
-  """The flags besides --config (configs.define_flag); launch/job.py checks a job's flags with
-  configs.parse_args(args, define_run_flags), the parsing run() does."""
-  return {
-      "workdir": flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, "
-                                     "TensorBoard", flag_values=flag_values),
-      "coordinator_address": flags.DEFINE_string("coordinator_address", "", "host:port of process 0 "
-                                                 "(multi-process)", flag_values=flag_values),
-      "num_processes": flags.DEFINE_integer("num_processes", 0, "processes in the job (0: "
-                                            "auto-detect)", flag_values=flag_values),
-      "process_id": flags.DEFINE_integer("process_id", -1, "this process's index (-1: auto-detect)",
-                                         flag_values=flag_values),
-      "dry_run": flags.DEFINE_bool("dry_run", False, "compile each training stage's step on abstract "
-                                   "inputs and print its per-device memory and FLOP plan; trains "
-                                   "nothing, writes nothing", flag_values=flag_values),
-      "devices": flags.DEFINE_integer("devices", 0, "with --dry_run: plan for this many devices "
-                                      "(fake CPU ones where no accelerator is present)",
-                                      flag_values=flag_values),
-      "device_memory_gb": flags.DEFINE_float("device_memory_gb", 0.0, "with --dry_run: check the "
-                                             "plan against this memory per device (0: a table of "
-                                             "H100, H200, A100, TPU v5e/v5p/v6e)",
-                                             flag_values=flag_values),
-  }
+def parser() -> flags.Parser:
+  """--config with its overrides, and the flags of a run."""
+  p = flags.Parser("python -m phi4_jax.main", __doc__)
+  flags.add_config_flag(p)
+  p.add_argument("--workdir", help="run directory: checkpoints, metrics, TensorBoard")
+  p.add_argument("--coordinator_address", default="", help="host:port of process 0 (multi-process)")
+  p.add_argument("--num_processes", type=int, default=0, help="processes in the job (0: auto-detect)")
+  p.add_argument("--process_id", type=int, default=-1, help="this process's index (-1: auto-detect)")
+  flags.add_bool(p, "--dry_run", False, "compile each training stage's step on abstract inputs and "
+                 "print its per-device memory and FLOP plan; trains nothing, writes nothing")
+  p.add_argument("--devices", type=int, default=0, help="with --dry_run: plan for this many devices "
+                 "(fake CPU ones where no accelerator is present)")
+  p.add_argument("--device_memory_gb", type=float, default=0.0, help="with --dry_run: check the plan "
+                 "against this memory per device (0: a table of H100, H200, A100, TPU v5e/v5p/v6e)")
+  return p
+
+
+def parse_args(argv) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+  """(the config, the other flags) as a run parses them; launch/job.py checks a job's flags with
+  it. Raises ValueError naming the flag."""
+  return flags.parse_with_config(parser(), argv)
 
 
 class _QuietLibraries(logging.Filter):
@@ -47,28 +44,26 @@ class _QuietLibraries(logging.Filter):
     return record.levelno >= logging.WARNING or not any(p in record.pathname for p in self._PATHS)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(levelname).1s%(asctime)s %(filename)s:%(lineno)d] "
+                      "%(message)s", datefmt="%m%d %H:%M:%S")
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
-  if _FLAGS["dry_run"].value:
-    _dry_run(_FLAGS["config"].value, _FLAGS["devices"].value, _FLAGS["device_memory_gb"].value)
+  if args.dry_run:
+    _dry_run(config, args.devices, args.device_memory_gb)
     return
-  if not _FLAGS["workdir"].value:
-    raise app.UsageError("--workdir is required (except with --dry_run)")
+  if not args.workdir:
+    sys.exit("error: --workdir is required (except with --dry_run)")
   from phi4_jax import distributed  # imports jax: after the hugepages re-exec
-  distributed.initialize(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
-                         _FLAGS["process_id"].value)
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   from phi4_jax.recipe import runner as recipe  # (these after jax.distributed.initialize)
   from phi4_jax.store import workdir
   from phi4_jax.train import recovery
   try:
-    path = workdir.resolve(_FLAGS["workdir"].value)
+    path = workdir.resolve(args.workdir)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  config = _FLAGS["config"].value
+    sys.exit(f"error: {e}")
   try:
     recipe.check(config, path)  # (nothing is written before every stage's config passed)
   except (ValueError, FileNotFoundError) as e:  # what the checks raise, each naming its field
@@ -94,7 +89,7 @@ def _dry_run(config, devices: int, device_memory_gb: float) -> None:
   if devices:
     jax.config.update("jax_num_cpu_devices", devices)  # (before the first backend is opened)
     if jax.default_backend() != "cpu" and jax.device_count() != devices:
-      raise app.UsageError(f"--devices={devices}: this machine has {jax.device_count()} "
+      sys.exit(f"error: --devices={devices}: this machine has {jax.device_count()} "
                            f"{jax.default_backend()} devices; fake devices are CPU ones (set "
                            "JAX_PLATFORMS=cpu to plan on them)")
   from phi4_jax.recipe import runner as recipe
@@ -114,11 +109,9 @@ def _dry_run(config, devices: int, device_memory_gb: float) -> None:
       sys.exit(f"error: {f'stage {name}: ' if name else ''}{e}")
 
 
-def run() -> None:
+def run(argv=None) -> None:
   hugepages.reexec_with_hugepages()
-  _FLAGS.update(config=configs.define_flag(), **define_run_flags())
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  main(*flags.command_line(parser(), argv))
 
 
 if __name__ == "__main__":

@@ -61,8 +61,17 @@ def test_errors_name_the_flag(small, tmp_path):
   with pytest.raises(ValueError, match=r"none.py has no get_config\(arg\) function"):
     configs.load(str(tmp_path / "none.py"))
   with pytest.raises(ValueError, match="Unknown command line flag 'workdir'"):
-    configs.parse_args([f"--config={small}", "--workdir=/w"])  # only with define_others
-  assert configs.parse_args([f"--config={small}", "--workdir=/w"], main.define_run_flags).steps == 4
+    configs.parse_args([f"--config={small}", "--workdir=/w"])  # a config's flags only
+  config, args = main.parse_args([f"--config={small}", "--workdir=/w", "--config.steps", "6", "--dry_run"])
+  assert (config.steps, args.workdir, args.dry_run) == (6, "/w", True)
+  assert main.parse_args([f"--config={small}", "--dry_run=false"])[1].dry_run is False
+  assert main.parse_args([f"--config={small}", "--nodry_run"])[1].dry_run is False
+  with pytest.raises(ValueError, match="Unknown command line flag 'wokdir'"):
+    main.parse_args([f"--config={small}", "--wokdir=/w"])
+  with pytest.raises(ValueError, match="Unknown command line flag 'work'"):
+    main.parse_args([f"--config={small}", "--work=/w"])  # (no abbreviations)
+  with pytest.raises(ValueError, match="required: --config"):
+    main.parse_args(["--workdir=/w"])
 
 
 def test_every_model_field_round_trips_through_config_model():

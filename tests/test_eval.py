@@ -177,16 +177,17 @@ def test_bad_input_is_named(tiny, tmp_path, capsys):
   mc = write_jsonl(tmp_path / "mc.jsonl", [{"question": "?", "choices": ["a", "b"], "answer": "C"}])
   with pytest.raises(ValueError, match=r"mc.jsonl:1: 'answer' 'C' is not an index, letter or text of its 2 choices"):
     choice.run(tiny, eval_lib.eval_fields(choice_file=mc))
-  with pytest.raises(ValueError, match=r"--tasks: unknown task 'nope'"):
-    eval_cli.main(["--hf_dir", str(tmp_path), "--tasks", "nope"])  # (refused before loading a model)
+  with pytest.raises(ValueError, match=r"--eval.tasks: unknown task 'nope'"):
+    eval_cli.main(["--hf_dir", str(tmp_path), "--eval.tasks", "nope"])  # (refused before loading a model)
 
 
 def test_command_prints_a_table_and_writes_json(tiny, tmp_path, capsys):
   hf.save(tiny.cfg, tiny.params, str(tmp_path / "hf"))
   out = tmp_path / "results.json"
-  eval_cli.main(["--hf_dir", str(tmp_path / "hf"), "--tasks", "answers,choice", "--limit", "2",
+  eval_cli.main(["--hf_dir", str(tmp_path / "hf"), "--eval.tasks", "answers,choice", "--eval.limit", "2",
                  "--max_new_tokens", "4", "--answers_file", "embedded:parity", "--out", str(out)])
-  table = capsys.readouterr().out
+  table, err = capsys.readouterr()
+  assert "--max_new_tokens is deprecated; use --eval.max_new_tokens" in err  # (the old spelling works)
   assert "answers     acc" in table and "choice      acc_norm" in table
   results = json.loads(out.read_text())["results"]
   assert results["answers"]["n"] == 2 and results["choice"]["n"] == 2

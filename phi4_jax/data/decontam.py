@@ -40,7 +40,6 @@ documents are streamed, so memory stays flat with the sources' size.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import glob
@@ -320,7 +319,7 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.data.decontam", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.data.decontam", __doc__)
   p.add_argument("--benchmarks", required=True, help="humaneval, embedded:<set> or JSONL globs, comma-separated")
   p.add_argument("--sources", required=True,
                  help="a stage or recipe config (experiments/<stage>.py:<preset>, experiments/recipe.py:colab)")

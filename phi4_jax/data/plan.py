@@ -8,29 +8,26 @@ Sources whose `unique_tokens` is 0 are measured (once, cached); the planner is p
 from __future__ import annotations
 
 import json
+import sys
 
-from absl import app, flags
-
-from phi4_jax import configs
+from phi4_jax import flags
 from phi4_jax.data import measure
 from phi4_jax.data.check import check_config
 from phi4_jax.data.planner import make_plan
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
+def main(argv=None) -> None:
+  p = flags.Parser("python -m phi4_jax.data.plan", __doc__)
+  flags.add_config_flag(p)
+  flags.add_bool(p, "--json", False, "print the plan as JSON instead of a table")
+  config, args = flags.command_line(p, argv)
   try:
     check_config(config, files=False)  # a declared plan needs no files (measuring opens them)
     plan = make_plan(config, measure.unique_tokens(config))
   except ValueError as e:  # PlanError, or a config.data field or a source's files
     raise SystemExit(f"plan refused: {e}") from None
-  print(json.dumps(plan.to_dict(), indent=1) if flags.FLAGS.json else plan.table())
+  print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table())
 
 
-if __name__ == "__main__":  # flags only here: importing this module defines none
-  configs.define_flag()
-  flags.DEFINE_bool("json", False, "print the plan as JSON instead of a table")
-  flags.mark_flag_as_required("config")
-  app.run(main)
+if __name__ == "__main__":
+  main()

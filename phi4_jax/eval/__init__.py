@@ -1,8 +1,8 @@
 """Evaluation: HumanEval by execution, answer tasks, multiple choice and perplexity per source,
 and an lm-evaluation-harness model (phi4_jax.eval.lm_eval).
 
-  python -m phi4_jax.eval --workdir=W [--step=N] --tasks=humaneval,answers,choice,perplexity
-                          [--limit=N] [--out=results.json]
+  python -m phi4_jax.eval --workdir=W [--step=N] --eval.tasks=humaneval,answers,choice,perplexity
+                          [--eval.limit=N] [--out=results.json]
 
     results = eval.evaluate(eval.Model(params, cfg), eval.eval_fields(tasks="answers", limit=64))
 

@@ -1,9 +1,8 @@
-"""python -m phi4_jax.eval --workdir=W --tasks=a,b [--limit=N] [--out=results.json]: evaluate a
+"""python -m phi4_jax.eval --workdir=W --eval.tasks=a,b [--eval.limit=N] [--out=results.json]: evaluate a
 checkpoint of any stage (or --hf_dir) on tasks and print a table (phi4_jax/eval/__init__.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -13,16 +12,16 @@ from phi4_jax.eval.tasks import TASKS, evaluate, table
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.eval", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.eval", __doc__)
   flags.add_model_flags(p)
   p.add_argument("--out", default="", help="also write the results here as JSON")
   defaults = FIELDS.without("every")  # a training-only field
-  flags.add_settings_flags(p, defaults)
+  flags.add_settings_flags(p, defaults, group="eval")  # (a stage's config.eval.<name>)
   args = p.parse_args(argv)
   if not args.tasks:
-    p.error(f"--tasks: give comma-separated task names (known: {', '.join(TASKS)})")
+    p.error(f"--eval.tasks: give comma-separated task names (known: {', '.join(TASKS)})")
   settings = eval_fields(**flags.settings(args, defaults).to_dict())
-  task_names(settings, "--tasks")  # before the model loads
+  task_names(settings, "--eval.tasks")  # before the model loads
   from phi4_jax import inference
   from phi4_jax.eval.model import Model
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)

@@ -13,7 +13,6 @@ evaluate_functional_correctness; results go to <file>_results.jsonl):
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import gzip
@@ -24,6 +23,7 @@ import sys
 
 import numpy as np
 
+from phi4_jax import flags
 from phi4_jax.eval.model import Model, plain_prompt
 from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.sandbox import run_python
@@ -112,7 +112,7 @@ def score_file(path: str, ks=(1, 10, 100), timeout_s: float = 10.0) -> dict:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.eval.humaneval", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.eval.humaneval", __doc__)
   p.add_argument("--completions", required=True, help="JSONL of {task_id, completion}")
   p.add_argument("--k", default="1,10,100", help="comma-separated k of pass@k")
   p.add_argument("--timeout_s", type=float, default=10.0, help="per program")

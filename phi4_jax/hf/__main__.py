@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
-from phi4_jax import hf
+from phi4_jax import flags, hf
 from phi4_jax.model.config import DTYPES
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m phi4_jax.hf", description=hf.__doc__.split("\n")[0])
+  parser = flags.Parser("python -m phi4_jax.hf", hf.__doc__)
   commands = parser.add_subparsers(dest="command", required=True)
   imp = commands.add_parser("import", help="HF folder -> orbax checkpoint in a workdir")
   imp.add_argument("--hf_dir", required=True)

@@ -19,7 +19,6 @@ Resumable like PTS: one line per prompt in OUT.log.jsonl, OUT rewritten from it 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -183,7 +182,7 @@ def run(responders: list, judge, prompts: list[dict], out: str, settings, progre
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.judge", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.posttrain.judge", __doc__)
   p.add_argument("--prompts", required=True, help="JSONL of prompts (question or messages; answer optional)")
   p.add_argument("--out", required=True, help="JSONL of pairs (the DPO stage's conversation format)")
   p.add_argument("--responder", action="append", required=True,

@@ -13,7 +13,6 @@ a single sample, or has a share below min_share. A kept question gets the plural
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -100,7 +99,7 @@ def run(roller: rollouts.Roller, questions: list[dict], out: str, settings: ml_c
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.plurality", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.posttrain.plurality", __doc__)
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True)
   p.add_argument("--out", required=True)

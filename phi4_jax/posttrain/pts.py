@@ -165,7 +165,7 @@ def run(roller: Roller, questions: list[dict], out: str, settings: ml_collection
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m phi4_jax.posttrain.pts", description=__doc__.split("\n")[0])
+  p = flags.Parser("python -m phi4_jax.posttrain.pts", __doc__)
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True, help="JSONL of questions (see posttrain/oracles.py)")
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")

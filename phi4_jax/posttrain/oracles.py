@@ -11,7 +11,8 @@ A question record says what success means by its `kind` (default "final_answer")
                     punctuation at either end
   multiple_choice   {"question", "answer": "B"}: the letter after the last `Answer:`
   python            {"question", "tests"}: the completion's code (its last ```python block, else
-                    all of it) followed by `tests` exits 0 in the sandbox (sandbox.run_python)
+                    all of it) followed by `tests` runs to its end without an exception in the
+                    sandbox (sandbox.run_python: exiting early, with any status, fails)
 
 Only the completion is checked, never the prompt: numbers in a question must not count.
 """

@@ -3,8 +3,9 @@ transformers, lm-evaluation-harness's `hf` model or vLLM load the same tokenizer
 
 tokenizer.json is the `tokenizers` library's byte-level BPE over cl100k_base's ranks: the vocab in
 GPT-2's byte-to-unicode alphabet, the merges recovered from the ranks (every split of a token into
-two tokens whose concatenation ranks, ordered by the merged token's rank), cl100k's split pattern,
-and Phi-4's special tokens as added tokens. Written with the standard library only.
+two tokens whose concatenation ranks, ordered by the merged token's rank), cl100k's split pattern
+in the syntax of the `tokenizers` library's regex engine (HF_SPLIT_PATTERN), and Phi-4's special
+tokens as added tokens. Written with the standard library only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import json
 import os
 
 from phi4_jax.tokenizer import CL100K_PAT_STR, ENDOFTEXT, IM_END, PAD, SPECIAL_TOKENS, _cl100k_path, _load_ranks
+
+# cl100k's pattern for Oniguruma, which `tokenizers` runs: there `\p{N}{1,3}+` is a repeated group
+# (any run of digits in one piece: "4817" split 48|17), where tiktoken reads a possessive {1,3}
+# (481|7). Nothing follows it in its alternative, so the plain greedy {1,3} matches the same.
+HF_SPLIT_PATTERN = CL100K_PAT_STR.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + "
           "message['content'] + '<|im_end|>' }}{% endfor %}"
@@ -56,7 +62,7 @@ def tokenizer_json() -> dict:
                         "normalized": False, "special": True} for name, i in SPECIAL_TOKENS.items()],
       "normalizer": None,
       "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-          {"type": "Split", "pattern": {"Regex": CL100K_PAT_STR}, "behavior": "Isolated", "invert": False},
+          {"type": "Split", "pattern": {"Regex": HF_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
       "post_processor": None,
       "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},

@@ -78,6 +78,13 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--step", type=int, default=None)
 
 
+def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+  """--overwrite: a resumable command's output made by another run (store/fingerprint.py) is
+  started over instead of refused."""
+  add_bool(p, "--overwrite", False, "start the output over when it was made from another model, "
+           "other inputs or other settings (without it such a rerun is refused)")
+
+
 def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict | fields.Group,
                        group: str = "") -> None:
   """One flag per field of `defaults`, typed by its default (a bool's flag takes true/false, yes/no

@@ -7,9 +7,11 @@
 A plain prompt starts a new document (`<|endoftext|>` first, as in packed pretraining rows) and
 stops at `<|endoftext|>` or `<|im_end|>`; `--chat` wraps it in the ChatML template with a generation
 prompt and stops at `<|im_end|>`. A prompts file has one JSON object per line with `prompt` (text),
-`messages` (a conversation, always templated) or `prompt_ids`; the output gets one line per prompt,
-`{"index", "completions", "completion_ids"}`, written as each batch finishes, so a rerun after a kill
-skips the prompts already there.
+`messages` (a conversation, always templated) or `prompt_ids`, and optionally its own `id`; the
+output gets one line per prompt, `{"index", "id" (when the prompt has one), "completions",
+"completion_ids"}`, written as each batch finishes, so a rerun after a kill skips the prompts already
+there. The output records what made it (OUTPUT.fingerprint.json: the model, the prompts file's
+content, the sampling flags): a rerun with another is refused, or started over with --overwrite.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import sys
 
 from phi4_jax import flags
-from phi4_jax.store import jsonl_log
+from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 TOKENIZER = Phi4Tokenizer()
@@ -50,17 +52,28 @@ def stream_to_terminal(params, cfg, ids: list[int], args, out=None) -> list[int]
   return produced
 
 
-def read_prompts(path: str, chat: bool) -> list[list[int]]:
-  prompts = [prompt_ids(record, chat, f"{path}:{n}") for n, record in jsonl_log.objects(path)]
-  if not prompts:
+def read_prompts(path: str, chat: bool) -> tuple[list[list[int]], list]:
+  """(the prompts' token ids, their own ids or None)."""
+  records = list(jsonl_log.objects(path))
+  if not records:
     raise ValueError(f"{path}: no prompts")
-  return prompts
+  return [prompt_ids(record, chat, f"{path}:{n}") for n, record in records], [r.get("id") for _, r in records]
+
+
+def claim_output(args) -> None:
+  """Refuses an output that is the prompts file, or that another model, prompts file or sampling
+  flags made (store/fingerprint.py); --overwrite starts it over."""
+  fingerprint.refuse_input_as_output(args.output, {"--prompts_file": args.prompts_file})
+  made = {"model": fingerprint.model_identity(args.workdir or args.hf_dir, args.step),
+          "prompts": fingerprint.file_identity(args.prompts_file), "chat": args.chat,
+          "num_samples": args.num_samples, "sampling": _sampling(args)}
+  fingerprint.claim(args.output, made, [args.output], args.overwrite)
 
 
 def run_file(params, cfg, args) -> int:
   """Generates for every prompt of args.prompts_file not yet in args.output; returns how many."""
   from phi4_jax import inference
-  prompts = read_prompts(args.prompts_file, args.chat)
+  prompts, ids = read_prompts(args.prompts_file, args.chat)
   done = {int(i) for i in jsonl_log.read(args.output, "index")}
   todo = [i for i in range(len(prompts)) if i not in done]
   with open(args.output, "a", encoding="utf-8") as out:
@@ -70,7 +83,8 @@ def run_file(params, cfg, args) -> int:
                                 sample_ids=batch, **_sampling(args))  # (the same draws on a rerun)
       for k, i in enumerate(batch):
         samples = outs[k * args.num_samples:(k + 1) * args.num_samples]
-        out.write(json.dumps({"index": i, "completions": [TOKENIZER.decode(s) for s in samples],
+        own = {"id": ids[i]} if ids[i] is not None else {}
+        out.write(json.dumps({"index": i, **own, "completions": [TOKENIZER.decode(s) for s in samples],
                               "completion_ids": samples}) + "\n")
       out.flush()
       os.fsync(out.fileno())
@@ -94,6 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--stop_ids", type=int, nargs="*", default=None, help="default: by --chat")
   p.add_argument("--batch_prompts", type=int, default=32, help="prompts per written batch")
+  flags.add_overwrite_flag(p)
   args = p.parse_args(argv)
   if args.prompts_file and not args.output:
     p.error("--prompts_file needs --output")
@@ -103,6 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
   args = parse_args(argv)
   from phi4_jax import inference
+  if args.prompts_file:
+    read_prompts(args.prompts_file, args.chat)  # (bad prompts are named before the model loads)
+    claim_output(args)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
   if args.prompts_file:
     n = run_file(params, cfg, args)

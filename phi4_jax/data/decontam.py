@@ -53,7 +53,7 @@ import time
 
 from phi4_jax import flags
 from phi4_jax.data.overlap import LONG, SHORT, SETTINGS, Index, Settings, item_text, words  # noqa: F401
-from phi4_jax.store import atomic, jsonl_log
+from phi4_jax.store import atomic, fingerprint, jsonl_log
 
 READ_BATCH = 256  # documents read together
 STAGE_GLOB = "stage:"  # a source glob naming a data stage's pairs (recipe/runner.py resolves them)
@@ -186,8 +186,14 @@ def _clean_file(source, fmt: str, f: int, found: tuple, out_dir: str) -> dict:
   target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
   with atomic.replacing(target) as tmp:  # renamed after the report is written:
     _copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
-    jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts)}])
+    jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts), "source": _identity(path)}])
   return dict(counts)  # (a file is done when its copy exists and its report ends in "done")
+
+
+def _identity(path: str) -> dict:
+  """A source file as its report records it: a file changed since is checked again."""
+  stat = os.stat(path)
+  return {"path": os.path.realpath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _finished(out_dir: str, path: str) -> dict | None:
@@ -196,7 +202,7 @@ def _finished(out_dir: str, path: str) -> dict | None:
   if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(report)):
     return None
   last = list(jsonl_log.read(report, "done", repair=False).values())
-  return last[-1]["counts"] if last else None
+  return last[-1]["counts"] if last and last[-1].get("source") == _identity(path) else None
 
 
 @dataclasses.dataclass
@@ -282,8 +288,20 @@ def _check_stage(r: _Run, name: str, stage, skipped: list[str], flags: list[str]
   return summary
 
 
+def _refuse_sources_in(out: str, config) -> None:
+  """ValueError when a file a source's globs match is `out` or inside it (its clean copies would
+  replace the file, and a rerun would read them back)."""
+  from phi4_jax.data.planner import leaves
+  from phi4_jax.data.sources import resolve_globs
+  for stage in ([config[name] for name in config.stages] if "stages" in config else [config]):
+    for leaf in (leaves(stage.data.sources) if "data" in stage else []):
+      if not leaf.cfg.globs.startswith((STAGE_GLOB, "corpus:")):
+        for path in resolve_globs(leaf.cfg.globs, f"{leaf.field}.globs"):
+          fingerprint.refuse_input_as_output(out, {f"{leaf.field}.globs": path})
+
+
 def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", settings: Settings | None = None,
-        progress=sys.stderr) -> dict:
+        progress=sys.stderr, overwrite: bool = False) -> dict:
   """Decontaminates every text, chat or pairs source of the config `sources_spec`, or of every
   stage of a recipe (a config with `stages`: data stages' questions are checked as documents);
   returns the summary."""
@@ -295,11 +313,16 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
   if settings.common_items < 2:
     raise ValueError(f"--common_items: must be >= 2, got {settings.common_items}")
   allow = open(allow_file, encoding="utf-8").read().splitlines() if allow_file else []
-  os.makedirs(out, exist_ok=True)
-  started = time.monotonic()
-  index = load_index(out, benchmark_items(benchmarks), allow, settings.common_items)
-  index_s = time.monotonic() - started
   config = configs.load(sources_spec)
+  _refuse_sources_in(out, config)  # (before --overwrite could remove anything)
+  items = benchmark_items(benchmarks)
+  made = {"benchmarks": fingerprint.records_identity(items), "allow": sorted(allow),
+          "settings": dataclasses.asdict(settings)}
+  fingerprint.claim(out, made, [os.path.join(out, n) for n in (os.listdir(out) if os.path.isdir(out) else [])],
+                    overwrite, folder=True)
+  started = time.monotonic()
+  index = load_index(out, items, allow, settings.common_items)
+  index_s = time.monotonic() - started
   r, skipped, flags = _Run(index, settings, out, progress), [], []
   started = time.monotonic()
   if "stages" in config:
@@ -325,10 +348,11 @@ def main(argv=None) -> None:
                  help="a stage or recipe config (experiments/<stage>.py:<preset>, experiments/recipe.py:colab)")
   p.add_argument("--out", required=True, help="the clean copies, reports and summary")
   p.add_argument("--allow", default="", help="a file of allow-listed 13-grams, one per line")
+  flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, SETTINGS)
   args = p.parse_args(argv)
   settings = Settings(**flags.settings(args, SETTINGS).to_dict())
-  result = run(args.benchmarks, args.sources, args.out, args.allow, settings)
+  result = run(args.benchmarks, args.sources, args.out, args.allow, settings, overwrite=args.overwrite)
   print(json.dumps(result, indent=1))
 
 

@@ -29,7 +29,7 @@ import ml_collections
 
 from phi4_jax import fields, flags
 from phi4_jax.posttrain import rollouts
-from phi4_jax.store import jsonl_log
+from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
 from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
 from phi4_jax.posttrain.questions import read_questions
@@ -162,8 +162,28 @@ def judge_round(responders: list, judge, records: list[dict], settings) -> list[
   return lines
 
 
+def spec_identity(spec: str) -> dict:
+  """What a responder or judge spec names, for a fingerprint: an endpoint by its spec, a model by
+  store.fingerprint.model_identity (its step: a workdir that trained on is another model)."""
+  kind, sep, path = spec.partition(":")
+  if spec.startswith(("http://", "https://")) or kind not in ("workdir", "hf") or not path:
+    return {"spec": spec.split(",api_key")[0]}
+  return {"spec": spec, **fingerprint.model_identity(os.path.expanduser(path))}
+
+
+def claim(out: str, responders: list[dict], judge: dict, prompts: list[dict], settings,
+          overwrite: bool = False, flag: str = "--overwrite") -> None:
+  """OUT's fingerprint (store/fingerprint.py): other responders, judge, prompts or settings
+  (concurrency and batching aside) are refused."""
+  made = {k: v for k, v in settings.to_dict().items() if k not in ("concurrency", "max_batch")}
+  fingerprint.claim(out, {"responders": responders, "judge": judge, "settings": made,
+                          "prompts": fingerprint.records_identity(prompts)},
+                    [out + ".log.jsonl", out], overwrite, flag)
+
+
 def run(responders: list, judge, prompts: list[dict], out: str, settings, progress=sys.stderr) -> dict:
-  """Answers, judges and pairs every prompt not yet in OUT.log.jsonl; writes OUT. Returns counts."""
+  """Answers, judges and pairs every prompt not yet in OUT.log.jsonl (claim it first); writes OUT.
+  Returns counts."""
   FIELDS.check(settings, "judge")
   log = out + ".log.jsonl"
   done = jsonl_log.read(log, "prompt_id")
@@ -188,10 +208,14 @@ def main(argv=None) -> None:
   p.add_argument("--responder", action="append", required=True,
                  help="workdir:PATH, hf:PATH or http(s)://URL,model=NAME (repeatable)")
   p.add_argument("--judge", default="oracle", help="oracle (rule-based), workdir:PATH, hf:PATH or an endpoint")
+  flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   args = p.parse_args(argv)
   settings = flags.settings(args, FIELDS)
   prompts = read_questions(args.prompts, need_answer=False)
+  fingerprint.refuse_input_as_output(args.out, {"--prompts": args.prompts})
+  claim(args.out, [spec_identity(s) for s in args.responder], spec_identity(args.judge), prompts, settings,
+        args.overwrite)
   responders = [policy(spec, settings) for spec in args.responder]
   judge = "oracle" if args.judge == "oracle" else policy(args.judge, settings, name="judge")
   print(json.dumps(run(responders, judge, prompts, args.out, settings)))

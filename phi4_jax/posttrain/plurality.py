@@ -22,7 +22,7 @@ import ml_collections
 from phi4_jax import fields, flags
 from phi4_jax.data.synthetic import numbers
 from phi4_jax.posttrain import oracles, rollouts
-from phi4_jax.store import jsonl_log
+from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.posttrain.questions import read_questions
 
 FIELDS = fields.Group(
@@ -69,9 +69,17 @@ def vote(answers: list[str | None], *, max_share: float = 1.0, min_share: float 
   return top, "kept"
 
 
+def claim(out: str, model: dict, questions: list[dict], settings, overwrite: bool = False) -> None:
+  """OUT's fingerprint (store/fingerprint.py): another model, questions or settings is refused."""
+  made = {k: v for k, v in settings.to_dict().items() if k != "max_batch"}
+  fingerprint.claim(out, {"model": model, "questions": fingerprint.records_identity(questions),
+                          "settings": made}, [out + ".log.jsonl", out], overwrite)
+
+
 def run(roller: rollouts.Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
         progress=sys.stderr) -> dict:
-  """Votes on every question not yet in OUT.log.jsonl; writes the kept ones to OUT. Returns counts."""
+  """Votes on every question not yet in OUT.log.jsonl (claim it first); writes the kept ones to
+  OUT. Returns counts."""
   FIELDS.check(settings, "plurality")
   log = out + ".log.jsonl"
   done = jsonl_log.read(log, "question_id")
@@ -103,11 +111,15 @@ def main(argv=None) -> None:
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True)
   p.add_argument("--out", required=True)
+  flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   args = p.parse_args(argv)
   from phi4_jax import inference
   settings = flags.settings(args, FIELDS)
   questions = read_questions(args.questions, need_answer=False)
+  fingerprint.refuse_input_as_output(args.out, {"--questions": args.questions})
+  claim(args.out, fingerprint.model_identity(args.workdir or args.hf_dir, args.step), questions, settings,
+        args.overwrite)
   cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
   print(json.dumps(run(rollouts.Roller(params, cfg, settings), questions, args.out, settings)))
 

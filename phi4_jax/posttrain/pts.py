@@ -28,7 +28,7 @@ import ml_collections
 
 from phi4_jax import fields, flags
 from phi4_jax.posttrain import rollouts
-from phi4_jax.store import jsonl_log
+from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.bisection import Pivot, bisect, pivot_pair, split_point, subdivide
 from phi4_jax.posttrain.rollouts import PrefixStats, Roller
@@ -46,6 +46,7 @@ FIELDS = fields.Group(
                                      "questions searched together (their rollouts batched)"),
 )
 RULES = FIELDS.rules
+BATCHING = ("max_batch", "questions_per_round")  # settings a question's pairs do not depend on
 
 
 def pts_fields() -> ml_collections.ConfigDict:
@@ -137,10 +138,20 @@ def merge(out: str, questions: list[dict], process_count: int) -> dict | None:
           "pivots": sum(len(r["pivots"]) for r in results), "pairs": sum(len(r["pairs"]) for r in results)}
 
 
+def claim(out: str, model: dict, questions: list[dict], settings, process_index: int = 0,
+          process_count: int = 1, overwrite: bool = False, flag: str = "--overwrite") -> None:
+  """OUT's fingerprint (store/fingerprint.py): a rerun with another model, questions or settings
+  (batching aside) is refused, or with overwrite starts over."""
+  made = {k: v for k, v in settings.to_dict().items() if k not in BATCHING}
+  log = jsonl_log.part_path(out + ".log.jsonl", process_index, process_count)
+  fingerprint.claim(out, {"model": model, "questions": fingerprint.records_identity(questions), "settings": made,
+                          "process_count": process_count}, [log, out], overwrite, flag)
+
+
 def run(roller: Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
         process_index: int = 0, process_count: int = 1, progress=sys.stderr) -> dict:
-  """Searches this process's share of `questions` not yet in its log; writes OUT when all are.
-  Returns counts: questions, searched, pivots, pairs, rollouts, seconds, merged."""
+  """Searches this process's share of `questions` not yet in its log; writes OUT when all are
+  (claim it first). Returns counts: questions, searched, pivots, pairs, rollouts, seconds, merged."""
   check_settings(settings)
   log = jsonl_log.part_path(out + ".log.jsonl", process_index, process_count)
   mine = questions[process_index::process_count]
@@ -171,6 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
   p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
   p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
+  flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   return p.parse_args(argv)
 
@@ -184,9 +196,12 @@ def main(argv=None) -> None:
   settings = flags.settings(args, FIELDS)
   check_settings(settings)
   questions = read_questions(args.questions)
-  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
+  fingerprint.refuse_input_as_output(args.out, {"--questions": args.questions})
   index = jax.process_index() if args.process_index is None else args.process_index
   count = jax.process_count() if args.process_count is None else args.process_count
+  model = fingerprint.model_identity(args.workdir or args.hf_dir, args.step)
+  claim(args.out, model, questions, settings, index, count, args.overwrite)
+  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
   summary = run(Roller(params, cfg, settings), questions, args.out, settings, index, count)
   print(json.dumps(summary))
 

@@ -25,7 +25,7 @@ from phi4_jax.data import families
 from phi4_jax.posttrain import judge, pts
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.rollouts import Roller
-from phi4_jax.store import atomic
+from phi4_jax.store import atomic, fingerprint
 
 KINDS = ("pts", "judge")
 PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
@@ -119,9 +119,16 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
     raise ValueError(f"config.init_from: stage {config.stage} needs a model to sample from")
   os.makedirs(stage_dir, exist_ok=True)
   step = None if config.init_step < 0 else config.init_step
-  cfg, params = inference.load(config.init_from, step)
   records = questions(config.questions, config.num_questions, need_answer=config.kind == "pts")
   out, index, count = os.path.join(stage_dir, PAIRS), jax.process_index(), jax.process_count()
+  model, redo = fingerprint.model_identity(config.init_from, step), f"delete {stage_dir} to make it again"
+  specs = [s for s in config.responders.split(";") if s] if config.responders else []
+  if config.kind == "pts":
+    pts.claim(out, model, records, config.settings, index, count, flag=redo)
+  elif index == 0:
+    judge.claim(out, [judge.spec_identity(s) for s in specs] or [model], judge.spec_identity(config.judge),
+                records, config.settings, flag=redo)
+  cfg, params = inference.load(config.init_from, step)
   summary = None
   if config.kind == "pts":
     pts.run(Roller(params, cfg, config.settings), records, out, config.settings, index, count)
@@ -129,7 +136,6 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
     if index == 0:
       summary = pts.merge(out, records, count)
   elif index == 0:
-    specs = [s for s in config.responders.split(";") if s] if config.responders else []
     responders = [judge.policy(s, config.settings) for s in specs] or [
         judge.SamplerPolicy("policy", cfg, params, config.settings)]
     judge_with = "oracle" if config.judge == "oracle" else judge.policy(config.judge, config.settings, "judge")

@@ -21,7 +21,8 @@ def temporary(path: str | os.PathLike) -> str:
   return f"{os.fspath(path)}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
 
-def _remove(path: str) -> None:
+def remove(path: str) -> None:
+  """Removes a file, link or folder; nothing when it is not there."""
   if os.path.isdir(path) and not os.path.islink(path):
     shutil.rmtree(path, ignore_errors=True)
   elif os.path.lexists(path):
@@ -48,7 +49,7 @@ def replacing(path: str | os.PathLike):
         os.close(fd)
     os.replace(tmp, path)
   finally:
-    _remove(tmp)  # (nothing is left there after a successful rename)
+    remove(tmp)  # (nothing is left there after a successful rename)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -70,9 +70,12 @@ def main(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     sys.exit(f"error: {e}")
   from phi4_jax.data import SourceError
   from phi4_jax.data.formats import CacheError
+  from phi4_jax.posttrain.openai_http import EndpointError
+  from phi4_jax.store.fingerprint import FingerprintError
+  user_errors = (SourceError, CacheError, workdir.WorkdirError, FingerprintError, EndpointError)
   try:
     recipe.run(config, path, checked=True)
-  except (SourceError, CacheError, workdir.WorkdirError) as e:  # a bad data file, cache or workdir
+  except user_errors as e:  # a bad data file, cache, workdir or stage output, or a failed endpoint
     sys.exit(f"error: {e}")
   except recovery.CheckpointError as e:
     # The last line says what failed. A failed async save leaves orbax coroutines that Python

@@ -46,6 +46,26 @@ class FakeOpenAI(http.server.BaseHTTPRequestHandler):
     if action == "hang":  # never answers until the test ends: the client's timeout fires
       server.release.wait()
       return
+    if action.startswith(("429 retry-after=", "302 location=")):  # e.g. "429 retry-after=10"
+      code, _, value = action.partition(" ")
+      header, _, value = value.partition("=")
+      self.send_response(int(code))
+      self.send_header(header.title(), value)
+      self.send_header("Content-Length", "0")
+      self.end_headers()
+      return
+    if action == "drip":  # a whole reply, one byte at a time: each read is quick, the request is not
+      text = json.dumps({"choices": [{"message": {"role": "assistant", "content": "slow"}}]}).encode()
+      head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(text)}\r\n\r\n".encode()
+      for byte in head + text:
+        if server.release.wait(0.2):
+          return
+        try:
+          self.wfile.write(bytes([byte]))
+          self.wfile.flush()
+        except OSError:
+          return
+      return
     text = b"{not json" if action == "malformed" else json.dumps(
         {"choices": [{"message": {"role": "assistant", "content": server.reply(body)}}]}).encode()
     self.send_response(200)

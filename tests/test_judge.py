@@ -1,9 +1,13 @@
 """Judge-guided pairs: strict verdicts, the pair rules on hand-built score tables, the rule-based
 judge, and the OpenAI-compatible client against a fake server on loopback (faults included)."""
 
+import http.server
 import json
+import os
+import threading
 
 import pytest
+from conftest import FakeOpenAI
 
 from phi4_jax.posttrain import judge, judge_rules
 from phi4_jax.posttrain.openai_http import Endpoint, EndpointError
@@ -101,3 +105,56 @@ def test_judge_run_over_http_pairs_by_the_rules_retries_and_counts_unparsable_ve
   n = len(server.requests)
   assert judge.run(responders, "oracle", prompts, out, settings, progress=None) == summary  # resumed
   assert len(server.requests) == n
+
+
+def test_retry_after_is_honoured_and_timeout_bounds_the_whole_request(openai_server, monkeypatch):
+  """issue #24, item 5: retries waited +1, +2, +4 s against `Retry-After: 10`, and a server dripping
+  a byte every 0.2 s held a request for as long as it liked (each read was within timeout_s)."""
+  from phi4_jax.posttrain import openai_http
+  waits = []
+  monkeypatch.setattr(openai_http.time, "sleep", waits.append)
+  openai_server.script = ["429 retry-after=10", "429 retry-after=Wed, 21 Oct 2015 07:28:00 GMT"]
+  assert _endpoint(openai_server).chat([{"role": "user", "content": "hi"}]) == "hello"
+  assert waits == [10.0, 0.0]  # (a date in the past: no wait; backoff_s is 0 here)
+  openai_server.script = ["drip"]
+  endpoint = Endpoint.parse(f"http://127.0.0.1:{openai_server.server_address[1]}/v1,model=fake,timeout_s=1,retries=0")
+  with pytest.raises(EndpointError, match=r"TimeoutError: no whole response within timeout_s=1.0 after 1 attempt"):
+    endpoint.chat([{"role": "user", "content": "hi"}])
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays_home(openai_server, monkeypatch):
+  other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+  other.script, other.default, other.requests, other.release = [], "ok", [], threading.Event()
+  other.reply = lambda body: "elsewhere"
+  threading.Thread(target=other.serve_forever, daemon=True).start()
+  try:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    openai_server.script = [f"302 location=http://127.0.0.1:{other.server_address[1]}/v1/chat/completions"]
+    with pytest.raises(EndpointError, match=r"HTTP 302 \(a redirect to http://127.0.0.1:\d+/v1/chat/completions: "
+                                            r"not followed\) after 1 attempt"):
+      _endpoint(openai_server).chat([{"role": "user", "content": "hi"}])
+    assert other.requests == []
+  finally:
+    other.shutdown()
+    other.server_close()
+
+
+def test_prompts_whose_requests_failed_are_not_done_and_a_rerun_asks_again(openai_server, tmp_path):
+  """issue #24, item 5: a request failing past its retries became "no response" and its prompt
+  was logged as done: an outage lost prompts for good, with exit status 0."""
+  settings = judge.judge_fields()
+  settings.num_responses, settings.concurrency = 2, 1
+  spec = f"http://127.0.0.1:{openai_server.server_address[1]}/v1,model=fake,retries=0"
+  answers = iter(["Final answer: 7", "Final answer: 8"] * 8)
+  openai_server.reply = lambda body: next(answers)
+  prompts = [{"id": f"q{i}", "question": "What is 3 + 4?", "answer": "7"} for i in range(3)]
+  out = str(tmp_path / "pairs.jsonl")
+  openai_server.script = ["ok", "ok", "500"]  # q1's first response fails
+  with pytest.raises(EndpointError, match=r"judge: 1 of 3 prompts failed and are not done \(first: q1: "
+                                          r"http://127.0.0.1:\d+/v1 \(fake\): HTTP 500.*rerun to ask"):
+    judge.run([judge.policy(spec, settings, "a")], "oracle", prompts, out, settings, progress=None)
+  logged = [json.loads(line)["prompt_id"] for line in open(out + ".log.jsonl")]
+  assert logged == ["q0", "q2"] and not os.path.exists(out)  # no pairs file from a partial run
+  summary = judge.run([judge.policy(spec, settings, "a")], "oracle", prompts, out, settings, progress=None)
+  assert summary["prompts"] == 3 and summary["pairs"] == 3
+  assert [json.loads(line)["prompt_id"] for line in open(out)] == ["q0", "q1", "q2"]

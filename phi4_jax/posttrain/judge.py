@@ -31,7 +31,7 @@ from phi4_jax import fields, flags
 from phi4_jax.posttrain import rollouts
 from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
-from phi4_jax.posttrain.openai_http import Endpoint, map_concurrently
+from phi4_jax.posttrain.openai_http import Endpoint, EndpointError, map_concurrently
 from phi4_jax.posttrain.questions import read_questions
 
 
@@ -101,14 +101,19 @@ class EndpointPolicy:
     outs = map_concurrently(lambda job: self.endpoint.chat(messages(job[0]), temperature=self.settings.temperature,
                                                            max_tokens=self.settings.max_new_tokens),
                             jobs, self.settings.concurrency)
-    outs = [o if isinstance(o, str) else None for o in outs]  # a failed request: no response
+    outs = [o if isinstance(o, str) else _failure(o, self.name) for o in outs]
     return [outs[i * n:(i + 1) * n] for i in range(len(records))]
 
   def complete(self, conversations: list[list[dict]], ids: list[str], attempt: int) -> list[str | None]:
     outs = map_concurrently(lambda m: self.endpoint.chat(m, temperature=0.0 if attempt == 0 else 0.7,
                                                          max_tokens=self.settings.judge_max_tokens),
                             conversations, self.settings.concurrency)
-    return [o if isinstance(o, str) else None for o in outs]
+    return [o if isinstance(o, str) else _failure(o, self.name) for o in outs]
+
+
+def _failure(error: Exception, name: str) -> EndpointError:
+  """A request that failed past its retries: not a response, and its prompt is not done."""
+  return error if isinstance(error, EndpointError) else EndpointError(f"{name}: {type(error).__name__}: {error}")
 
 
 def policy(spec: str, settings, name: str | None = None):
@@ -121,8 +126,9 @@ def policy(spec: str, settings, name: str | None = None):
   return SamplerPolicy.load(name or spec, os.path.expanduser(path), settings)
 
 
-def score(judge, items: list[tuple[dict, str]], retries: int) -> list[dict | None]:
-  """Scores of (record, response) items; None for a verdict that never parsed."""
+def score(judge, items: list[tuple[dict, str]], retries: int) -> list:
+  """Scores of (record, response) items; None for a verdict that never parsed, the EndpointError of
+  a request that failed (not asked again here: the client retried it)."""
   if judge == "oracle":
     return [oracle_scores(r, text) for r, text in items]
   scores: list[dict | None] = [None] * len(items)
@@ -132,24 +138,29 @@ def score(judge, items: list[tuple[dict, str]], retries: int) -> list[dict | Non
                               [f"{items[i][0]['id']}\0{zlib.crc32(items[i][1].encode())}" for i in pending],
                               attempt)
     for i, verdict in zip(pending, verdicts):
-      scores[i] = parse_scores(verdict) if isinstance(verdict, str) else None
+      scores[i] = parse_scores(verdict) if isinstance(verdict, str) else verdict
     pending = [i for i in pending if scores[i] is None]
     if not pending:
       break
   return scores
 
 
-def judge_round(responders: list, judge, records: list[dict], settings) -> list[dict]:
-  """One log line per prompt: its scored responses, how many were dropped, and its pair."""
+def judge_round(responders: list, judge, records: list[dict], settings) -> tuple[list[dict], list[str]]:
+  """(one log line per prompt: its scored responses, how many were dropped, and its pair; the
+  failures of the prompts left out because a request for them failed)."""
   answers = [p.respond(records, settings.num_responses) for p in responders]
   per_prompt = [[(p.name, text) for p, texts in zip(responders, answers) for text in texts[i]]
                 for i in range(len(records))]
-  items = [(r, text) for r, responses in zip(records, per_prompt) for _, text in responses if text is not None]
+  items = [(r, text) for r, responses in zip(records, per_prompt) for _, text in responses if isinstance(text, str)]
   scores = iter(score(judge, items, settings.judge_retries))
-  lines = []
+  lines, failures = [], []
   for r, responses in zip(records, per_prompt):
-    scored = [{"policy": name, "text": text, "scores": next(scores) if text is not None else None}
+    scored = [{"policy": name, "text": text, "scores": next(scores) if isinstance(text, str) else None}
               for name, text in responses]
+    failed = [x for s in scored for x in (s["text"], s["scores"]) if isinstance(x, EndpointError)]
+    if failed:
+      failures.append(f"{r['id']}: {failed[0]}")
+      continue
     kept = [s for s in scored if s["scores"] is not None]
     pair = choose_pair([(s["text"], s["scores"]) for s in kept])
     record = None
@@ -159,7 +170,7 @@ def judge_round(responders: list, judge, records: list[dict], settings) -> list[
                 "chosen": chosen["text"], "rejected": rejected["text"], "chosen_scores": chosen["scores"],
                 "rejected_scores": rejected["scores"], "rule": pair[2], "prompt_id": r["id"]}
     lines.append({"prompt_id": r["id"], "responses": scored, "dropped": len(scored) - len(kept), "pair": record})
-  return lines
+  return lines, failures
 
 
 def spec_identity(spec: str) -> dict:
@@ -183,17 +194,22 @@ def claim(out: str, responders: list[dict], judge: dict, prompts: list[dict], se
 
 def run(responders: list, judge, prompts: list[dict], out: str, settings, progress=sys.stderr) -> dict:
   """Answers, judges and pairs every prompt not yet in OUT.log.jsonl (claim it first); writes OUT.
-  Returns counts."""
+  Returns counts. A prompt whose request failed past its retries is not logged: after the rest,
+  EndpointError names the failures, and a rerun asks for those prompts again."""
   FIELDS.check(settings, "judge")
   log = out + ".log.jsonl"
   done = jsonl_log.read(log, "prompt_id")
-  todo = [p for p in prompts if p["id"] not in done]
+  todo, failures = [p for p in prompts if p["id"] not in done], []
   for begin in range(0, len(todo), settings.prompts_per_round):
-    lines = judge_round(responders, judge, todo[begin:begin + settings.prompts_per_round], settings)
+    lines, failed = judge_round(responders, judge, todo[begin:begin + settings.prompts_per_round], settings)
     jsonl_log.append(log, lines)
     done.update((line["prompt_id"], line) for line in lines)
+    failures += failed
     if progress:
       print(f"judge: {len(done)}/{len(prompts)} prompts", file=progress)
+  if failures:
+    raise EndpointError(f"judge: {len(failures)} of {len(prompts)} prompts failed and are not done "
+                        f"(first: {failures[0]}); rerun to ask for them again")
   logged = [done[p["id"]] for p in prompts]
   jsonl_log.write_atomic(out, [line["pair"] for line in logged if line["pair"]])
   rules = collections.Counter(line["pair"]["rule"] for line in logged if line["pair"])
@@ -224,5 +240,5 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
   try:
     main()
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, EndpointError) as e:
     sys.exit(f"error: {e}")

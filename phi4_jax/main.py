@@ -55,7 +55,9 @@ def main(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     return
   if not args.workdir:
     sys.exit("error: --workdir is required (except with --dry_run)")
-  from phi4_jax import distributed  # imports jax: after the hugepages re-exec
+  import jax  # (after the hugepages re-exec)
+
+  from phi4_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   from phi4_jax.recipe import runner as recipe  # (these after jax.distributed.initialize)
   from phi4_jax.store import workdir
@@ -74,7 +76,8 @@ def main(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
   from phi4_jax.store.fingerprint import FingerprintError
   user_errors = (SourceError, CacheError, workdir.WorkdirError, FingerprintError, EndpointError)
   try:
-    recipe.run(config, path, checked=True)
+    with workdir.locked(path, jax.process_index(), jax.process_count()):
+      recipe.run(config, path, checked=True)
   except user_errors as e:  # a bad data file, cache, workdir or stage output, or a failed endpoint
     sys.exit(f"error: {e}")
   except recovery.CheckpointError as e:

@@ -9,6 +9,7 @@
     W/samples.md           a recipe's closing samples of its last stage's model (root workdir)
     W/recovery.jsonl       one line per recovery (config.resume_step / skip_batches): what was skipped
     W/checkpoints_after_N/ checkpoints after step N, set aside by config.resume_step=N
+    W/.lock.process_<i>    held by process i of the run using W (`locked`): a second run is refused
 
 Every entry point (training, `hf export`, inference, evaluation) reads a workdir through this
 module. Workdirs are local paths or mounts (NFS, gcsfuse): metrics and configs are written with
@@ -17,10 +18,13 @@ plain file I/O, so URLs are refused here, once, for everyone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import threading
+import time
 
 from phi4_jax.model import ModelConfig, abstract_params, with_shardings
 from phi4_jax.store import atomic, checkpoint
@@ -53,8 +57,15 @@ def path(workdir: str | os.PathLike, name: str) -> str:
   return os.path.join(resolve(workdir), name)
 
 
+def _bytes_under(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+             if not os.path.islink(os.path.join(root, name)))
+
+
 def check_writable(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> None:
-  """Fails before training when the workdir cannot be written or lacks need_bytes of free space."""
+  """Fails before training when the workdir cannot be written or lacks the free space its
+  checkpoints will take: need_bytes in all, of which the checkpoints already in W/checkpoints
+  count (a rerun after a full disk needs room for the new ones only, not for those it keeps)."""
   workdir = resolve(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -67,7 +78,7 @@ def check_writable(workdir: str, need_bytes: int, min_free_gb: float = 0.0) -> N
   except OSError as e:
     raise WorkdirError(f"workdir {workdir} is not writable: {e}") from e
   free = shutil.disk_usage(workdir).free
-  need = max(need_bytes, int(min_free_gb * 2**30))
+  need = max(need_bytes - _bytes_under(os.path.join(workdir, CHECKPOINTS)), int(min_free_gb * 2**30))
   if free < need:
     raise WorkdirError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; the checkpoints this run keeps "
                   f"need about {need / 2**30:.2f} GiB (config.min_free_disk_gb={min_free_gb})")
@@ -106,3 +117,79 @@ def restore_params(workdir: str, step: int | None = None, shardings=None,
   if shardings is not None:
     abstract = with_shardings(abstract, shardings)
   return cfg, checkpoint.restore_params(workdir, abstract, step)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
+LOCK_HEARTBEAT_S = 30.0  # a held lock's file is touched this often
+LOCK_STALE_S = 300.0  # a lock file untouched this long belongs to a dead run (on any host)
+
+
+def _stale(lock: str, holder: dict) -> bool:
+  """The holder is gone: its pid is dead on this host, or its heartbeat stopped (another host)."""
+  if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+    return not _alive(holder["pid"])
+  try:
+    return time.time() - os.path.getmtime(lock) > LOCK_STALE_S
+  except OSError:
+    return True
+
+
+def _heartbeat(lock: str, stop: threading.Event) -> None:
+  while not stop.wait(LOCK_HEARTBEAT_S):
+    with contextlib.suppress(OSError):
+      os.utime(lock)
+
+
+@contextlib.contextmanager
+def locked(workdir: str, process_index: int = 0, process_count: int = 1):
+  """Holds W/.lock.process_<i> while the block runs: a second run on W (any of its processes) is
+  refused with WorkdirError naming the holder. A lock left by a killed run is taken over: on this
+  host when its pid is gone, from another host when its heartbeat (the file's mtime, touched every
+  LOCK_HEARTBEAT_S) is older than LOCK_STALE_S."""
+  workdir = resolve(workdir)
+  lock = os.path.join(workdir, f".lock.process_{process_index}")
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "process_index": process_index,
+        "process_count": process_count, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+  took_over, created = False, not os.path.exists(workdir)
+  while True:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(lock, encoding="utf-8") as f:
+          holder = json.load(f)
+      except (OSError, ValueError):
+        holder = {}
+      if _stale(lock, holder) and not took_over:
+        atomic.remove(lock)  # (a killed run's; a second run taking it over at once wins or is refused)
+        took_over = True
+        continue
+      raise WorkdirError(f"workdir {workdir} is in use by another run: {holder.get('host', '?')} pid "
+                         f"{holder.get('pid', '?')} (process {holder.get('process_index', '?')} of "
+                         f"{holder.get('process_count', '?')}, since {holder.get('since', '?')}); stop it, or "
+                         f"remove {lock} if that run is dead") from None
+    except OSError as e:
+      raise WorkdirError(f"workdir {workdir} is not writable: {e}") from e
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(me, f)
+    break
+  stop = threading.Event()
+  threading.Thread(target=_heartbeat, args=(lock, stop), daemon=True).start()
+  try:
+    yield lock
+  finally:
+    stop.set()
+    atomic.remove(lock)
+    if created:  # a run refused before it wrote anything leaves no workdir behind
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)

@@ -29,14 +29,14 @@ def main(argv):
   import jax
   from phi4_jax import configs
   from phi4_jax.train import loop
-  from phi4_jax.train.metrics import read_metrics
+  from phi4_jax.train.metrics import median_tokens_per_s, read_metrics
 
   config = configs.load(config_arg, overrides)
   with tempfile.TemporaryDirectory() as workdir:
     loop.train(config, workdir)
     rows = read_metrics(workdir)
-  steady = rows[1:] or rows
-  tokens_per_s = statistics.median(r["tokens_per_s"] for r in steady)
+  steady = [r for r in rows if "compile_s" not in r] or rows
+  tokens_per_s = median_tokens_per_s(rows)
   mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
   stats = jax.local_devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")

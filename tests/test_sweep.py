@@ -51,7 +51,8 @@ class FakeRunner:
     with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
       for step in range(1, config.steps + 1):
         loss = 10.0 - step * config.optimizer.peak_lr * 100
-        f.write(json.dumps({"step": step, "loss": loss, "tokens_per_s": 100.0 * step,
+        first = {"compile_s": 9.0} if step == 1 else {}  # (as the loop marks a run's first row)
+        f.write(json.dumps({"step": step, "loss": loss, "tokens_per_s": 100.0 * step, **first,
                             "loss_per_source": {"web": loss + 1},
                             "data": {"sources": {"web": {"epochs": 0.5 * step}}}}) + "\n")
     with open(os.path.join(job.workdir, "finished"), "w") as f:

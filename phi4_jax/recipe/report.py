@@ -102,8 +102,12 @@ def summary_table(stage_rows: list[tuple[str, list[dict]]], heldout: dict | None
     if evaluated:
       row_notes.append(eval_note(evaluated[-1]))
     lines.append(f"| {name} | {rows[-1]['step']} | {rows[0]['loss']:.3f} | {rows[-1]['loss']:.3f} | "
-                 f"{median_tokens_per_s(rows):,.0f} | {'; '.join(row_notes)} |")
+                 f"{_rate(median_tokens_per_s(rows))} | {'; '.join(row_notes)} |")
   return "\n".join(lines)
+
+
+def _rate(tokens_per_s: float | None) -> str:
+  return "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}"
 
 
 def _plot_stage(axes, name: str, rows: list[dict], offset: int) -> int:

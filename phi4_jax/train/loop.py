@@ -293,8 +293,8 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
         if preempted:
           if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)
             _save(run, step, state, batches, force=True)
-          logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step,
-                          run.workdir)
+          logging.warning("%s: saved step %d of %s; rerun the same command to resume",
+                          preemption.signal or "a signal to another process", step, run.workdir)
     finally:
       logger.close()
   return {"stage": config.stage, "workdir": run.workdir, "start_step": start, "step": step,

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 from flax import traverse_util
 
+from phi4_jax.store import atomic
 from phi4_jax.store import workdir as workdir_lib
 
 # Dense bf16 peak FLOP/s per device (no sparsity), keyed by a substring of jax's device_kind.
@@ -48,9 +49,12 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   return [rows[s] for s in sorted(rows)]
 
 
-def median_tokens_per_s(rows: list[dict]) -> float:
-  """The median tokens/s of metric rows, leaving out the first (it includes compiling the step)."""
-  return statistics.median(r["tokens_per_s"] for r in rows[1:] or rows)
+def median_tokens_per_s(rows: list[dict]) -> float | None:
+  """The median tokens/s of metric rows, leaving out each run's first row (`compile_s`: its steps
+  began with a compile or a restore) where others have one; None without any."""
+  timed = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None]
+  steady = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None and "compile_s" not in r]
+  return statistics.median(steady or timed) if timed else None
 
 
 class ProgressBar:
@@ -95,16 +99,21 @@ class ProgressBar:
 class MetricsWriter:
   """Writes from the primary process only; other processes get a writer that does nothing."""
 
-  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True, start_step: int = 0):
+    """start_step: the step the run resumes from; rows of later steps (a killed run's, which this
+    one redoes) are dropped from metrics.jsonl and purged from TensorBoard first."""
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
-    self._jsonl = open(workdir_lib.path(workdir, workdir_lib.METRICS), "a", encoding="utf-8")
+    path = workdir_lib.path(workdir, workdir_lib.METRICS)
+    _drop_rows_after(path, start_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only the primary process writes
-      self._tb = SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD))
+      self._tb = SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD),
+                               purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -122,6 +131,23 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without the rows of steps after `step` (and a line a kill cut short)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      if line.endswith("\n") and json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  if kept != lines:
+    atomic.write_text(path, "".join(kept))
 
 
 def _flatten(tree: dict) -> dict[str, float]:

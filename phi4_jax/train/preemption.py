@@ -20,6 +20,7 @@ class Preemption:
 
   def __init__(self):
     self.requested = False
+    self.signal = ""  # the name of the signal this process got, e.g. "SIGINT"
     self._previous = {}
     self._tag = next(_instances)
 
@@ -32,6 +33,7 @@ class Preemption:
 
   def _handle(self, signum, _):
     self.requested = True
+    self.signal = self.signal or signal.Signals(signum).name
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
 

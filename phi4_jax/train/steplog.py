@@ -2,9 +2,11 @@
 
 Every `log_every` steps a row holds the mean loss of the steps since the last row, the LR, grad
 norm, tokens/s and MFU, the objective's own fields (objectives.py: loss per source, target tokens,
-DPO rewards) and the data iterator's progress. Throughput is honest: the first step's compile time
-is left out of its row's tokens/s (and logged on its own as `compile_s`), and so is the time of an
-evaluation.
+DPO rewards) and the data iterator's progress. Throughput is honest: a run's first step (compile,
+restore and all) is left out of its row's tokens/s and MFU, which time the steps after it (None when
+the row holds only that step; the compile time is logged on its own as `compile_s`), and so is the
+time of an evaluation. A resumed run's writer first drops the rows of the steps it will redo
+(metrics.MetricsWriter), so every step has one row: the one of the run that continued.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class StepLogger:
     self.peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
     self.schedule = lr_schedule(config.optimizer, config.steps)
     self.writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.primary,
-                                            tensorboard=config.tensorboard)
+                                            tensorboard=config.tensorboard, start_step=start)
     self.bar = metrics_lib.ProgressBar(config.steps, start, self.tokens_per_step) if run.primary else None
     self.window = _new_window()
     self.last_row: dict = {}
@@ -41,12 +43,16 @@ class StepLogger:
   def compiled(self, seconds: float) -> None:
     """The first step took `seconds` to compile: its row's time leaves them out."""
     logging.info("compiled the train step in %.1f s", seconds)
-    self.window["t"] += seconds
+    self.window["untimed"] = True  # (the clock starts once this first step has run)
     self.compile_s = seconds
 
   def step(self, step: int, m: dict) -> None:
     window = self.window
     window["steps"] += 1
+    if window.pop("untimed", False):  # (its metrics are here: the step has run)
+      window["t"] = time.monotonic()
+    else:
+      window["timed"] += 1
     window["loss"] += float(m["loss"])
     for name, value in m.items():
       if name not in ("loss", "grad_norm"):
@@ -61,13 +67,13 @@ class StepLogger:
   def _row(self, step: int, m: dict) -> dict:
     window = self.window
     elapsed = time.monotonic() - window["t"]
-    tokens_per_s = window["steps"] * self.tokens_per_step / max(elapsed, 1e-9)
+    tokens_per_s = window["timed"] * self.tokens_per_step / max(elapsed, 1e-9) if window["timed"] else None
     row = {
         "loss": window["loss"] / window["steps"],
         "lr": float(self.schedule(step - 1)),
         "grad_norm": float(m["grad_norm"]),
         "tokens_per_s": tokens_per_s,
-        "mfu": (self.flops * tokens_per_s / (self.peak * jax.device_count())) if self.peak else None,
+        "mfu": (self.flops * tokens_per_s / (self.peak * jax.device_count())) if self.peak and tokens_per_s else None,
         **self.run.objective.summarize(window["sums"], window["steps"],
                                        list(self.run.data_iter.source_names)),
         "data": self.data.progress(),
@@ -93,4 +99,4 @@ class StepLogger:
 
 def _new_window() -> dict:
   """Sums over the steps since the last metrics row."""
-  return {"t": time.monotonic(), "steps": 0, "loss": 0.0, "sums": {}}
+  return {"t": time.monotonic(), "steps": 0, "timed": 0, "loss": 0.0, "sums": {}}

@@ -78,6 +78,23 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--step", type=int, default=None)
 
 
+def ruled(rule: fields.Rule):
+  """An argparse type that parses a value as `rule`'s kind (int or number) and refuses one out of
+  its range: `--batch_prompts=-3` is "argument --batch_prompts: must be >= 1, got -3"."""
+  def parse(text: str):
+    try:
+      value = int(text) if rule.kind == "int" else float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {'an integer' if rule.kind == 'int' else 'a number'}, "
+                                       f"got {text!r}") from None
+    why = rule.error(value)
+    if why:
+      raise argparse.ArgumentTypeError(f"{why}, got {text}")
+    return value
+  parse.__name__ = rule.kind  # (argparse names the type in some errors)
+  return parse
+
+
 def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
   """--overwrite: a resumable command's output made by another run (store/fingerprint.py) is
   started over instead of refused."""
@@ -92,9 +109,12 @@ def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.Conf
   name in a stage config, e.g. "settings"), a field is `--<group>.<name>`, as a recipe spells it
   (`--config.<stage>.<group>.<name>`); the old `--<name>` still works and says it is deprecated."""
   notes = defaults.help if isinstance(defaults, fields.Group) else {}
+  rules = defaults.rules if isinstance(defaults, fields.Group) else {}
   for name, value in _config(defaults).items():
     note = notes.get(name, "").replace("%", "%%")
-    kind = _boolean if isinstance(value, bool) else type(value)
+    rule = rules.get(name)
+    kind = (_boolean if isinstance(value, bool) else
+            ruled(rule) if rule is not None and rule.kind in ("int", "number") else type(value))
     flag, note = f"--{group}.{name}" if group else f"--{name}", f"{note} (default: %(default)s)".lstrip()
     if isinstance(value, bool):
       add_bool(p, flag, value, note, dest=name)

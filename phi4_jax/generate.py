@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from phi4_jax import flags
+from phi4_jax import fields, flags
 from phi4_jax.store import fingerprint, jsonl_log
 from phi4_jax.tokenizer import Phi4Tokenizer
 
@@ -100,14 +100,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   what.add_argument("--prompts_file", help="JSONL of prompts (needs --output)")
   p.add_argument("--output", help="JSONL written one line per prompt; resumable")
   p.add_argument("--chat", action="store_true", help="wrap prompts in the ChatML template")
-  p.add_argument("--max_new_tokens", type=int, default=128)
-  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top_k", type=int, default=0)
-  p.add_argument("--top_p", type=float, default=1.0)
-  p.add_argument("--num_samples", type=int, default=1)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--stop_ids", type=int, nargs="*", default=None, help="default: by --chat")
-  p.add_argument("--batch_prompts", type=int, default=32, help="prompts per written batch")
+  p.add_argument("--max_new_tokens", type=flags.ruled(fields.integer(1)), default=128)
+  p.add_argument("--temperature", type=flags.ruled(fields.number(0)), default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=flags.ruled(fields.integer(0)), default=0, help="0 = off")
+  p.add_argument("--top_p", type=flags.ruled(fields.number(0, 1, low_open=True)), default=1.0)
+  p.add_argument("--num_samples", type=flags.ruled(fields.integer(1)), default=1)
+  p.add_argument("--seed", type=flags.ruled(fields.integer(0)), default=0)
+  p.add_argument("--stop_ids", type=flags.ruled(fields.integer(0)), nargs="*", default=None,
+                 help="default: by --chat")
+  p.add_argument("--batch_prompts", type=flags.ruled(fields.integer(1)), default=32,
+                 help="prompts per written batch")
   flags.add_overwrite_flag(p)
   args = p.parse_args(argv)
   if args.prompts_file and not args.output:

@@ -11,6 +11,7 @@ import base64
 import functools
 import hashlib
 import importlib.resources
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources.abc import Traversable
 from typing import Literal
@@ -113,7 +114,12 @@ class Phi4Tokenizer:
     starts a new document (<|endoftext|> first); with `chat`, or as messages, the ChatML template
     with a generation prompt. A malformed record is a ValueError naming `where`."""
     if "prompt_ids" in record:
-      return [int(i) for i in record["prompt_ids"]]
+      ids = record["prompt_ids"]
+      if (not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                            and 0 <= i < self.vocab_size for i in ids)):
+        raise ValueError(f"{where}: 'prompt_ids' must be a non-empty list of token ids (integers in "
+                         f"[0, {self.vocab_size})), got {json.dumps(ids)[:80]}")
+      return list(ids)
     if "messages" in record:
       try:
         return self.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=True)
@@ -195,7 +201,7 @@ class Phi4Tokenizer:
     """`<|im_start|>{role}<|im_sep|>{content}<|im_end|>` per message, no newlines, then
     `<|im_start|>assistant<|im_sep|>` if `add_generation_prompt`. With `tokenize`, returns ids
     in which only the template tokens are specials: special-token text in a message stays text."""
-    turns = [_check_message(i, m) for i, m in enumerate(messages)]
+    turns = check_messages(messages)
     if not tokenize:
       text = "".join(f"{IM_START}{role}{IM_SEP}{content}{IM_END}" for role, content in turns)
       return text + (f"{IM_START}assistant{IM_SEP}" if add_generation_prompt else "")
@@ -210,6 +216,17 @@ class Phi4Tokenizer:
   def __repr__(self) -> str:
     return (f"Phi4Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
             f"pad_id={self.pad_id})")
+
+
+def check_messages(messages, where: str = "messages") -> list[tuple[str, str]]:
+  """(role, content) of a conversation: a list of {"role", "content"} strings; ValueError naming
+  `where` otherwise (a string or a number is not a conversation)."""
+  if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+    raise ValueError(f"{where} must be a list of {{'role', 'content'}} messages, got {type(messages).__name__}")
+  try:
+    return [_check_message(i, m) for i, m in enumerate(messages)]
+  except ValueError as e:
+    raise ValueError(str(e).replace("messages[", f"{where}[", 1)) from None
 
 
 def _check_message(index: int, message: Mapping[str, str]) -> tuple[str, str]:

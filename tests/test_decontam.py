@@ -89,7 +89,7 @@ def test_thirteen_grams_allow_lists_and_seven_gram_thresholds(setup):
   assert result["sources"]["plain"] == {"docs": 7, "kept": 5, "contaminated": 2, "partial": 1, "unreadable": 0,
                                         "bytes": os.path.getsize(tmp / "src" / "a.jsonl")}
   assert result["sources"]["gz"]["unreadable"] == 1
-  assert len(expect_removed) == 2 and f"--config.data.sources.pq.globs={out}/pq/*" in result["flags"]
+  assert len(expect_removed) == 2 and f"--config.data.sources.pq.globs={out}/pq/c.parquet" in result["flags"]
   # the partial one goes too with drop_partial
   strict = decontam.run(bench, spec, str(tmp / "strict"), allow,
                         decontam.Settings(common_items=2, drop_partial=True), progress=None)
@@ -152,7 +152,10 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
     assert stages["dpo_pts"]["math"]["docs"] == sum(1 for _ in f) == 800
   assert stages["pretrain"]["synthetic"] == stages["midtrain"]["replay/synthetic"]
   assert [s.split(":")[0] for s in result["skipped"]] == ["dpo_pts/pts", "dpo_judge/judge"]
-  assert f"--config.sft.data.sources.math.globs={out}/sft/math/*" in result["flags"]
+  (math,) = [f for f in result["flags"] if f.startswith("--config.sft.data.sources.math.globs=")]
+  copies = math.split("=", 1)[1].split(",")  # (the clean copies by name: no report, no temporary)
+  assert copies and all(c.startswith(f"{out}/sft/math/") and ".report." not in c and os.path.isfile(c)
+                        for c in copies)
   assert result["docs"] == sum(c["docs"] for s in stages.values() for c in s.values())
   # a held-out exercise in SFT's math file and as a PTS question: both found
   ex = answers.read_items("embedded:exercises", ())[3]

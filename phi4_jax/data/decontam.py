@@ -92,9 +92,9 @@ def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_
     try:
       with open(path, "rb") as f:
         saved = pickle.load(f)
-    except (pickle.UnpicklingError, AttributeError, ImportError, EOFError):
-      saved = {}  # another version's index: rebuilt
-    if saved.get("key") == key:
+    except Exception:  # (another version's index, or one cut short: rebuilt)
+      saved = {}
+    if isinstance(saved, dict) and saved.get("key") == key:
       return saved["index"]
   index = Index.build(items, allow, common_items)
   atomic.write_bytes(path, pickle.dumps({"key": key, "index": index}))
@@ -218,8 +218,8 @@ class _Run:
   bytes: int = 0
 
 
-def _clean_source(r: _Run, leaf, cache: str, out_dir: str) -> dict:
-  """Clean copies of a leaf source's files in out_dir; the source's counts."""
+def _clean_source(r: _Run, leaf, cache: str, out_dir: str) -> tuple[dict, list[str]]:
+  """Clean copies of a leaf source's files in out_dir; (the source's counts, the copies' paths)."""
   from phi4_jax.data.sources import open_source
   source = open_source(leaf, cache)
   os.makedirs(out_dir, exist_ok=True)
@@ -238,7 +238,8 @@ def _clean_source(r: _Run, leaf, cache: str, out_dir: str) -> dict:
     totals.update(counts)
     if r.progress:
       print(f"decontam: {leaf.name}: {path}: {counts.get('kept', 0)}/{counts['docs']} kept", file=r.progress)
-  return {k: totals.get(k, 0) for k in ("docs", "kept", "contaminated", "partial", "unreadable", "bytes")}
+  counts = {k: totals.get(k, 0) for k in ("docs", "kept", "contaminated", "partial", "unreadable", "bytes")}
+  return counts, [os.path.join(out_dir, name) for name in names]
 
 
 def _check_questions(r: _Run, stage, out_dir: str) -> dict:
@@ -282,9 +283,9 @@ def _check_stage(r: _Run, name: str, stage, skipped: list[str], flags: list[str]
                      "questions are checked as its documents)")
       continue
     out_dir = os.path.join(root, leaf.name)
-    summary[leaf.name] = _clean_source(r, leaf, corpus.cache_dir(stage.data), out_dir)
-    field = leaf.field.split(".", 1)[1]
-    flags.append(f"--config.{name + '.' if name else ''}{field}.globs={out_dir}/*")
+    summary[leaf.name], copies = _clean_source(r, leaf, corpus.cache_dir(stage.data), out_dir)
+    field = leaf.field.split(".", 1)[1]  # (the copies by name: a glob would match the reports too)
+    flags.append(f"--config.{name + '.' if name else ''}{field}.globs={','.join(copies)}")
   return summary
 
 

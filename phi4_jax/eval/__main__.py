@@ -3,10 +3,12 @@ checkpoint of any stage (or --hf_dir) on tasks and print a table (phi4_jax/eval/
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 
 from phi4_jax import flags
+from phi4_jax.eval import answers, choice
+from phi4_jax.store import atomic, checkpoint
 from phi4_jax.eval.settings import FIELDS, eval_fields, task_names
 from phi4_jax.eval.tasks import TASKS, evaluate, table
 
@@ -21,16 +23,28 @@ def main(argv=None) -> dict:
   if not args.tasks:
     p.error(f"--eval.tasks: give comma-separated task names (known: {', '.join(TASKS)})")
   settings = eval_fields(**flags.settings(args, defaults).to_dict())
-  task_names(settings, "--eval.tasks")  # before the model loads
+  check_inputs(settings, args.out)  # (before the model loads)
   from phi4_jax import inference
   from phi4_jax.eval.model import Model
-  cfg, params = inference.load(args.workdir or args.hf_dir, args.step)
+  step = args.step if args.step is not None or not args.workdir else checkpoint.latest_step(args.workdir)
+  cfg, params = inference.load(args.workdir or args.hf_dir, step)
   results = evaluate(Model(params, cfg), settings)
   print(table(results))
   if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"model": args.workdir or args.hf_dir, "step": args.step, "results": results}, f, indent=1)
+    atomic.write_json(args.out, {"model": args.workdir or args.hf_dir, "step": step, "results": results})
   return results
+
+
+def check_inputs(settings, out: str) -> None:
+  """The task names, the answer and choice files' items, and --out's folder, before a model loads."""
+  names = task_names(settings, "--eval.tasks")
+  if "answers" in names:
+    answers.read(settings)
+  if "choice" in names:
+    choice.read(settings)
+  folder = os.path.dirname(os.path.abspath(out)) if out else ""
+  if out and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    raise ValueError(f"--out={out}: {folder} is not a folder this process can write to")
 
 
 if __name__ == "__main__":

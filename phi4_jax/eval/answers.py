@@ -46,6 +46,19 @@ def read_items(path: str, need: tuple[str, ...], limit: int = 0) -> list[dict]:
   return items
 
 
+def read(settings) -> list[dict]:
+  """The items of settings.answers_file, checked (a question is text, an answer text or a number;
+  errors name the file and line): called before a model loads, and again by run."""
+  items = read_items(settings.answers_file, ("question", "answer"), settings.limit)
+  for i, item in enumerate(items):
+    where = f"{settings.answers_file}:{item.get('line', i + 1)}"
+    if not isinstance(item["question"], str) or not item["question"].strip():
+      raise ValueError(f"{where}: 'question' must be non-empty text, got {item['question']!r}")
+    if isinstance(item["answer"], bool) or not isinstance(item["answer"], (str, int, float)):
+      raise ValueError(f"{where}: 'answer' must be text or a number, got {type(item['answer']).__name__}")
+  return items
+
+
 def prompt(question: str, template: str) -> list[int]:
   if template == "chat":
     return chat_prompt(question)
@@ -54,7 +67,7 @@ def prompt(question: str, template: str) -> list[int]:
 
 def run(model: Model, settings) -> dict:
   """Accuracy on settings.answers_file (the first settings.limit items)."""
-  items = read_items(settings.answers_file, ("question", "answer"), settings.limit)
+  items = read(settings)
   until = ("\nQuestion:",) if settings.template == "plain" else ()
   texts = model.generate([prompt(str(it["question"]), settings.template) for it in items],
                          max_new_tokens=settings.max_new_tokens, until=until, what="answers item")

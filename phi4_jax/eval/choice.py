@@ -35,19 +35,31 @@ def answer_index(item: dict, where: str) -> int:
   raise ValueError(f"{where}: 'answer' {a!r} is not an index, letter or text of its {len(choices)} choices")
 
 
-def run(model: Model, settings) -> dict:
-  """acc and acc_norm on settings.choice_file (the first settings.limit items)."""
+def read(settings) -> tuple[list[dict], list[int]]:
+  """(the items of settings.choice_file, each one's right choice), checked: errors name the file
+  and line (called before a model loads, and again by run)."""
   path = settings.choice_file
   if path == "embedded:exercises":
     items = [embedded_item(i) for i in range(settings.limit or answers.EMBEDDED_SIZE)]
   else:
     items = answers.read_items(path, ("question", "choices", "answer"), settings.limit)
-  gold, prompts, conts = [], [], []
+  gold = []
   for i, item in enumerate(items):
     where = f"{path}:{item.get('line', i + 1)}"
-    if not isinstance(item["choices"], list) or len(item["choices"]) < 2:
-      raise ValueError(f"{where}: 'choices' must be a list of at least 2 strings")
+    choices = item["choices"]
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+      raise ValueError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if not isinstance(item["question"], str):
+      raise ValueError(f"{where}: 'question' must be text, got {type(item['question']).__name__}")
     gold.append(answer_index(item, where))
+  return items, gold
+
+
+def run(model: Model, settings) -> dict:
+  """acc and acc_norm on settings.choice_file (the first settings.limit items)."""
+  items, gold = read(settings)
+  prompts, conts = [], []
+  for item in items:
     p = answers.prompt(str(item["question"]), settings.template)
     space = " " if settings.template == "plain" else ""
     for c in item["choices"]:

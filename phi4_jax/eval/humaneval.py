@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from phi4_jax import flags
+from phi4_jax import fields, flags
 from phi4_jax.eval.model import Model, plain_prompt
 from phi4_jax.store import jsonl_log
 from phi4_jax.posttrain.sandbox import run_python
@@ -115,12 +115,15 @@ def main(argv=None) -> None:
   p = flags.Parser("python -m phi4_jax.eval.humaneval", __doc__)
   p.add_argument("--completions", required=True, help="JSONL of {task_id, completion}")
   p.add_argument("--k", default="1,10,100", help="comma-separated k of pass@k")
-  p.add_argument("--timeout_s", type=float, default=10.0, help="per program")
+  p.add_argument("--timeout_s", type=flags.ruled(fields.number(0, low_open=True)), default=10.0,
+                 help="per program")
   args = p.parse_args(argv)
   try:
     ks = tuple(int(k) for k in args.k.split(","))
   except ValueError:
     p.error(f"--k: expected comma-separated integers, got {args.k!r}")
+  if any(k < 1 for k in ks):
+    p.error(f"--k: every k must be >= 1, got {args.k!r}")
   print(json.dumps(score_file(args.completions, ks, args.timeout_s)))
 
 

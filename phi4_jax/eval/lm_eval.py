@@ -49,6 +49,8 @@ class Phi4LM(lm_eval.api.model.TemplateLM):
       path = [p for p in (workdir, hf_dir, pretrained) if p]
       if len(path) != 1:
         raise ValueError("phi4_jax model_args: give exactly one of workdir=, hf_dir= or pretrained=")
+      if step not in (None, "") and not str(step).isdigit():
+        raise ValueError(f"phi4_jax model_args: step={step!r} is not a checkpoint step (an integer >= 0)")
       from phi4_jax import inference
       cfg, params = inference.load(path[0], None if step in (None, "") else int(step))
       model = Model(params, cfg)
@@ -89,6 +91,9 @@ class Phi4LM(lm_eval.api.model.TemplateLM):
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
     prompts, conts = [], []
     for _, context_enc, continuation_enc in requests:
+      if not continuation_enc:  # (its log-likelihood is not 0 and "greedy": the request is malformed)
+        raise ValueError(f"lm-eval asked for the log-likelihood of an empty continuation after "
+                         f"{len(context_enc)} context tokens; check the task's target")
       whole = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]
       cont = list(continuation_enc)[-self.max_length:]
       prompts.append(whole[:len(whole) - len(cont)])

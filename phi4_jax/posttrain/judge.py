@@ -116,14 +116,24 @@ def _failure(error: Exception, name: str) -> EndpointError:
   return error if isinstance(error, EndpointError) else EndpointError(f"{name}: {type(error).__name__}: {error}")
 
 
-def policy(spec: str, settings, name: str | None = None):
-  """`workdir:PATH`, `hf:PATH` (our sampler) or `http(s)://...,model=NAME` (an endpoint)."""
+def check_spec(spec: str) -> str | None:
+  """A responder or judge spec's model path (None for an endpoint, whose options are parsed
+  here); ValueError naming the spec otherwise. No model is loaded."""
   if spec.startswith(("http://", "https://")):
-    return EndpointPolicy(name or spec.split(",")[0], spec, settings)
+    Endpoint.parse(spec)
+    return None
   kind, sep, path = spec.partition(":")
   if not sep or kind not in ("workdir", "hf") or not path:
     raise ValueError(f"{spec!r}: expected workdir:PATH, hf:PATH or http(s)://URL,model=NAME")
-  return SamplerPolicy.load(name or spec, os.path.expanduser(path), settings)
+  return os.path.expanduser(path)
+
+
+def policy(spec: str, settings, name: str | None = None):
+  """`workdir:PATH`, `hf:PATH` (our sampler) or `http(s)://...,model=NAME` (an endpoint)."""
+  path = check_spec(spec)
+  if path is None:
+    return EndpointPolicy(name or spec.split(",")[0], spec, settings)
+  return SamplerPolicy.load(name or spec, path, settings)
 
 
 def score(judge, items: list[tuple[dict, str]], retries: int) -> list:
@@ -228,6 +238,8 @@ def main(argv=None) -> None:
   flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
   args = p.parse_args(argv)
   settings = flags.settings(args, FIELDS)
+  for spec in [*args.responder, *([args.judge] if args.judge != "oracle" else [])]:
+    check_spec(spec)  # (every spec, before the first model loads)
   prompts = read_questions(args.prompts, need_answer=False)
   fingerprint.refuse_input_as_output(args.out, {"--prompts": args.prompts})
   claim(args.out, [spec_identity(s) for s in args.responder], spec_identity(args.judge), prompts, settings,

@@ -72,7 +72,11 @@ class Endpoint:
       key, sep, value = option.partition("=")
       if not sep or key not in ("model", "api_key_env", "timeout_s", "retries", "backoff_s"):
         raise ValueError(f"{spec!r}: unknown option {option!r} (model=, api_key_env=, timeout_s=, retries=)")
-      kwargs[key] = {"timeout_s": float, "backoff_s": float, "retries": int}.get(key, str)(value)
+      kind = {"timeout_s": float, "backoff_s": float, "retries": int}.get(key, str)
+      try:
+        kwargs[key] = kind(value)
+      except ValueError:
+        raise ValueError(f"{spec!r}: {key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
     if "model" not in kwargs:
       raise ValueError(f"{spec!r}: needs model=NAME")
     endpoint = cls(url.rstrip("/"), **{**kwargs, **overrides})

@@ -180,11 +180,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   flags.add_model_flags(p)
   p.add_argument("--questions", required=True, help="JSONL of questions (see posttrain/oracles.py)")
   p.add_argument("--out", required=True, help="JSONL of pairs (token ids)")
-  p.add_argument("--process_index", type=int, default=None, help="default: jax.process_index()")
-  p.add_argument("--process_count", type=int, default=None, help="default: jax.process_count()")
+  p.add_argument("--process_index", type=flags.ruled(fields.integer(0)), default=None,
+                 help="default: jax.process_index()")
+  p.add_argument("--process_count", type=flags.ruled(fields.integer(1)), default=None,
+                 help="default: jax.process_count()")
   flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, FIELDS, group="settings")  # (a recipe's config.<stage>.settings)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if (args.process_index is None) != (args.process_count is None):
+    p.error("--process_index and --process_count go together")
+  if args.process_index is not None and args.process_index >= args.process_count:
+    p.error(f"--process_index={args.process_index}: must be < --process_count={args.process_count}")
+  return args
 
 
 def main(argv=None) -> None:

@@ -34,10 +34,15 @@ def read(path: str, key: str, repair: bool = True) -> dict[object, dict]:
 
 
 def objects(path: str):
-  """(line number, object) of each non-blank line of a JSONL input file; ValueError naming
-  `path:line` for a line that is not a JSON object."""
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  """(line number, object) of each non-blank line of a JSONL input file: every input file of the
+  commands is read here. ValueError naming `path:line` for a line that is not UTF-8 or not a JSON
+  object."""
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
       if not line.strip():
         continue
       try:

@@ -277,6 +277,7 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
             raise _data_ran_out(run, step)
           dispatched = time.monotonic()
           state, m = step_fn(state, batch, run.extras)
+          logger.dispatched(step + 1, ran=all(x.is_ready() for x in jax.tree.leaves(m)))
           if step == start:  # (the first call returns once the step is compiled and dispatched)
             logger.compiled(time.monotonic() - dispatched)
           step += 1
@@ -287,8 +288,7 @@ def run_steps(run: Run, state: dict, step_fn) -> dict:
             _save(run, step, state, batches)
           if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
             settle()
-            began = time.monotonic()
-            logger.evaluation(step, _evaluate(run, state), time.monotonic() - began)
+            logger.evaluation(step, _evaluate(run, state))
         settle()
         if preempted:
           if run.mngr.latest_step() != step:  # (it may have just been saved by checkpoint_every)

@@ -2,10 +2,13 @@
 
 Every `log_every` steps a row holds the mean loss of the steps since the last row, the LR, grad
 norm, tokens/s and MFU, the objective's own fields (objectives.py: loss per source, target tokens,
-DPO rewards) and the data iterator's progress. Throughput is honest: a run's first step (compile,
-restore and all) is left out of its row's tokens/s and MFU, which time the steps after it (None when
-the row holds only that step; the compile time is logged on its own as `compile_s`), and so is the
-time of an evaluation. A resumed run's writer first drops the rows of the steps it will redo
+DPO rewards) and the data iterator's progress. Throughput is honest whether the backend runs a step
+asynchronously (the host dispatches step N + 1 while N runs) or inside its dispatch (as XLA's CPU
+client may): a row's time runs from when the step before its first finished to when its last
+finished, a step finishing when its dispatch returned if its metrics were ready then, else when they
+have been read. A run's first step (compile, restore and all) is left out of its row's tokens/s
+and MFU (None when the row holds only that step; the compile time is logged on its own as
+`compile_s`); an evaluation's time is left out of the next row's. A resumed run's writer first drops the rows of the steps it will redo
 (metrics.MetricsWriter), so every step has one row: the one of the run that continued.
 """
 
@@ -39,6 +42,13 @@ class StepLogger:
     self.window = _new_window()
     self.last_row: dict = {}
     self.compile_s: float | None = None  # for the next row
+    self.returned: dict[int, float] = {}  # step -> when its dispatch returned, the step done
+    self.finished = None  # when the last step read finished
+
+  def dispatched(self, step: int, ran: bool) -> None:
+    """The dispatch of `step` returned; ran: its metrics were ready then (the backend ran it inside)."""
+    if ran:
+      self.returned[step] = time.monotonic()
 
   def compiled(self, seconds: float) -> None:
     """The first step took `seconds` to compile: its row's time leaves them out."""
@@ -47,12 +57,14 @@ class StepLogger:
     self.compile_s = seconds
 
   def step(self, step: int, m: dict) -> None:
+    """Step `step`'s metrics, just read."""
     window = self.window
     window["steps"] += 1
-    if window.pop("untimed", False):  # (its metrics are here: the step has run)
-      window["t"] = time.monotonic()
-    else:
+    finished = max(self.returned.pop(step, time.monotonic()), self.finished or 0.0)
+    if not window.pop("untimed", False):  # (a run's first step is not timed)
       window["timed"] += 1
+      window["t"] = window["t"] if window["t"] is not None else self.finished
+    self.finished = finished
     window["loss"] += float(m["loss"])
     for name, value in m.items():
       if name not in ("loss", "grad_norm"):
@@ -61,13 +73,17 @@ class StepLogger:
       self.last_row = self._row(step, m)
       self.writer.write(step, self.last_row)
       self.window = _new_window()
+      self.returned = {s: t for s, t in self.returned.items() if s > step}
     if self.bar:
       self.bar.update(step, f"loss {float(m['loss']):.3f}")
 
   def _row(self, step: int, m: dict) -> dict:
     window = self.window
-    elapsed = time.monotonic() - window["t"]
-    tokens_per_s = window["timed"] * self.tokens_per_step / max(elapsed, 1e-9) if window["timed"] else None
+    if window["timed"] and window["t"] is not None:
+      elapsed = self.finished - window["t"]
+      tokens_per_s = window["timed"] * self.tokens_per_step / max(elapsed, 1e-9)
+    else:
+      tokens_per_s = None
     row = {
         "loss": window["loss"] / window["steps"],
         "lr": float(self.schedule(step - 1)),
@@ -82,11 +98,11 @@ class StepLogger:
       row["compile_s"], self.compile_s = self.compile_s, None
     return json.loads(json.dumps(row, default=float))
 
-  def evaluation(self, step: int, results: dict, seconds: float) -> None:
+  def evaluation(self, step: int, results: dict) -> None:
     """An evaluation's row: {"step", "eval": {task: metrics}}; read_metrics joins it to the step's
-    training row (config.eval.every is a multiple of log_every). Its `seconds` are left out of the
-    next row's tokens/s."""
-    self.window["t"] += seconds
+    training row (config.eval.every is a multiple of log_every). Its time is left out of the next
+    row's tokens/s."""
+    self.finished = time.monotonic()
     row = {"eval": json.loads(json.dumps(results, default=float))}
     self.writer.write(step, row)
     self.last_row = {**self.last_row, **row}
@@ -99,4 +115,4 @@ class StepLogger:
 
 def _new_window() -> dict:
   """Sums over the steps since the last metrics row."""
-  return {"t": time.monotonic(), "steps": 0, "timed": 0, "loss": 0.0, "sums": {}}
+  return {"t": None, "steps": 0, "timed": 0, "loss": 0.0, "sums": {}}  # t: when the step before it finished

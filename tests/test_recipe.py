@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+from test_launch_colab import check_notebook_output, run_notebook
+
 from phi4_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +71,11 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
   assert "Samples from dpo_judge (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   assert (workdir / "samples.md").read_text().count(" -> ") == 3
 
+  # The Colab notebook's cells on this workdir: its own stage list, resumed, plotted and asked.
+  check_notebook_output(run_notebook(workdir, data_cache), ("pretrain", "midtrain", "sft", "pts", "dpo_pts",
+                                                            "judge", "dpo_judge"))
+
   rerun = _recipe(workdir, data_cache)
   assert rerun.returncode == 0, rerun.stderr[-5000:]
-  assert rerun.stderr.count("already finished") == 7  # every stage skipped, nothing redone
+  assert rerun.stderr.count("already finished") == 7  # every stage skipped, nothing redone (the notebook too)
   assert read_metrics(workdir / "dpo_judge") == dpo_judge

@@ -57,3 +57,13 @@ def test_exported_tokenizer_matches_training_on_a_broad_corpus():
             for text in corpus if hf.encode(text, add_special_tokens=False).ids != ours.encode(text, "all")]
   assert not differ, differ[:5]
   assert ours.encode("4817") == [21235, 22]  # 481|7, training's split
+
+
+def test_the_exported_generation_config_stops_where_our_sampler_stops(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  from phi4_jax.hf.tokenizer import write_tokenizer
+  write_tokenizer(str(tmp_path), 1024)
+  generation = transformers.GenerationConfig.from_pretrained(str(tmp_path))
+  tok = Phi4Tokenizer()
+  assert set(generation.eos_token_id) == set(tok.plain_stops) and tok.chat_stops[0] in generation.eos_token_id
+  assert generation.pad_token_id == tok.pad_id and generation.do_sample is False

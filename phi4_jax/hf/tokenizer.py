@@ -74,7 +74,14 @@ def tokenizer_json() -> dict:
 
 
 def write_tokenizer(out_dir: str, max_seq_len: int) -> None:
-  """tokenizer.json and tokenizer_config.json (ChatML chat template, Phi-4's bos/eos/pad)."""
+  """tokenizer.json, tokenizer_config.json (ChatML chat template, Phi-4's bos/eos/pad) and
+  generation_config.json (the ids generation stops at and pads with: `<|im_end|>` ends a chat turn,
+  `<|endoftext|>` a document, as our sampler stops)."""
+  generation = {"bos_token_id": SPECIAL_TOKENS[ENDOFTEXT],
+                "eos_token_id": [SPECIAL_TOKENS[IM_END], SPECIAL_TOKENS[ENDOFTEXT]],
+                "pad_token_id": SPECIAL_TOKENS[PAD], "do_sample": False}
+  with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
+    json.dump(generation, f, indent=2)
   with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
     json.dump(tokenizer_json(), f, ensure_ascii=False)
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": ENDOFTEXT, "eos_token": IM_END,

@@ -114,6 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.prompts_file and not args.output:
     p.error("--prompts_file needs --output")
+  if args.num_samples > 1 and args.temperature == 0:
+    print(f"generate: --num_samples={args.num_samples} at --temperature=0 gives {args.num_samples} identical "
+          "greedy samples (set a temperature to sample)", file=sys.stderr)
   return args
 
 

@@ -145,3 +145,8 @@ def test_decontam_rebuilds_a_truncated_index_and_its_flags_name_only_the_copies(
   (flag,) = again["flags"]
   assert flag == f"--config.data.sources.plain.globs={out}/plain/a.jsonl"  # (not a glob of the reports)
   assert os.path.exists(f"{out}/plain/a.jsonl.report.jsonl")
+
+
+def test_identical_greedy_samples_are_said(capsys):
+  generate.parse_args([f"--hf_dir={NO_MODEL}", "--prompt=a", "--num_samples=2"])
+  assert "--num_samples=2 at --temperature=0 gives 2 identical greedy samples" in capsys.readouterr().err

@@ -39,6 +39,19 @@ def test_plan_bytes_match_xla_arguments_and_a_hand_count():
                                        "0.0001 GB": False}
 
 
+@pytest.mark.parametrize("precompute", [False, True])
+def test_dpo_flops_count_the_reference_forward_the_step_runs(precompute):
+  """A DPO step also runs its frozen reference forward (2N per token of 6N), unless its log-probs
+  were precomputed (issue #24, item 12: the plan left it out)."""
+  overrides = {**SMALL, "mesh_shape": (1, 8, 1), "dpo.precompute_reference": precompute, "init_from": "/w/sft"}
+  config = configs.load(os.path.join(ROOT, "experiments/dpo.py:test"), overrides)
+  plan = dry_run.plan(config)
+  per_token = flops_per_token(model_config(config), 128) * 8 * 128 / 8
+  assert plan["frozen_forwards"] == (0 if precompute else 1)
+  assert plan["flops_per_step_per_device_model"] == pytest.approx(per_token * (1 if precompute else 4 / 3))
+  assert ("frozen forward" in dry_run.describe(plan)) is not precompute
+
+
 def test_dry_run_command_plans_every_training_stage_of_a_recipe_and_writes_nothing(tmp_path):
   workdir = tmp_path / "w"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}

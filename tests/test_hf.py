@@ -4,6 +4,7 @@ Refusals of bad HF folders and checkpoints are in test_hf_refusals.py; the tiny 
 (`hf_model`, `loaded`) is in conftest.py."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -120,12 +121,14 @@ def test_packed_segments_match_separate_documents(hf_model, loaded):
     assert np.abs(part - _hf_logits(net, doc)).max() <= TOL
 
 
-def test_import_export_round_trip(hf_model, tmp_path):
+def test_import_export_round_trip(hf_model, tmp_path, caplog):
   path, _ = hf_model
   workdir, out = str(tmp_path / "w"), str(tmp_path / "hf")
   hf_main(["import", f"--hf_dir={path}", f"--out={workdir}"])
   assert json.load(open(os.path.join(workdir, "model_config.json")))["rope_theta"] == 250_000.0
+  caplog.clear()
   hf_main(["export", f"--workdir={workdir}", f"--out={out}"])
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # (orbax's were 12)
   source, exported = load_file(os.path.join(path, "model.safetensors")), load_file(
       os.path.join(out, "model.safetensors"))
   assert sorted(exported) == sorted(source)

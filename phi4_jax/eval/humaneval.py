@@ -61,15 +61,19 @@ def execute(samples: list[tuple[dict, str]], timeout_s: float = 10.0, workers: i
     return list(pool.map(one, samples))
 
 
-def summarize(task_ids: list[str], passed: list[bool], ks=(1, 10, 100)) -> dict:
-  """pass@k for every k that every problem has enough samples for, and the counts."""
+def summarize(task_ids: list[str], passed: list[bool], ks=(1, 10, 100), notes=sys.stderr) -> dict:
+  """pass@k for every k that every problem has enough samples for, and the counts; a k left out
+  for want of samples is said on `notes` (None: silently)."""
   per_task = collections.defaultdict(list)
   for t, p in zip(task_ids, passed):
     per_task[t].append(p)
   out = {"problems": len(per_task), "samples": len(task_ids)}
+  fewest = min((len(v) for v in per_task.values()), default=0)
   for k in ks:
-    if all(len(v) >= k for v in per_task.values()):
+    if fewest >= k:
       out[f"pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(v), k) for v in per_task.values()]))
+    elif notes is not None:
+      print(f"humaneval: pass@{k} left out: a problem has {fewest} sample(s), pass@{k} needs {k}", file=notes)
   return out
 
 
@@ -81,6 +85,9 @@ def run(model: Model, settings) -> dict:
                          until=STOP_SEQUENCES, temperature=settings.temperature,
                          num_samples=settings.num_samples, seed=settings.seed, what="humaneval problem")
   n = settings.num_samples
+  if n > 1 and settings.temperature == 0:
+    print(f"humaneval: num_samples={n} at temperature 0 gives {n} identical greedy samples per problem",
+          file=sys.stderr)
   samples = [(p, texts[i * n + s]) for i, p in enumerate(chosen) for s in range(n)]
   results = execute(samples, settings.timeout_s)
   return summarize([p["task_id"] for p, _ in samples], [r["passed"] for r in results])

@@ -206,7 +206,7 @@ class ParamReader:
     if path not in self._stores:
       leaf = self._leaves[path]
       info = ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=epath.Path(leaf.directory),
-                                         use_zarr3=self._use_zarr3)
+                                         use_zarr3=self._use_zarr3, ts_context=self._context)
       spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=self._use_ocdbt)
       self._stores[path] = ts.open(spec, open=True, read=True, context=self._context).result()
     return self._stores[path]

@@ -63,6 +63,8 @@ def plan(config: ml_collections.ConfigDict, device_memory_gb: float = 0.0) -> di
   }
   per_device["total"] = sum(per_device.values())
   tokens = config.global_batch_size * config.seq_len
+  # Each params-shaped extra is a frozen model the step runs forward (DPO's reference): 2N of 6N.
+  frozen = sum(jax.tree.structure(v) == jax.tree.structure(state["params"]) for v in extras.values())
   memories = ({f"{device_memory_gb:g} GB": device_memory_gb} if device_memory_gb else
               {f"{name} ({gb} GB)": gb for name, gb in DEVICE_MEMORY_GB.items()})
   return {
@@ -73,8 +75,9 @@ def plan(config: ml_collections.ConfigDict, device_memory_gb: float = 0.0) -> di
       "bytes_per_device": per_device,
       "xla_argument_bytes": int(memory.argument_size_in_bytes),
       "flops_per_step_per_device_xla": float(cost.get("flops", 0.0)) if cost else None,
+      "frozen_forwards": frozen,
       "flops_per_step_per_device_model": model_lib.flops_per_token(cfg, config.seq_len) * tokens
-                                         / jax.device_count(),
+                                         * (1 + frozen / 3) / jax.device_count(),
       "fits": {name: per_device["total"] <= USABLE * gb * GB for name, gb in memories.items()},
   }
 
@@ -92,7 +95,8 @@ def describe(result: dict) -> str:
            "total": "total"}
   lines += [f"  {names[k]:<38} {v / GB:9.3f} GB" for k, v in b.items() if v or k == "total"]
   xla, model = result["flops_per_step_per_device_xla"], result["flops_per_step_per_device_model"]
-  lines.append(f"  FLOPs per step                         {model:.3e} (model: 6N + attention)"
+  frozen = f" + {result['frozen_forwards']} frozen forward(s) at a third of that" if result["frozen_forwards"] else ""
+  lines.append(f"  FLOPs per step                         {model:.3e} (model: 6N + attention{frozen})"
                + (f", {xla:.3e} (XLA's count: a loop's body counts once)" if xla else ""))
   lines.append("fits (at {:.0%} of memory): ".format(USABLE) + ", ".join(
       f"{name} {'yes' if ok else 'NO'}" for name, ok in result["fits"].items()))

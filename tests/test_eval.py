@@ -141,7 +141,10 @@ def test_choice_scores_equal_a_full_forward(tiny, tmp_path):
               for c in item["choices"]]
       acc += int(np.argmax(sums)) == gold
       acc_norm += int(np.argmax([s / len(space + c) for s, c in zip(sums, item["choices"])])) == gold
+    samples = got.pop("samples")
     assert got == {"acc": acc / 3, "acc_norm": acc_norm / 3, "n": 3}
+    assert [s["target"] for s in samples] == [0, 1, 3] and [s["item"] for s in samples] == [1, 2, 3]
+    assert sum(s["correct"] for s in samples) == acc and len(samples[0]["logprobs"]) == 3
   embedded = choice.embedded_item(0)
   assert len(set(embedded["choices"])) == 4 and oracles.check_final_answer(
       embedded["choices"][embedded["answer"]], "Answer: " + embedded["choices"][embedded["answer"]])
@@ -192,8 +195,15 @@ def test_command_prints_a_table_and_writes_json(tiny, tmp_path, capsys):
   table, err = capsys.readouterr()
   assert "--max_new_tokens is deprecated; use --eval.max_new_tokens" in err  # (the old spelling works)
   assert "answers     acc" in table and "choice      acc_norm" in table
-  results = json.loads(out.read_text())["results"]
+  written = json.loads(out.read_text())
+  results = written["results"]
   assert results["answers"]["n"] == 2 and results["choice"]["n"] == 2
+  assert written["step"] is None  # (an HF folder has no steps; a workdir's loaded step is written)
+  samples = [json.loads(line) for line in (tmp_path / "results.samples.jsonl").read_text().splitlines()]
+  assert [s["task"] for s in samples] == ["answers", "answers", "choice", "choice"]  # one per item
+  answered = samples[0]
+  assert {"question", "target", "output", "extracted", "correct"} <= set(answered)
+  assert answered["correct"] == (answered["extracted"] == str(answered["target"]))
 
 
 def test_eval_during_training_joins_the_steps_rows_and_equals_an_eval_of_the_checkpoint(tmp_path):

@@ -72,4 +72,7 @@ def run(model: Model, settings) -> dict:
   texts = model.generate([prompt(str(it["question"]), settings.template) for it in items],
                          max_new_tokens=settings.max_new_tokens, until=until, what="answers item")
   correct = [oracles.check_final_answer(str(it["answer"]), text) for it, text in zip(items, texts)]
-  return {"acc": sum(correct) / len(items), "n": len(items)}
+  samples = [{"item": it.get("id", it.get("line", i + 1)), "question": it["question"], "target": it["answer"],
+              "output": text, "extracted": oracles.final_answer(text), "correct": ok}
+             for i, (it, text, ok) in enumerate(zip(items, texts, correct))]
+  return {"acc": sum(correct) / len(items), "n": len(items), "samples": samples}

@@ -67,11 +67,14 @@ def run(model: Model, settings) -> dict:
       conts.append(TOKENIZER.encode_ordinary(space + str(c)))
   sums = np.asarray([float(lp.sum()) for lp in model.score(prompts, conts)])
   lengths = np.asarray([len(str(c)) + (settings.template == "plain") for it in items for c in it["choices"]])
-  acc = acc_norm = 0
-  start = 0
+  samples, start = [], 0
   for i, item in enumerate(items):
     k = len(item["choices"])
-    acc += int(np.argmax(sums[start:start + k]) == gold[i])
-    acc_norm += int(np.argmax(sums[start:start + k] / lengths[start:start + k]) == gold[i])
+    pred, pred_norm = int(np.argmax(sums[start:start + k])), int(np.argmax(sums[start:start + k] / lengths[start:start + k]))
+    samples.append({"item": item.get("id", item.get("line", i + 1)), "question": item["question"],
+                    "choices": item["choices"], "target": gold[i], "logprobs": sums[start:start + k].tolist(),
+                    "pred": pred, "pred_norm": pred_norm, "correct": pred == gold[i], "correct_norm": pred_norm == gold[i]})
     start += k
-  return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
+  n = len(items)
+  return {"acc": sum(s["correct"] for s in samples) / n, "acc_norm": sum(s["correct_norm"] for s in samples) / n,
+          "n": n, "samples": samples}

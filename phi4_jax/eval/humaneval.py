@@ -90,7 +90,8 @@ def run(model: Model, settings) -> dict:
           file=sys.stderr)
   samples = [(p, texts[i * n + s]) for i, p in enumerate(chosen) for s in range(n)]
   results = execute(samples, settings.timeout_s)
-  return summarize([p["task_id"] for p, _ in samples], [r["passed"] for r in results])
+  return {**summarize([p["task_id"] for p, _ in samples], [r["passed"] for r in results]),
+          "samples": [{"item": p["task_id"], "output": text, **r} for (p, text), r in zip(samples, results)]}
 
 
 def read_completions(path: str, known: dict[str, dict]) -> list[tuple[int, dict]]:

@@ -16,15 +16,21 @@ TASKS = {
 assert tuple(TASKS) == settings_lib.TASK_NAMES
 
 
-def evaluate(model: Model, settings, prefix: str = "eval") -> dict[str, dict]:
-  """{task: its metrics (and "seconds")} for every task of settings.tasks."""
+def evaluate(model: Model, settings, prefix: str = "eval", samples: dict | None = None) -> dict[str, dict]:
+  """{task: its metrics (and "seconds")} for every task of settings.tasks; `samples`, if given,
+  gets {task: one record per item} (as lm-eval's --log_samples: the item, the model's output, what
+  was extracted or scored, the verdict) of the tasks that score items (not perplexity)."""
   names = settings_lib.check(settings, prefix)
   if not names:
     raise ValueError(f"{prefix}.tasks: no tasks given (known: {', '.join(TASKS)})")
   results = {}
   for name in names:
     start = time.monotonic()
-    results[name] = {**TASKS[name](model, settings), "seconds": round(time.monotonic() - start, 2)}
+    metrics = TASKS[name](model, settings)
+    items = metrics.pop("samples", None)
+    if samples is not None and items is not None:
+      samples[name] = items
+    results[name] = {**metrics, "seconds": round(time.monotonic() - start, 2)}
   return results
 
 

@@ -39,7 +39,8 @@ class Spec:
   repo_dir: str = cluster.option("/app", "this repository inside the image")
   python: str = cluster.option("python", "interpreter with phi4_jax installed in the image")
   port: int = cluster.option(8476, "coordinator port on pod 0")
-  max_restarts: int = cluster.option(0, "JobSet restarts of the whole job after a failure")
+  max_restarts: int = cluster.option(3, "JobSet restarts of the whole job after a failure or a "
+                                     "preempted node (each resumes from the last checkpoint)")
 
   def __post_init__(self):
     cluster.check_positive(self, "num_nodes", "chips_per_node")

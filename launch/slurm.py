@@ -28,6 +28,8 @@ class Spec:
   partition: str = cluster.option("", "sbatch --partition ('' = the cluster's default)")
   account: str = cluster.option("", "sbatch --account ('' = none)")
   time: str = cluster.option("24:00:00", "sbatch --time limit")
+  signal_s: int = cluster.option(300, "seconds before the time limit at which training checkpoints, "
+                                 "exits and requeues the job (sbatch --signal=B:USR1@N --requeue)")
   log_file: str = cluster.option("slurm-%x-%j.out", "sbatch --output: the log of every task")
   port: int = cluster.option(0, "coordinator port (0 = derived from the job id, as JAX does)")
   repo_dir: str = cluster.option(REPO_DIR, "this repository on storage every node mounts")
@@ -37,6 +39,7 @@ class Spec:
 
   def __post_init__(self):
     cluster.check_positive(self, "nodes")
+    cluster.check_positive(self, "signal_s")
     if self.gpus_per_node < 0:
       raise ValueError(f"--gpus_per_node must be >= 0 (0: a CPU job), got {self.gpus_per_node}")
 
@@ -58,7 +61,7 @@ def render_job(spec: Spec, job: Job) -> str:
            ("partition", spec.partition), ("account", spec.account)) if value]
   port = spec.port or "$(( SLURM_JOB_ID % 4096 + 61440 ))"
   return render.render("slurm.sbatch", {
-      "job_name": spec.job_name, "nodes": spec.nodes,
+      "job_name": spec.job_name, "nodes": spec.nodes, "signal_s": spec.signal_s,
       "time": spec.time, "log_file": spec.log_file, "sbatch_extra": "\n".join(extra), "port": port,
       **render.process_values(spec, job)})
 

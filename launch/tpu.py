@@ -42,7 +42,8 @@ def named(spec: Spec, name: str) -> Spec:
 
 def render_worker(spec: Spec, job: Job) -> str:
   """The script each worker runs."""
-  return render.render("tpu_worker.sh", {"port": spec.port, **render.process_values(spec, job)})
+  return render.render("tpu_worker.sh", {"port": spec.port, "tpu_name": spec.tpu_name,
+                                         **render.process_values(spec, job)})
 
 
 def render_job(spec: Spec, job: Job) -> str:

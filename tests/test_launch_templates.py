@@ -30,17 +30,32 @@ import json, os, sys
 path = os.path.join(os.environ["FAKE_OUT"], f"{os.getpid()}.json")
 json.dump({"argv": sys.argv[1:], "cwd": os.getcwd()}, open(path, "w"))
 """
+# Like the real srun, it passes SIGUSR1 and SIGTERM on to its tasks.
 FAKE_SRUN = """#!/bin/bash
 n=1
 while [[ $1 == --* ]]; do
   case $1 in --ntasks=*) n=${1#--ntasks=} ;; esac
   shift
 done
-for ((i = 0; i < n; i++)); do SLURM_PROCID=$i SLURM_NTASKS=$n "$@" & done
-wait
+pids=()
+for ((i = 0; i < n; i++)); do SLURM_PROCID=$i SLURM_NTASKS=$n "$@" & pids+=($!); done
+trap 'kill -USR1 "${pids[@]}" 2>/dev/null' USR1
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+while [[ -n $(jobs -rp) ]]; do wait; done
 """
 FAKE_SCONTROL = """#!/bin/bash
 [[ "$1 $2" == "show hostnames" && "$3" == "gpu-[07-08]" ]] && printf 'gpu-07\\ngpu-08\\n'
+[[ "$1" == "requeue" ]] && echo "$2" >> "$FAKE_OUT/requeued"
+exit 0
+"""
+# A training process that runs until SIGUSR1, then records it and exits 0 (as phi4_jax.main does
+# after saving a checkpoint).
+FAKE_TRAINING = """#!/usr/bin/env python3
+import json, os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])  # (for sigwait)
+open(os.path.join(os.environ["FAKE_OUT"], f"started.{os.getpid()}"), "w").close()
+signal.sigwait([signal.SIGUSR1])
+json.dump({"argv": sys.argv[1:], "signal": "SIGUSR1"}, open(os.path.join(os.environ["FAKE_OUT"], f"{os.getpid()}.json"), "w"))
 """
 FAKE_CURL = """#!/bin/bash
 case "${@: -1}" in
@@ -114,6 +129,31 @@ def test_slurm_script_wires_one_process_per_node(fakes, tmp_path):
     assert flags["--num_processes"] == "2"
     assert flags["--coordinator_address"] == f"gpu-07:{4242 % 4096 + 61440}"
     assert cwd == str(tmp_path)
+
+
+def test_slurm_checkpoints_before_the_time_limit_and_requeues_itself(fakes, tmp_path):
+  """issue #24, item 13: SIGUSR1 --signal_s before the limit reaches the batch shell, which passes
+  it to every task (each saves and exits) and puts the job back in the queue."""
+  import signal
+  import time
+  trainer = _tool(tmp_path / "bin", "python-trainer", FAKE_TRAINING)
+  spec = slurm.Spec(nodes=2, gpus_per_node=4, repo_dir=str(tmp_path), python=trainer, signal_s=120)
+  text = cluster.emit(slurm, spec, Job(TRAIN_ARGS), str(tmp_path / "job.sbatch"))
+  for line in ("#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --open-mode=append"):
+    assert line in text.splitlines()
+  text = text.replace("mkdir -p /shared/runs/1b", f"mkdir -p {tmp_path}/runs")
+  env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-[07-08]"}
+  (tmp_path / "job.sh").write_text(text)
+  batch = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env, cwd=tmp_path)
+  deadline = time.monotonic() + 60  # a hang bound, not a timing target
+  while len(list(fakes["out"].glob("started.*"))) < 2:
+    assert batch.poll() is None and time.monotonic() < deadline, "the tasks never started"
+    time.sleep(0.05)
+  batch.send_signal(signal.SIGUSR1)  # what sbatch --signal=B:USR1 does
+  assert batch.wait(timeout=60) == 0
+  records = [json.loads(p.read_text()) for p in fakes["out"].glob("*.json")]
+  assert len(records) == 2 and all(r["signal"] == "SIGUSR1" for r in records)  # every task was told
+  assert (fakes["out"] / "requeued").read_text().split() == ["4242"]
 
 
 def test_slurm_cpu_job_requests_no_gpus_and_counts_host_devices(fakes, tmp_path, monkeypatch):
@@ -246,3 +286,26 @@ def test_fill_rejects_missing_and_unused_values():
     render.fill("{{x}} {{y}}", {"x": 1})
   with pytest.raises(KeyError, match=r"no placeholders for \['z'\]"):
     render.fill("{{x}}", {"x": 1, "z": 2})
+
+
+def test_gke_restarts_a_failed_job_by_default_and_ships_the_image_it_runs(tmp_path):
+  """issue #24, item 13: maxRestarts was 0, and no Dockerfile made the image the JobSet names."""
+  spec = gke.Spec(image="r/phi4:1", num_nodes=2)
+  manifest = yaml.safe_load(cluster.emit(gke, spec, Job(tuple(a.replace("/shared/", "/gcs/") for a in TRAIN_ARGS))))
+  assert manifest["spec"]["failurePolicy"]["maxRestarts"] == spec.max_restarts >= 1
+  lines = open(os.path.join(REPO, "Dockerfile")).read().splitlines()
+  assert f"WORKDIR {spec.repo_dir}" in lines  # the JobSet's workingDir
+  assert any(line.startswith("RUN pip install -e .") for line in lines) and "ARG JAX_EXTRA=\"\"" in lines
+  copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
+  assert {"phi4_jax", "experiments", "launch", "setup.py"} <= copied  # (what the command needs)
+  assert "RUN python -m phi4_jax.main --help > /dev/null" in lines  # built and smoke-tested together
+  assert spec.python == "python"  # the image's interpreter
+
+
+def test_a_tpu_worker_without_the_repository_says_what_it_expects(fakes, tmp_path, monkeypatch):
+  spec = tpu.Spec(tpu_name="my-v5p-8", zone="z", repo_dir=str(tmp_path / "missing"), python=fakes["python"])
+  monkeypatch.setenv("FAKE_WORKER_ID", "1")
+  monkeypatch.setenv("FAKE_ENDPOINTS", "10.0.0.5,10.0.0.6")
+  out = subprocess.run(["bash", "-c", tpu.render_worker(spec, Job(TRAIN_ARGS))], capture_output=True, text=True)
+  assert out.returncode == 1 and f"worker 1 has no {tmp_path / 'missing'}: put this repository there" in out.stderr
+  assert not list(fakes["out"].glob("*.json"))  # nothing ran

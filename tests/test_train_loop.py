@@ -188,11 +188,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpoint.latest_step(workdir) == bad_step - 1
 
 
-def test_the_preemption_flag_names_the_signal_it_got():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
+def test_the_preemption_flag_names_the_signal_it_got(signum):
+  """A first Ctrl-C is a flag, not a KeyboardInterrupt; SIGUSR1 is SLURM's warning before the time
+  limit (launch/slurm.py's --signal); each is logged by its name ("SIGINT: saved step ...")."""
   from phi4_jax.train.preemption import Preemption
   with Preemption() as preemption:
-    os.kill(os.getpid(), signal.SIGINT)  # (a first Ctrl-C: a flag, not a KeyboardInterrupt)
-    assert preemption.agreed(0) and preemption.signal == "SIGINT"  # (logged as "SIGINT: saved step")
+    os.kill(os.getpid(), signum)
+    assert preemption.agreed(0) and preemption.signal == signal.Signals(signum).name
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):

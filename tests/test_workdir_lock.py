@@ -45,6 +45,23 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_killed_runs_lock_is_tak
     pass
 
 
+def test_a_requeued_cluster_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+  """A SLURM requeue or a JobSet restart may land on another host at once (its old run killed with
+  no time to remove the lock): the same job id marks it as the same job."""
+  w = str(tmp_path / "w")
+  os.makedirs(w)
+  lock = os.path.join(w, ".lock.process_0")
+  with open(lock, "w") as f:  # a fresh heartbeat, on another host, of job 4242
+    json.dump({"host": "node-7", "pid": 1, "process_index": 0, "job": "4242"}, f)
+  monkeypatch.setenv("SLURM_JOB_ID", "4243")
+  with pytest.raises(WorkdirError, match="node-7 pid 1"):
+    with workdir.locked(w, 0, 1):
+      pass
+  monkeypatch.setenv("SLURM_JOB_ID", "4242")
+  with workdir.locked(w, 0, 1) as held:
+    assert json.load(open(held))["job"] == "4242"
+
+
 def test_main_refuses_a_second_run_on_the_same_workdir_in_one_line(tmp_path):
   w = tmp_path / "w"
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}

@@ -10,6 +10,12 @@ ENDPOINTS=$(metadata worker-network-endpoints)
 NUM_PROCESSES=$(tr ',' '\n' <<< "$ENDPOINTS" | grep -c .)
 FIRST_ENDPOINT=${ENDPOINTS%%,*}
 COORDINATOR_ADDRESS="${FIRST_ENDPOINT##*:}:{{port}}"
+if [[ ! -d {{repo_dir}} ]]; then  # (the launcher copies nothing: the repository must be on every worker)
+  echo "phi4_jax: worker $PROCESS_ID has no {{repo_dir}}: put this repository there on every worker (e.g." \
+    "gcloud compute tpus tpu-vm scp --recurse --worker=all . {{tpu_name}}:{{repo_dir}}, then pip install -e ." \
+    "there, or --setup), or pass --repo_dir" >&2
+  exit 1
+fi
 cd {{repo_dir}}
 {{setup}}
 mkdir -p {{workdir}}

@@ -131,10 +131,18 @@ def _alive(pid: int) -> bool:
 
 LOCK_HEARTBEAT_S = 30.0  # a held lock's file is touched this often
 LOCK_STALE_S = 300.0  # a lock file untouched this long belongs to a dead run (on any host)
+JOB_ID_VARS = ("PHI4_JAX_JOB_ID", "SLURM_JOB_ID")  # a cluster job's id, the same across its restarts
+
+
+def _job_id() -> str:
+  return next((os.environ[v] for v in JOB_ID_VARS if os.environ.get(v)), "")
 
 
 def _stale(lock: str, holder: dict) -> bool:
-  """The holder is gone: its pid is dead on this host, or its heartbeat stopped (another host)."""
+  """The holder is gone: an earlier run of this cluster job (requeued or restarted), its pid is
+  dead on this host, or its heartbeat stopped (another host)."""
+  if holder.get("job") and holder.get("job") == _job_id():
+    return True
   if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
     return not _alive(holder["pid"])
   try:
@@ -152,13 +160,14 @@ def _heartbeat(lock: str, stop: threading.Event) -> None:
 @contextlib.contextmanager
 def locked(workdir: str, process_index: int = 0, process_count: int = 1):
   """Holds W/.lock.process_<i> while the block runs: a second run on W (any of its processes) is
-  refused with WorkdirError naming the holder. A lock left by a killed run is taken over: on this
+  refused with WorkdirError naming the holder. A lock left by a killed run is taken over: one of
+  an earlier run of the same cluster job (JOB_ID_VARS: a SLURM requeue, a JobSet restart), on this
   host when its pid is gone, from another host when its heartbeat (the file's mtime, touched every
   LOCK_HEARTBEAT_S) is older than LOCK_STALE_S."""
   workdir = resolve(workdir)
   lock = os.path.join(workdir, f".lock.process_{process_index}")
   me = {"host": socket.gethostname(), "pid": os.getpid(), "process_index": process_index,
-        "process_count": process_count, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        "process_count": process_count, "since": time.strftime("%Y-%m-%d %H:%M:%S"), "job": _job_id()}
   took_over, created = False, not os.path.exists(workdir)
   while True:
     try:

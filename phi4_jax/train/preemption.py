@@ -1,4 +1,5 @@
-"""SIGTERM (a scheduler's preemption) or Ctrl-C as a flag the loop checks between steps."""
+"""SIGTERM (a scheduler's preemption), SIGUSR1 (SLURM's warning before the time limit, as
+launch/slurm.py asks for) or Ctrl-C as a flag the loop checks between steps."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class Preemption:
   """Turns SIGTERM (or a first Ctrl-C) into a flag the loop checks between steps (then saves and
   exits); a second Ctrl-C interrupts at once."""
 
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
   def __init__(self):
     self.requested = False

@@ -1,6 +1,7 @@
-"""The one flag library of every command (argparse): a parser that raises instead of exiting,
---config with its `--config.<field>=v` overrides, booleans as absl spelled them, which model, and a
-settings group as flags (`--<group>.<name>`, as a recipe spells the same field)."""
+"""The one flag library of every command (argparse): one parser class, --config with its
+`--config.<field>=v` overrides, booleans as absl spelled them, numbers checked by their field's
+rule, which model, `--overwrite`, and a settings group as flags (`--<group>.<name>`, as a recipe
+spells the same field)."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
   records = questions(config.questions, config.num_questions, need_answer=config.kind == "pts")
   out, index, count = os.path.join(stage_dir, PAIRS), jax.process_index(), jax.process_count()
   model, redo = fingerprint.model_identity(config.init_from, step), f"delete {stage_dir} to make it again"
-  specs = [s for s in config.responders.split(";") if s] if config.responders else []
+  specs = [s for s in (config.responders if config.kind == "judge" else "").split(";") if s]
   if config.kind == "pts":
     pts.claim(out, model, records, config.settings, index, count, flag=redo)
   elif index == 0:

@@ -146,6 +146,15 @@ def _runners_of(pid: int) -> list[int]:
   return found
 
 
+def _alive_runner(pid: int) -> bool:
+  """A sandbox runner still runs as `pid` (not gone, not a zombie, not another process since)."""
+  try:
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X") and b"sandbox_child" in open(f"/proc/{pid}/cmdline", "rb").read()
+  except (OSError, IndexError):
+    return False
+
+
 def _wait_for(condition, what: str, seconds: float = 60.0):
   deadline = time.monotonic() + seconds  # a hang bound, not a timing target
   while not condition():
@@ -163,9 +172,8 @@ def test_a_killed_scorer_takes_its_sandbox_with_it_and_the_next_run_sweeps_its_d
   runners = _runners_of(scorer.pid)
   os.kill(scorer.pid, signal.SIGKILL)
   scorer.wait()
-  _wait_for(lambda: not _runners_of(scorer.pid), "the runner died with its scorer")
-  for pid in runners:
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+  _wait_for(lambda: not _runners_of(scorer.pid) and not any(map(_alive_runner, runners)),
+            "the runner died with its scorer")
   left = glob.glob(os.path.join(tempfile.gettempdir(), f"{sandbox.PREFIX}{scorer.pid}_*"))
   assert left  # (a kill -9 runs no cleanup)
   assert run_python("print(1)").passed

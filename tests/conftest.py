@@ -23,6 +23,19 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory) -> str:
+  """A random `test`-preset model (context 256) saved as an HF folder, once per test session: the
+  model the generate, data-stage and fingerprint tests sample from."""
+  import jax
+
+  from phi4_jax import hf, model
+  cfg = model.ModelConfig.preset("test", max_seq_len=256)
+  path = str(tmp_path_factory.mktemp("tiny_hf"))
+  hf.save(cfg, model.init(cfg, jax.random.key(1)), path)
+  return path
+
+
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> str:
   """A fresh cache directory holding the embedded data corpus, built once per test session."""
   from phi4_jax.data import corpus

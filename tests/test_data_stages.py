@@ -4,10 +4,9 @@ checks before anything runs, and a judge stage end to end on a tiny model."""
 import json
 import os
 
-import jax
 import pytest
 
-from phi4_jax import configs, hf, model
+from phi4_jax import configs
 from phi4_jax.posttrain import stages
 from phi4_jax.recipe import runner as recipe
 
@@ -55,23 +54,15 @@ def test_data_stage_fields_are_checked_before_the_recipe_starts(tmp_path, monkey
   assert not (tmp_path / "w").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-  cfg = model.ModelConfig.preset("test", max_seq_len=256)
-  path = str(tmp_path_factory.mktemp("tiny_hf"))
-  hf.save(cfg, model.init(cfg, jax.random.key(1)), path)
-  return path
-
-
-def test_judge_stage_writes_pairs_and_a_summary_and_is_then_finished(tiny_model, openai_server, tmp_path):
+def test_judge_stage_writes_pairs_and_a_summary_and_is_then_finished(tiny_hf_dir, openai_server, tmp_path):
   # Responses from our sampler (the tiny model's noise) and from an endpoint whose answers
   # alternate right and wrong, judged by rule: each prompt gets a best and a worst.
   answers = iter(["Final answer: 1", "Final answer: 0"] * 50)
   openai_server.reply = lambda body: next(answers)
   c = configs.load("experiments/judge.py:test")
-  c.init_from = tiny_model
+  c.init_from = tiny_hf_dir
   c.questions = "corpus:parity"
-  c.responders = f"hf:{tiny_model};http://127.0.0.1:{openai_server.server_address[1]}/v1,model=fake"
+  c.responders = f"hf:{tiny_hf_dir};http://127.0.0.1:{openai_server.server_address[1]}/v1,model=fake"
   out = str(tmp_path / "judge")
   summary = recipe.run(c, out)[0]
   assert stages.finished(out) and json.load(open(os.path.join(out, stages.SUMMARY))) == {
@@ -85,9 +76,9 @@ def test_judge_stage_writes_pairs_and_a_summary_and_is_then_finished(tiny_model,
     assert key(pair["chosen_scores"]) == max(map(key, scored)) > key(pair["rejected_scores"]) == min(map(key, scored))
 
 
-def test_a_search_that_finds_nothing_says_so_instead_of_handing_dpo_an_empty_file(tiny_model, tmp_path):
+def test_a_search_that_finds_nothing_says_so_instead_of_handing_dpo_an_empty_file(tiny_hf_dir, tmp_path):
   c = configs.load("experiments/pts.py:test")
-  c.init_from = tiny_model
+  c.init_from = tiny_hf_dir
   with pytest.raises(ValueError, match=r"stage pts: no pairs from 4 questions .*a DPO stage cannot train"):
     stages.run(c, str(tmp_path / "pts"))
   assert not stages.finished(str(tmp_path / "pts"))

@@ -5,10 +5,9 @@ model, other inputs or other settings is refused with the difference named, or s
 import json
 import os
 
-import jax
 import pytest
 
-from phi4_jax import generate, hf, model
+from phi4_jax import generate
 from phi4_jax.data import decontam
 from phi4_jax.posttrain import judge, plurality, pts
 from phi4_jax.store import fingerprint
@@ -17,18 +16,10 @@ from phi4_jax.store.fingerprint import FingerprintError
 from test_decontam import setup  # noqa: F401  (the decontamination fixture: benchmarks, sources)
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-  cfg = model.ModelConfig.preset("test", max_seq_len=64)
-  path = str(tmp_path_factory.mktemp("fp_hf"))
-  hf.save(cfg, model.init(cfg, jax.random.key(0)), path)
-  return path
-
-
-def test_generate_refuses_edited_prompts_then_overwrites_and_never_writes_into_its_prompts(hf_dir, tmp_path):
+def test_generate_refuses_edited_prompts_then_overwrites_and_never_writes_into_its_prompts(tiny_hf_dir, tmp_path):
   prompts, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
   prompts.write_text('{"prompt": "one", "id": "a"}\n{"prompt": "two"}\n')
-  argv = [f"--hf_dir={hf_dir}", f"--prompts_file={prompts}", f"--output={out}", "--max_new_tokens=3"]
+  argv = [f"--hf_dir={tiny_hf_dir}", f"--prompts_file={prompts}", f"--output={out}", "--max_new_tokens=3"]
   generate.main(argv)
   first = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r.get("id") for r in first] == ["a", None]  # (a prompt's own id is carried)
@@ -39,18 +30,18 @@ def test_generate_refuses_edited_prompts_then_overwrites_and_never_writes_into_i
     generate.main([*argv, "--temperature=0.5"])
   generate.main([*argv, "--overwrite"])
   fresh = tmp_path / "fresh.jsonl"
-  generate.main([f"--hf_dir={hf_dir}", f"--prompts_file={prompts}", f"--output={fresh}", "--max_new_tokens=3"])
+  generate.main([f"--hf_dir={tiny_hf_dir}", f"--prompts_file={prompts}", f"--output={fresh}", "--max_new_tokens=3"])
   assert out.read_text() == fresh.read_text()  # (nothing of the old prompts left)
   before = prompts.read_text()
   with pytest.raises(ValueError, match=r"the output .*p.jsonl is the input --prompts_file"):
-    generate.main([f"--hf_dir={hf_dir}", f"--prompts_file={prompts}", f"--output={prompts}"])
+    generate.main([f"--hf_dir={tiny_hf_dir}", f"--prompts_file={prompts}", f"--output={prompts}"])
   assert prompts.read_text() == before
 
 
-def test_pts_plurality_and_judge_refuse_another_seed_model_or_question_set(hf_dir, tmp_path):
+def test_pts_plurality_and_judge_refuse_another_seed_model_or_question_set(tiny_hf_dir, tmp_path):
   out = str(tmp_path / "pairs.jsonl")
   questions = [{"id": "q1", "question": "1+1?", "answer": "2"}]
-  model_id = fingerprint.model_identity(hf_dir)
+  model_id = fingerprint.model_identity(tiny_hf_dir)
   settings = pts.pts_fields()
   pts.claim(out, model_id, questions, settings)
   pts.claim(out, model_id, questions, settings)  # the same run resumes
@@ -69,9 +60,9 @@ def test_pts_plurality_and_judge_refuse_another_seed_model_or_question_set(hf_di
   with pytest.raises(FingerprintError, match=r"model.hf_dir"):
     plurality.claim(votes, {"workdir": "/elsewhere", "step": 3}, questions, plurality.FIELDS.config())
   judged = str(tmp_path / "judged.jsonl")
-  judge.claim(judged, [judge.spec_identity(f"hf:{hf_dir}")], {"spec": "oracle"}, questions, judge.FIELDS.config())
+  judge.claim(judged, [judge.spec_identity(f"hf:{tiny_hf_dir}")], {"spec": "oracle"}, questions, judge.FIELDS.config())
   with pytest.raises(FingerprintError, match=r"judge.spec: \"oracle\" -> \"http://h/v1,model=m\""):
-    judge.claim(judged, [judge.spec_identity(f"hf:{hf_dir}")], judge.spec_identity("http://h/v1,model=m"),
+    judge.claim(judged, [judge.spec_identity(f"hf:{tiny_hf_dir}")], judge.spec_identity("http://h/v1,model=m"),
                 questions, judge.FIELDS.config())
 
 

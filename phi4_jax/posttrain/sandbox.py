@@ -28,6 +28,7 @@ import time
 import uuid
 
 from phi4_jax.posttrain import sandbox_child
+from phi4_jax.store import atomic
 
 CHILD = os.path.abspath(sandbox_child.__file__)
 OUTPUT_TAIL = 4000  # characters of stdout and stderr kept in a Result
@@ -92,20 +93,10 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
   swept = []
   for path in glob.glob(os.path.join(tmp or tempfile.gettempdir(), PREFIX + "*")):
     pid = os.path.basename(path)[len(PREFIX):].split("_")[0]
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not atomic.process_alive(int(pid)):
       shutil.rmtree(path, ignore_errors=True)
       swept.append(path)
   return swept
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass
-  return True
 
 
 def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> Result:

@@ -21,6 +21,18 @@ def temporary(path: str | os.PathLike) -> str:
   return f"{os.fspath(path)}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
 
+def process_alive(pid: int) -> bool:
+  """Whether a process of this host runs as `pid` (the pid a temporary, a workdir lock or a sandbox
+  directory names: one that no longer runs left it behind)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # (another user's: it runs)
+    pass
+  return True
+
+
 def remove(path: str) -> None:
   """Removes a file, link or folder; nothing when it is not there."""
   if os.path.isdir(path) and not os.path.islink(path):

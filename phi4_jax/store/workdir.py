@@ -119,16 +119,6 @@ def restore_params(workdir: str, step: int | None = None, shardings=None,
   return cfg, checkpoint.restore_params(workdir, abstract, step)
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass
-  return True
-
-
 LOCK_HEARTBEAT_S = 30.0  # a held lock's file is touched this often
 LOCK_STALE_S = 300.0  # a lock file untouched this long belongs to a dead run (on any host)
 JOB_ID_VARS = ("PHI4_JAX_JOB_ID", "SLURM_JOB_ID")  # a cluster job's id, the same across its restarts
@@ -144,7 +134,7 @@ def _stale(lock: str, holder: dict) -> bool:
   if holder.get("job") and holder.get("job") == _job_id():
     return True
   if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-    return not _alive(holder["pid"])
+    return not atomic.process_alive(holder["pid"])
   try:
     return time.time() - os.path.getmtime(lock) > LOCK_STALE_S
   except OSError:

@@ -122,8 +122,15 @@ def test_answers_task_counts_correct_final_answers(tmp_path):
   chat = eval_lib.eval_fields(tasks="answers", answers_file=path, limit=2)
   model = Canned(["\\boxed{2}", "Answer: 4"])
   result = eval_lib.evaluate(model, chat)["answers"]
-  assert {k: v for k, v in result.items() if k != "seconds"} == {"acc": 1.0, "n": 2}
+  assert {k: v for k, v in result.items() if k != "seconds"} == {"acc": 1.0, "majority": 0.5, "n": 2}
   assert TOKENIZER.decode(model.prompts[0]) == "<|im_start|>user<|im_sep|>1+1?<|im_end|><|im_start|>assistant<|im_sep|>"
+
+
+def test_the_majority_baseline_is_always_giving_the_most_common_answer_by_value():
+  items = [{"answer": "1,000"}, {"answer": 1000}, {"answer": "odd"}, {"answer": "1000.0"}, {"answer": "odd"},
+           {"answer": "even"}]
+  assert answers.majority(items) == pytest.approx(3 / 6)  # 1,000 == 1000 == 1000.0 (the oracle's rule)
+  assert answers.majority([{"answer": "odd"}, {"answer": "even"}] * 5) == 0.5
 
 
 def test_choice_scores_equal_a_full_forward(tiny, tmp_path):
@@ -142,7 +149,9 @@ def test_choice_scores_equal_a_full_forward(tiny, tmp_path):
       acc += int(np.argmax(sums)) == gold
       acc_norm += int(np.argmax([s / len(space + c) for s, c in zip(sums, item["choices"])])) == gold
     samples = got.pop("samples")
-    assert got == {"acc": acc / 3, "acc_norm": acc_norm / 3, "n": 3}
+    assert got == {"acc": acc / 3, "acc_norm": acc_norm / 3, "n": 3,
+                   "majority": pytest.approx(1 / 3),  # gold positions 0, 1, 3: each once
+                   "chance": pytest.approx((1 / 3 + 1 / 2 + 1 / 4) / 3)}
     assert [s["target"] for s in samples] == [0, 1, 3] and [s["item"] for s in samples] == [1, 2, 3]
     assert sum(s["correct"] for s in samples) == acc and len(samples[0]["logprobs"]) == 3
   embedded = choice.embedded_item(0)

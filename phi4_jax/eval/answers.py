@@ -14,6 +14,8 @@ checkpoints).
 
 from __future__ import annotations
 
+import collections
+
 from phi4_jax.data import families
 from phi4_jax.eval.model import Model, chat_prompt, plain_prompt
 from phi4_jax.posttrain import oracles
@@ -75,4 +77,12 @@ def run(model: Model, settings) -> dict:
   samples = [{"item": it.get("id", it.get("line", i + 1)), "question": it["question"], "target": it["answer"],
               "output": text, "extracted": oracles.final_answer(text), "correct": ok}
              for i, (it, text, ok) in enumerate(zip(items, texts, correct))]
-  return {"acc": sum(correct) / len(items), "n": len(items), "samples": samples}
+  return {"acc": sum(correct) / len(items), "majority": majority(items), "n": len(items), "samples": samples}
+
+
+def majority(items: list[dict], candidates: int = 16) -> float:
+  """The majority-class baseline: the accuracy of always giving the most common gold answer (the
+  best of the `candidates` most frequent ones, each scored by the same oracle as the model)."""
+  common = collections.Counter(str(it["answer"]).strip() for it in items).most_common(candidates)
+  return max(sum(oracles.check_final_answer(str(it["answer"]), f"Answer: {answer}") for it in items)
+             for answer, _ in common) / len(items)

@@ -10,6 +10,8 @@ acc_norm divides it by the choice's length in characters first (lm-evaluation-ha
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from phi4_jax.data import families
@@ -77,4 +79,6 @@ def run(model: Model, settings) -> dict:
     start += k
   n = len(items)
   return {"acc": sum(s["correct"] for s in samples) / n, "acc_norm": sum(s["correct_norm"] for s in samples) / n,
+          "majority": max(collections.Counter(gold).values()) / n,  # always the most common gold position
+          "chance": sum(1 / len(item["choices"]) for item in items) / n,  # a uniform guess
           "n": n, "samples": samples}

@@ -210,10 +210,18 @@ def test_sft_rows_mask_assistant_spans_and_count_bad_records(tmp_path, caplog, m
   s = progress["sources"]["s"]
   assert s["skipped"] == skipped and s["docs_read"] == len(kept)
   assert s["tokens"] == sum(len(ids) for ids, _ in expected) == 10 + 20 + (17 if mode == "cut" else 0)
+  # one warning per reason (and one for the cut conversation), naming its places; none per record
+  warnings = [r.getMessage() for r in caplog.records if f"chat source 's' ({path})" in r.getMessage()]
+  places = {}
   for line, (_, reason) in enumerate(LINES, start=1):
     if reason:
-      reason = "too_long" if reason == "cut_long" and mode == "drop" else reason
-      assert f"source s: skipped {path}:{line} ({reason})" in caplog.text
+      places.setdefault("too_long" if reason == "cut_long" and mode == "drop" else reason, []).append(line)
+  assert len(warnings) == len(places) == (6 if mode == "cut" else 5)
+  for reason, lines in places.items():
+    verb = ("kept 1 of its 10 records with a note" if reason == "cut_long"
+            else f"skipped {len(lines)} of its 10 records")
+    (found,) = [w for w in warnings if f"{verb}: {reason} (" in w]
+    assert found.endswith("first: " + ", ".join(f"{path}:{line}" for line in lines) + ")"), found
   assert all(b[k].dtype == np.int32 and b[k].shape == (1, 32) for b in batches for k in FIELDS)
   assert set(batches[0]) == set(FIELDS)
 

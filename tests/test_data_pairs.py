@@ -18,6 +18,7 @@ from phi4_jax.data import config as data_config
 from phi4_jax.data import corpus
 from phi4_jax.data.fitpack import FitPackedIterator
 from phi4_jax.data.pairs import pair_item
+from phi4_jax.posttrain import dpo
 from phi4_jax.tokenizer import Phi4Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +42,15 @@ def test_the_three_forms_by_hand():
   prompt = [IM_START, USER, IM_SEP, 6151, IM_END, IM_START, ASSISTANT, IM_SEP]
   assert _seqs(conv) == [(prompt + [16417, IM_END], [0] * 8 + [1, 1]),
                          (prompt + [2201, IM_END], [0] * 8 + [1, 1])]
+  # an empty reply is the completion <|im_end|> alone (a real, bad answer), as the template ends an
+  # empty assistant turn; two empty replies are no preference
+  empty = pair_item({"messages": [{"role": "user", "content": "hi"}], "chosen": "yo", "rejected": ""}, 100)
+  assert _seqs(empty) == [(prompt + [16417, IM_END], [0] * 8 + [1, 1]), (prompt + [IM_END], [0] * 8 + [1])]
+  empty_turn = Phi4Tokenizer().apply_chat_template([{"role": "assistant", "content": ""}], tokenize=True)
+  assert empty_turn == [IM_START, ASSISTANT, IM_SEP, IM_END]
+  assert pair_item({"messages": [{"role": "user", "content": "hi"}], "chosen": "", "rejected": ""},
+                   100) == "same_completion"
+  assert pair_item({"prompt": "Q:", "chosen": " A", "rejected": ""}, 100) == "empty_completion"  # (no end)
   # token ids are used as they are: [32, 33] decodes to "AB", which encodes to other ids
   assert enc(Phi4Tokenizer().decode([32, 33])) != [32, 33]
   ids = pair_item({"prompt_ids": [100264, 32, 33], "chosen_ids": [100265], "rejected_ids": [7, 8]},
@@ -189,10 +199,22 @@ def test_pairs_rows_and_every_malformed_pair_counted_with_file_and_line(tmp_path
                                       "malformed_json": 1, "empty_prompt": 1}
   assert progress["p"]["docs_read"] == 3
   assert progress["q"]["skipped"] == {"same_completion": 1} and progress["q"]["docs_read"] == 1
-  for line, (_, reason) in enumerate(LINES, start=1):
-    if reason:
-      assert f"source p: skipped {path}:{line} ({reason})" in caplog.text
-  assert f"source q: skipped {tmp_path}/q.parquet:row 1 (same_completion)" in caplog.text
+  # one warning per source and reason, naming its first places, none per record
+  warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+  head = f"pairs source 'p' ({path}): skipped "
+  assert sorted(w for w in warnings if w.startswith(head)) == sorted([
+      f"{head}2 of its 13 records: bad_ids (token ids not in [0, vocab); first: {path}:5, {path}:12)",
+      f"{head}2 of its 13 records: same_completion (identical chosen and rejected; first: {path}:4, {path}:13)",
+      f"{head}1 of its 13 records: missing_field (a field missing or of the wrong type; first: {path}:2)",
+      f"{head}1 of its 13 records: malformed_json (not JSON; first: {path}:8)",
+      f"{head}1 of its 13 records: bad_messages (malformed messages; first: {path}:7)",
+      f"{head}1 of its 13 records: too_long (longer than config.seq_len; first: {path}:6)",
+      f"{head}1 of its 13 records: empty_prompt (no prompt token; first: {path}:9)",
+      f"{head}1 of its 13 records: empty_completion (a completion with no token; first: {path}:3)"])
+  assert [w for w in warnings if "source 'q'" in w] == [
+      f"pairs source 'q' ({tmp_path}/q.parquet): skipped 1 of its 2 records: same_completion (identical "
+      f"chosen and rejected; first: {tmp_path}/q.parquet:row 1)"]
+  assert len(warnings) == 9 and all(r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_a_source_without_a_usable_pair_fails_at_start_naming_it(tmp_path):
@@ -203,6 +225,55 @@ def test_a_source_without_a_usable_pair_fails_at_start_naming_it(tmp_path):
                      r"train on \(config\.seq_len=48; of its 2 records, skipped: missing_field 1, "
                      r"same_completion 1\)"):
     make_train_iterator(c)
+
+
+def _conv(chosen, rejected, user="hi"):
+  return json.dumps({"messages": [{"role": "user", "content": user}], "chosen": chosen, "rejected": rejected})
+
+
+def test_a_dpo_source_with_fewer_usable_pairs_than_min_pairs_stops_naming_it(tmp_path, caplog):
+  """issue #25: 12 of 13 judge pairs had an empty rejected reply and were skipped with a warning
+  each, and one pair trained for 68 epochs. Now an empty reply is <|im_end|>; identical replies are
+  no pair; a DPO stage's source with fewer usable pairs than config.dpo.min_pairs stops the stage,
+  each source of the mixture checked on its own."""
+  judge, other = tmp_path / "judge.jsonl", tmp_path / "other.jsonl"
+  # lines 1 and 4 are usable (line 1's rejected reply is empty), 2, 3, 5 and 6 identical replies
+  judge.write_text("\n".join([_conv("yo", ""), _conv("", ""), _conv("a", "a"), _conv("yo", "no"),
+                              _conv("b", "b"), _conv("c", "c")]) + "\n")
+  other.write_text("".join(_conv("yo", "no", f"q{i}") + "\n" for i in range(3)))
+  c = _config(tmp_path, {"judge": data_config.pairs_source(str(judge), 0.5),
+                         "other": data_config.pairs_source(str(other), 0.5)}, total_tokens=1.0,
+              epoch_margin=0.0)
+  c.dpo = dpo.dpo_fields(min_pairs=3)
+  with pytest.raises(PlanError) as raised, caplog.at_level(logging.WARNING):
+    make_train_iterator(c)
+  assert str(raised.value) == (
+      f"config.data.sources.judge: source 'judge' ({judge}) has 2 usable pairs of its 6 records, fewer "
+      "than config.dpo.min_pairs=3 (config.seq_len=48); left out: 4 same_completion (identical chosen and "
+      f"rejected; first: {judge}:2, {judge}:3, {judge}:5, ...). Make more pairs, or lower config.dpo.min_pairs")
+  assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+      f"pairs source 'judge' ({judge}): skipped 4 of its 6 records: same_completion (identical chosen and "
+      f"rejected; first: {judge}:2, {judge}:3, {judge}:5, ...)"]
+  c.dpo.min_pairs = 2  # both sources have enough; the empty reply trains as <|im_end|>
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    it = make_train_iterator(c)
+  reported = [r.getMessage() for r in caplog.records]
+  pairs = _pairs_in(it)
+  it.close()
+  assert reported == [f"pairs source 'judge' ({judge}): skipped 4 of its 6 records: same_completion (identical "
+                      f"chosen and rejected; first: {judge}:2, {judge}:3, {judge}:5, ...)"]  # (from the cache)
+  assert set(pairs) == {pair_id(0, 0), pair_id(0, 3), pair_id(1, 0), pair_id(1, 1), pair_id(1, 2)}
+  prompt = Phi4Tokenizer().apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                               tokenize=True)
+  assert pairs[pair_id(0, 0)][1] == (prompt + [IM_END], [0] * len(prompt) + [1])
+  with pytest.raises(ValueError, match=r"config\.dpo\.min_pairs: must be >= 1, got 0"):
+    dpo.FIELDS.check({"min_pairs": 0}, "config.dpo")
+  c.dpo.min_pairs = 4  # 'other' has 3 pairs: each source is checked on its own
+  with pytest.raises(PlanError, match=r"^config\.data\.sources\.judge: .* 2 usable pairs"):
+    make_train_iterator(c)
+  del c.dpo  # not a DPO stage: any usable pair will do
+  make_train_iterator(c).close()
 
 
 def _dpo(data_cache, **data):

@@ -12,6 +12,9 @@ state before the batch holding that item, the item's index in the batch and how 
 window's rows were emitted: a restore re-reads from there, rebuilds the window and drops those
 rows, giving exactly the rows an uninterrupted run would have.
 
+Skipped records are counted per reason (the run's progress), not logged: every chat or pairs
+source is measured when its iterator is built, which reports them (measure.skip_report).
+
 Not grain's `FirstFitPackIterDataset`: it takes one element per sequence (our tokenized batches
 hold many items, and a pair's two sequences must share a row) and its rows have no per-slot
 fields such as pair ids.
@@ -27,7 +30,7 @@ import grain
 import numpy as np
 
 from phi4_jax.data.packing import PAD_SOURCE_ID, ROW_FIELDS, RowStream, copy_counters
-from phi4_jax.data.sources import Skip, Source, count_skip
+from phi4_jax.data.sources import Skip, Source
 
 
 PAIR_ID_BITS = 32  # a DPO row's pair_ids: source_id << 32 | record index (pairs.pair_id)
@@ -126,8 +129,9 @@ class FitPackedIterator(RowStream):
     self._batches.append(_Batch(batch, state, copy_counters(self._counters), self._m))
     self._counters["docs"] += len(batch["item_ids"])
     self._counters["visits_end"] = int(batch["visits_end"])
-    for skip in batch["skipped"]:
-      count_skip(self._counters["skipped"], self.name, Skip(*skip))
+    skipped = self._counters["skipped"]
+    for reason, _ in batch["skipped"]:  # counted, not logged: measuring the source reported them
+      skipped[reason] = skipped.get(reason, 0) + 1
     return True
 
   def _peek(self) -> tuple[_Batch, int] | None:

@@ -5,16 +5,19 @@
                  stays text); nothing is appended
   conversation   {"messages", "chosen", "rejected"}: the prompt is the conversation in the ChatML
                  template plus the generation prompt `<|im_start|>assistant<|im_sep|>`; chosen and
-                 rejected are assistant contents, each followed by `<|im_end|>`
+                 rejected are assistant contents, each followed by `<|im_end|>` (an empty reply is
+                 the completion `<|im_end|>` alone: a real answer, and a bad one)
   token ids      {"prompt_ids", "chosen_ids", "rejected_ids"}: used exactly as they are (never
                  decoded or re-encoded), e.g. Pivotal Token Search's pairs; ids in [0, vocab)
 
 A record is read as the first form whose key it has (any *_ids key: token ids; else "messages":
 conversation; else text). `loss_mask` marks the completion tokens (the targets whose log-probs are
-summed), 0 on the prompt. A pair is skipped (counted per source, logged with file and line) for:
-missing_field (a form's field missing, or not a string / list), bad_messages, invalid_utf8, bad_ids
-(not integers in [0, vocab)), empty_prompt, empty_completion, same_completion (chosen == rejected
-as token ids), too_long (both sequences together over seq_len: a pair is never split).
+summed), 0 on the prompt. A pair is skipped (counted per source; measure.py reports one line per
+source and reason, with the first few files and lines) for: missing_field (a form's field missing,
+or not a string / list), bad_messages, invalid_utf8, bad_ids (not integers in [0, vocab)),
+empty_prompt, empty_completion (a text or token-id completion with no token), same_completion
+(chosen == rejected as token ids: no preference), too_long (both sequences together over seq_len:
+a pair is never split).
 
 DPO rows (PAIR_ROW_FIELDS) hold up to `config.data.pairs_per_row` pairs: pair j's chosen sequence
 is segment 2j + 1, its rejected sequence segment 2j + 2; `pair_ids` = pair_id(source id, record
@@ -102,8 +105,7 @@ def tokenize_pair(record) -> tuple[list[int], list[int], list[int]] | str:
         return "bad_messages"
       prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
       end = [tok.im_end_id]
-      chosen = tok.encode_ordinary(chosen) + end if chosen else []
-      rejected = tok.encode_ordinary(rejected) + end if rejected else []
+      chosen, rejected = tok.encode_ordinary(chosen) + end, tok.encode_ordinary(rejected) + end
     else:
       prompt, chosen, rejected = map(tok.encode_ordinary, (prompt_text, chosen, rejected))
   if not prompt:

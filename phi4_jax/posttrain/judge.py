@@ -1,15 +1,23 @@
 """Judge-guided DPO pairs (docs/RECIPE.md, "Post-training", DPO stage 2).
 
 Responses: num_responses per prompt from each responder (our sampler on a workdir or HF folder,
-or an OpenAI-compatible endpoint). A judge scores every response 1-5 on accuracy, style and
-detail with the rubric in judge_rubric.txt (or, as `oracle`, by rule: accuracy from the prompt's
-oracle, style and detail from the reply's form); a verdict that does not parse strictly (exactly
-the three `name: N` lines) is asked again up to judge_retries times, then the response is dropped
-and counted. The pair of a prompt is its best and worst response by (accuracy, mean of the three):
-the positive has the higher accuracy or, on an accuracy tie, the higher mean; a full tie gives no
-pair. Pairs are written in the DPO stage's conversation format with the scores kept:
+or an OpenAI-compatible endpoint); an empty reply is a response (a bad one), judged like the rest.
+A judge scores every response 1-5 on accuracy, style and detail with the rubric in
+judge_rubric.txt, or, as `oracle`, by the rules of judge_rules.py: accuracy from the prompt's
+oracle on the answer stated after `Final answer:`, style and detail only for readable text (not
+gibberish), from its form and the true computations it shows, 1/1/1 for an empty reply. A verdict
+that does not parse strictly (exactly the three `name: N` lines) is asked again up to
+judge_retries times, then the response is dropped and counted. The pair of a prompt is its best
+and worst response by (accuracy, mean of the three): the positive has the higher accuracy or, on
+an accuracy tie, the higher mean. A pair needs two different responses (stripped texts) whose
+scores parsed and differ; a prompt without one is logged and counted by reason (`no_pair`:
+fewer_than_two_scored, tie, identical). Pairs are written in the DPO stage's conversation format
+with the scores kept:
 
   {"messages", "chosen", "rejected", "chosen_scores", "rejected_scores", "rule", "prompt_id"}
+
+The summary counts prompts, the pairs written (by rule), the prompts without a pair (by reason) and
+the responses dropped.
 
   python -m phi4_jax.posttrain.judge --prompts=P.jsonl --out=PAIRS.jsonl \
       --responder=workdir:RUN/dpo_pts --responder=http://host:8000/v1,model=NAME --judge=oracle
@@ -30,7 +38,8 @@ import ml_collections
 from phi4_jax import fields, flags
 from phi4_jax.posttrain import rollouts
 from phi4_jax.store import fingerprint, jsonl_log
-from phi4_jax.posttrain.judge_rules import choose_pair, oracle_scores, parse_scores, rubric_messages
+from phi4_jax.posttrain.judge_rules import (NO_PAIR_REASONS, oracle_scores, parse_scores, pick_pair,
+                                           rubric_messages)
 from phi4_jax.posttrain.openai_http import Endpoint, EndpointError, map_concurrently
 from phi4_jax.posttrain.questions import read_questions
 
@@ -156,8 +165,8 @@ def score(judge, items: list[tuple[dict, str]], retries: int) -> list:
 
 
 def judge_round(responders: list, judge, records: list[dict], settings) -> tuple[list[dict], list[str]]:
-  """(one log line per prompt: its scored responses, how many were dropped, and its pair; the
-  failures of the prompts left out because a request for them failed)."""
+  """(one log line per prompt: its scored responses, how many were dropped, its pair or None and
+  why none (`no_pair`); the failures of the prompts left out because a request for them failed)."""
   answers = [p.respond(records, settings.num_responses) for p in responders]
   per_prompt = [[(p.name, text) for p, texts in zip(responders, answers) for text in texts[i]]
                 for i in range(len(records))]
@@ -171,16 +180,28 @@ def judge_round(responders: list, judge, records: list[dict], settings) -> tuple
     if failed:
       failures.append(f"{r['id']}: {failed[0]}")
       continue
-    kept = [s for s in scored if s["scores"] is not None]
-    pair = choose_pair([(s["text"], s["scores"]) for s in kept])
+    pair = pick_pair([(s["text"], s["scores"]) for s in scored])
     record = None
-    if pair:
-      chosen, rejected = kept[pair[0]], kept[pair[1]]
+    if not isinstance(pair, str):
+      chosen, rejected = scored[pair[0]], scored[pair[1]]
       record = {"messages": r.get("messages") or [{"role": "user", "content": r["question"]}],
                 "chosen": chosen["text"], "rejected": rejected["text"], "chosen_scores": chosen["scores"],
                 "rejected_scores": rejected["scores"], "rule": pair[2], "prompt_id": r["id"]}
-    lines.append({"prompt_id": r["id"], "responses": scored, "dropped": len(scored) - len(kept), "pair": record})
+    lines.append({"prompt_id": r["id"], "responses": scored,
+                  "dropped": sum(s["scores"] is None for s in scored), "pair": record,
+                  "no_pair": pair if isinstance(pair, str) else None})
   return lines, failures
+
+
+def no_pair_reason(line: dict) -> str | None:
+  """Why a logged prompt has no pair (None when it has one); a line logged before `no_pair` was
+  kept gets it from its scored responses."""
+  if line["pair"]:
+    return None
+  if line.get("no_pair"):
+    return line["no_pair"]
+  found = pick_pair([(s["text"], s["scores"]) for s in line["responses"] if isinstance(s["text"], str)])
+  return found if isinstance(found, str) else "tie"
 
 
 def spec_identity(spec: str) -> dict:
@@ -221,10 +242,14 @@ def run(responders: list, judge, prompts: list[dict], out: str, settings, progre
     raise EndpointError(f"judge: {len(failures)} of {len(prompts)} prompts failed and are not done "
                         f"(first: {failures[0]}); rerun to ask for them again")
   logged = [done[p["id"]] for p in prompts]
-  jsonl_log.write_atomic(out, [line["pair"] for line in logged if line["pair"]])
-  rules = collections.Counter(line["pair"]["rule"] for line in logged if line["pair"])
-  return {"prompts": len(prompts), "pairs": sum(rules.values()), "accuracy_pairs": rules["accuracy"],
-          "overall_pairs": rules["overall"], "dropped_responses": sum(line["dropped"] for line in logged)}
+  written = [line["pair"] for line in logged if line["pair"]]
+  jsonl_log.write_atomic(out, written)
+  rules = collections.Counter(pair["rule"] for pair in written)
+  missing = collections.Counter(no_pair_reason(line) for line in logged if not line["pair"])
+  return {"prompts": len(prompts), "pairs": len(written), "accuracy_pairs": rules["accuracy"],
+          "overall_pairs": rules["overall"],
+          "prompts_without_pair": {reason: missing[reason] for reason in NO_PAIR_REASONS},
+          "dropped_responses": sum(line["dropped"] for line in logged)}
 
 
 def main(argv=None) -> None:

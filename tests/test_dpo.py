@@ -45,6 +45,21 @@ def test_policy_equal_to_reference_gives_ln2_and_zero_rewards():
   assert float(m["reward_accuracy"].sum()) == 0.0 and float(jnp.abs(m["reward_margin"]).sum()) == 0.0
 
 
+def test_the_nll_term_adds_the_chosen_mean_token_nll_and_the_log_ratios_are_logged():
+  rng = np.random.default_rng(1)
+  pc, pr, rc, rr = (rng.normal(-30, 8, 16) for _ in range(4))
+  lengths = rng.integers(1, 40, 16).astype(np.float32)
+  args = [jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)]
+  loss, m = dpo.dpo_loss(*args, beta=0.2, nll_weight=0.5, chosen_tokens=jnp.asarray(lengths))
+  np.testing.assert_allclose(loss, _numpy_dpo(pc, pr, rc, rr, 0.2, 0.0, "sigmoid") + 0.5 * (-pc / lengths),
+                             rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(m["chosen_nll"], -pc / lengths, rtol=1e-6)
+  np.testing.assert_allclose(m["chosen_logratio"], pc - rc, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(m["rejected_logratio"], pr - rr, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="chosen_tokens"):
+    dpo.dpo_loss(*args, beta=0.2, nll_weight=0.5)
+
+
 CFG = model.ModelConfig.preset("test", vocab_size=128, max_seq_len=64)
 PAIRS = [([5, 6, 7], [8, 9], [10]), ([11, 12], [13, 14, 15], [16, 17]), ([20], [21], [22, 23, 24])]
 
@@ -83,6 +98,8 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_pair_per_row():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
   _, sums = loss(policy, packed, {"reference": reference})
   assert float(sums["denominator"]) == 3 and np.asarray(sums["source_pairs"]).tolist() == [2, 1]
+  # the NLL term's lengths are each chosen completion's tokens, counted by hand from PAIRS
+  np.testing.assert_array_equal(dpo.chosen_lengths(packed, 3), [[2, 3, 0], [1, 0, 0]])
 
 
 def test_sequence_logprob_sums_equal_transformers_on_the_exported_model(tmp_path):

@@ -114,7 +114,7 @@ def test_the_migrated_groups_keep_their_previous_defaults():
   from phi4_jax.posttrain import dpo, judge, plurality, pts, stages
   from phi4_jax.train import config
   assert dpo.dpo_fields().to_dict() == {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid",
-                                        "precompute_reference": False}
+                                        "min_pairs": 8, "nll_weight": 0.0, "precompute_reference": False}
   assert pts.pts_fields().to_dict() == {"num_rollouts": 64, "max_new_tokens": 256, "temperature": 1.0,
                                         "top_p": 1.0, "max_batch": 256, "seed": 0, "p_gap": 0.2, "p_min": 0.2,
                                         "p_max": 0.8, "questions_per_round": 8}

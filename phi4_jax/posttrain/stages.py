@@ -1,12 +1,14 @@
-"""Data-making stages of a recipe: Pivotal Token Search and judge-guided pairs from a model.
+"""Data-making stages of a recipe: Pivotal Token Search, judge-guided pairs and refusal data
+from a model.
 
-A stage config with `kind` "pts" or "judge" samples from its `init_from` model (a recipe fills it
-with the last training stage before it) and writes W/pairs.jsonl, which a later DPO stage reads
-through a source glob `stage:<name>` (recipe/runner.py resolves it; recipe/stages.py registers
-both kinds). W/summary.json marks the stage done; until then a rerun resumes from the tool's log
-(W/pairs.jsonl.log.jsonl).
+A stage config with `kind` "pts", "judge" or "refusal" samples from its `init_from` model (a
+recipe fills it with the last training stage before it) and writes W/pairs.jsonl, which a later
+DPO stage reads through a source glob `stage:<name>` (recipe/runner.py resolves it;
+recipe/stages.py registers the kinds); a refusal stage also writes W/sft.jsonl (posttrain/refusal.py).
+W/summary.json marks the stage done; until then a rerun resumes from the tool's log
+(W/pairs.jsonl.log.jsonl; a refusal stage's W/log.jsonl).
 
-Questions (pts) and prompts (judge) come from a JSONL file or the embedded families:
+Questions (pts, refusal) and prompts (judge) come from a JSONL file or the embedded families:
   corpus:parity        "What is the remainder of N divided by 2?" (the parity family's search split)
   corpus:exercises     the synthetic math exercises (the exercises family's search split)
   corpus:mixed         both, alternating
@@ -22,18 +24,18 @@ import ml_collections
 
 from phi4_jax import fields
 from phi4_jax.data import families
-from phi4_jax.posttrain import judge, pts
+from phi4_jax.posttrain import judge, pts, refusal
 from phi4_jax.posttrain.questions import read_questions
 from phi4_jax.posttrain.rollouts import Roller
 from phi4_jax.store import atomic, fingerprint
 
-KINDS = ("pts", "judge")
+KINDS = ("pts", "judge", "refusal")
 PAIRS, SUMMARY = "pairs.jsonl", "summary.json"
 EMBEDDED = families.QUESTIONS  # corpus:parity, corpus:exercises, corpus:mixed
 
 
 PTS_STAGE = fields.Group(
-    kind=fields.Field("pts", fields.choice(KINDS), '"pts" or "judge"'),
+    kind=fields.Field("pts", fields.choice(KINDS), '"pts", "judge" or "refusal"'),
     stage=fields.Field("pts", fields.string(), "the stage's name in logs"),
     init_from=fields.Field("", fields.string(), "the model's workdir (a recipe fills it)"),
     init_step=fields.Field(-1, fields.integer(-1), "its checkpoint step (-1 = latest)"),
@@ -50,12 +52,18 @@ JUDGE_STAGE = fields.Group(
                             'responder specs (judge.policy) separated by ";"; "" = the init_from model'),
     judge=fields.Field("oracle", fields.string(), '"oracle" or a judge spec'),
 )
-GROUPS = {"pts": PTS_STAGE, "judge": JUDGE_STAGE}
+REFUSAL_STAGE = fields.Group(
+    PTS_STAGE.with_defaults(kind="refusal", stage="refusal", questions="corpus:mixed"),
+    settings=fields.Field(refusal.FIELDS, None, "sampling and rule settings (posttrain/refusal.py)"),
+    teacher=fields.Field("", fields.string(),
+                         'writes refusals and bogus questions: a judge.policy spec; "" = the templates'),
+)
+GROUPS = {"pts": PTS_STAGE, "judge": JUDGE_STAGE, "refusal": REFUSAL_STAGE}
 RULES = JUDGE_STAGE.rules
 
 
 def stage_fields(kind: str) -> ml_collections.ConfigDict:
-  """A data stage's config: kind "pts" or "judge"."""
+  """A data stage's config: kind "pts", "judge" or "refusal"."""
   return GROUPS[kind].config()
 
 
@@ -65,6 +73,13 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
   GROUPS[config.kind].check(config, prefix)  # (its settings group too)
   if config.kind == "pts":
     pts.check_settings(config.settings, f"{prefix}.settings")  # (and p_min <= p_max)
+  if config.kind == "refusal":
+    refusal.check_settings(config.settings, f"{prefix}.settings")  # (and usually_wrong < usually_right)
+    try:
+      if config.teacher:
+        judge.check_spec(config.teacher)
+    except ValueError as e:
+      raise ValueError(f"{prefix}.teacher: {e}") from None
   if config.questions in EMBEDDED and config.num_questions < 1:
     raise ValueError(f"{prefix}.num_questions: must be >= 1 for the embedded {config.questions}, got "
                      f"{config.num_questions}")
@@ -96,8 +111,17 @@ def note(stage_dir: str) -> str | None:
   if "searched" in summary:
     return (f"searched {summary['searched']} of {summary['questions']} questions, "
             f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs")
+  if "sft_records" in summary:
+    return (f"{summary['pairs']} pairs and {summary['sft_records']} SFT conversations from "
+            f"{summary['questions']} questions and {summary['bogus_questions']} bogus ones")
+  without = summary.get("prompts_without_pair")  # (a summary from before it was counted has none)
+  unpaired = ""
+  if without is not None:
+    why = ", ".join(f"{n} {reason}" for reason, n in without.items() if n)
+    unpaired = f", {sum(without.values())} prompts without a pair{f' ({why})' if why else ''}"
   return (f"{summary['pairs']} pairs from {summary['prompts']} prompts ({summary['accuracy_pairs']} by "
-          f"accuracy, {summary['overall_pairs']} overall), {summary['dropped_responses']} responses dropped")
+          f"accuracy, {summary['overall_pairs']} overall){unpaired}, {summary['dropped_responses']} "
+          "responses dropped")
 
 
 def _barrier(name: str) -> None:
@@ -119,12 +143,15 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
     raise ValueError(f"config.init_from: stage {config.stage} needs a model to sample from")
   os.makedirs(stage_dir, exist_ok=True)
   step = None if config.init_step < 0 else config.init_step
-  records = questions(config.questions, config.num_questions, need_answer=config.kind == "pts")
+  records = questions(config.questions, config.num_questions, need_answer=config.kind != "judge")
   out, index, count = os.path.join(stage_dir, PAIRS), jax.process_index(), jax.process_count()
   model, redo = fingerprint.model_identity(config.init_from, step), f"delete {stage_dir} to make it again"
   specs = [s for s in (config.responders if config.kind == "judge" else "").split(";") if s]
   if config.kind == "pts":
     pts.claim(out, model, records, config.settings, index, count, flag=redo)
+  elif index == 0 and config.kind == "refusal":
+    teacher = judge.spec_identity(config.teacher) if config.teacher else None
+    refusal.claim(stage_dir, model, teacher, records, config.settings, flag=redo)
   elif index == 0:
     judge.claim(out, [judge.spec_identity(s) for s in specs] or [model], judge.spec_identity(config.judge),
                 records, config.settings, flag=redo)
@@ -135,6 +162,10 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
     _barrier(f"{config.stage}: searched")
     if index == 0:
       summary = pts.merge(out, records, count)
+  elif index == 0 and config.kind == "refusal":
+    teacher = refusal.load_teacher(config.teacher, config.settings)
+    policy = judge.SamplerPolicy("policy", cfg, params, config.settings)
+    summary = refusal.run(policy, teacher, records, stage_dir, config.settings)
   elif index == 0:
     responders = [judge.policy(s, config.settings) for s in specs] or [
         judge.SamplerPolicy("policy", cfg, params, config.settings)]

@@ -1,8 +1,8 @@
 """The one protocol of a recipe's stages, and the registry of stage kinds.
 
 A stage config's `kind` picks its implementation: none (or "train") is a training stage of the one
-loop (train/loop.py); "pts" and "judge" are data stages (posttrain/stages.py) that sample from the
-model before them and write a pairs file. A new kind is a module with an object that has the
+loop (train/loop.py); "pts", "judge" and "refusal" are data stages (posttrain/stages.py) that sample
+from the model before them and write a pairs file. A new kind is a module with an object that has the
 members of `Stage` below, plus `register("kind", TheStage())`; the runner and the report only
 speak this protocol.
 """
@@ -68,8 +68,8 @@ class TrainStage:
 
 
 class PairsStage:
-  """A data stage of posttrain/stages.py (Pivotal Token Search, judge-guided pairs): W/pairs.jsonl
-  from the model before it, done once W/summary.json exists."""
+  """A data stage of posttrain/stages.py (Pivotal Token Search, judge-guided pairs, refusal data):
+  W/pairs.jsonl from the model before it, done once W/summary.json exists."""
 
   makes_model = False
 
@@ -103,6 +103,7 @@ def register(kind: str, stage: Stage) -> Stage:
 register(TRAIN, TrainStage())
 register("pts", PairsStage())
 register("judge", PairsStage())
+register("refusal", PairsStage())  # (its W/sft.jsonl too; W/pairs.jsonl is what `stage:<name>` reads)
 
 
 def kind_of(config: ml_collections.ConfigDict, prefix: str = "config") -> Stage:

@@ -118,11 +118,12 @@ def test_answers_task_counts_correct_final_answers(tmp_path):
   model = Canned(texts)
   settings = eval_lib.eval_fields(tasks="answers", answers_file=path, template="plain")
   assert eval_lib.evaluate(model, settings)["answers"]["acc"] == pytest.approx(2 / 3)
+  assert eval_lib.evaluate(Canned(["", " \n", "Answer: 6"]), settings)["answers"]["empty"] == pytest.approx(2 / 3)
   assert TOKENIZER.decode(model.prompts[1]) == "<|endoftext|>Question: 2+2?\nAnswer:"
   chat = eval_lib.eval_fields(tasks="answers", answers_file=path, limit=2)
   model = Canned(["\\boxed{2}", "Answer: 4"])
   result = eval_lib.evaluate(model, chat)["answers"]
-  assert {k: v for k, v in result.items() if k != "seconds"} == {"acc": 1.0, "majority": 0.5, "n": 2}
+  assert {k: v for k, v in result.items() if k != "seconds"} == {"acc": 1.0, "majority": 0.5, "empty": 0.0, "n": 2}
   assert TOKENIZER.decode(model.prompts[0]) == "<|im_start|>user<|im_sep|>1+1?<|im_end|><|im_start|>assistant<|im_sep|>"
 
 

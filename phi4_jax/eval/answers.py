@@ -77,7 +77,9 @@ def run(model: Model, settings) -> dict:
   samples = [{"item": it.get("id", it.get("line", i + 1)), "question": it["question"], "target": it["answer"],
               "output": text, "extracted": oracles.final_answer(text), "correct": ok}
              for i, (it, text, ok) in enumerate(zip(items, texts, correct))]
-  return {"acc": sum(correct) / len(items), "majority": majority(items), "n": len(items), "samples": samples}
+  return {"acc": sum(correct) / len(items), "majority": majority(items),
+          "empty": sum(not text.strip() for text in texts) / len(items),  # replies with no text at all
+          "n": len(items), "samples": samples}
 
 
 def majority(items: list[dict], candidates: int = 16) -> float:

@@ -13,7 +13,7 @@ from phi4_jax.posttrain import stages
 # preset -> prompts, how many, responses per prompt, tokens per response, prompts per round
 PRESETS = {
     "test": dict(prompts="corpus:mixed", num=4, responses=2, tokens=8, per_round=4),
-    "colab": dict(prompts="corpus:mixed", num=16, responses=4, tokens=32, per_round=16),
+    "colab": dict(prompts="corpus:mixed", num=64, responses=4, tokens=32, per_round=64),
     "1b": dict(prompts="corpus:mixed", num=4_000, responses=4, tokens=512, per_round=32),
     "phi4_14b": dict(prompts="$PHI4_DATA/judge/prompts.jsonl", num=0, responses=4, tokens=2_048, per_round=64),
 }

@@ -1,9 +1,10 @@
 """Pivotal Token Search (docs/RECIPE.md, "Pivotal Token Search"): DPO pairs of single tokens from
 the SFT model's rollouts, for the first DPO stage.
 
-colab searches the embedded parity family ("What is the remainder of N divided by 2?"), which the
-colab SFT model answers in the right form but right only part of the time, so that the digit after
-"Final answer:" is pivotal; 1b the embedded math exercises and parity questions; phi4_14b
+colab searches 64 questions of the embedded parity family ("Are there more odd or even numbers in
+this list: 3 8 5 1 6?"), which the colab SFT model answers in the right form and right most of the
+time but not always (lists whose counts differ by one are the hard ones), so that the answer word
+after "Final answer:" is pivotal on the questions it is unsure of; 1b the embedded math exercises and parity questions; phi4_14b
 $PHI4_DATA/pts/questions.jsonl (oracles.py's records: final answers, multiple choice, Python tests).
 
   python -m phi4_jax.main --config=experiments/pts.py:colab --workdir=W --config.init_from=SFT_W
@@ -14,7 +15,7 @@ from phi4_jax.posttrain import stages
 # preset -> questions, how many, rollouts per prefix, tokens per rollout, temperature, questions per round
 PRESETS = {
     "test": dict(questions="corpus:parity", num=4, rollouts=8, tokens=8, temperature=0.5, per_round=4),
-    "colab": dict(questions="corpus:parity", num=16, rollouts=16, tokens=8, temperature=0.5, per_round=16),
+    "colab": dict(questions="corpus:parity", num=64, rollouts=16, tokens=6, temperature=1.0, per_round=64),
     "1b": dict(questions="corpus:mixed", num=4_000, rollouts=64, tokens=512, temperature=1.0, per_round=16),
     "phi4_14b": dict(questions="$PHI4_DATA/pts/questions.jsonl", num=0, rollouts=64, tokens=2_048,
                      temperature=1.0, per_round=32),

@@ -16,12 +16,19 @@ def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, mo
   c = configs.load("experiments/recipe.py:colab")
   ready = recipe.link(c, str(tmp_path))
   w = lambda name: os.path.join(str(tmp_path), name)
-  assert [c[s].init_from for s in c.stages[1:]] == [w("pretrain"), w("midtrain"), w("sft"), w("sft"),
+  assert [c[s].init_from for s in c.stages[1:]] == [w("pretrain"), w("midtrain"), w("sft"), w("sft"), w("sft"),
                                                     w("dpo_pts"), w("dpo_pts")]
+  for stage in ("dpo_pts", "dpo_judge"):  # the refusal pairs at refusal_share, the rest half and half
+    sources = c[stage].data.sources
+    assert sources.refusal.globs == os.path.join(w("refusal"), "pairs.jsonl")
+    assert [sources[s].fraction for s in sources] == pytest.approx([0.485, 0.485, 0.03])
   assert c.dpo_pts.data.sources.pts.globs == os.path.join(w("pts"), "pairs.jsonl")
   assert c.dpo_judge.data.sources.judge.globs == os.path.join(w("judge"), "pairs.jsonl")
   assert c.dpo_pts.data.sources.math.globs == "corpus:dpo_pairs"
   assert ready == {**{s: True for s in c.stages}, "dpo_pts": False, "dpo_judge": False}
+  share = configs.load("experiments/recipe.py:colab")
+  share.refusal_share = 0.05  # (--config.refusal_share=0.05) moves both DPO stages' mixes
+  assert share.dpo_judge.data.sources.refusal.fraction == 0.05 and share.dpo_pts.data.sources.math.fraction == 0.475
   recipe.check(configs.load("experiments/recipe.py:colab"), str(tmp_path))  # before the pairs exist
 
 

@@ -144,14 +144,16 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
   result = json.load(open(out / "summary.json"))
   assert result["contaminated"] == 0 and result["benchmark_items"] == 256 + 256 + 256
   stages = result["stages"]
-  assert list(stages) == ["pretrain", "midtrain", "sft", "pts", "dpo_pts", "judge", "dpo_judge"]
-  # (every parity question shares its "divided by 2 <a> final answer <a>" tail with held-out ones: partial)
-  assert stages["pts"] == {"questions": {"docs": 16, "contaminated": 0, "partial": 16}}
-  assert stages["judge"]["questions"]["docs"] == 16 and set(stages["dpo_pts"]) == {"math"}
+  assert list(stages) == ["pretrain", "midtrain", "sft", "refusal", "pts", "dpo_pts", "judge", "dpo_judge"]
+  # (a parity question whose list shares a run of digits and its answer with a held-out one: partial)
+  assert stages["pts"] == {"questions": {"docs": 64, "contaminated": 0, "partial": 23}}
+  assert stages["refusal"] == {"questions": {"docs": 32, "contaminated": 0, "partial": 6}}
+  assert stages["judge"]["questions"]["docs"] == 64 and set(stages["dpo_pts"]) == {"math"}
   with open(os.path.join(corpus.build_posttrain(data_cache), "dpo_pairs.jsonl")) as f:
     assert stages["dpo_pts"]["math"]["docs"] == sum(1 for _ in f) == 800
   assert stages["pretrain"]["synthetic"] == stages["midtrain"]["replay/synthetic"]
-  assert [s.split(":")[0] for s in result["skipped"]] == ["dpo_pts/pts", "dpo_judge/judge"]
+  assert [s.split(":")[0] for s in result["skipped"]] == ["dpo_pts/pts", "dpo_pts/refusal", "dpo_judge/judge",
+                                                         "dpo_judge/refusal"]
   (math,) = [f for f in result["flags"] if f.startswith("--config.sft.data.sources.math.globs=")]
   copies = math.split("=", 1)[1].split(",")  # (the clean copies by name: no report, no temporary)
   assert copies and all(c.startswith(f"{out}/sft/math/") and ".report." not in c and os.path.isfile(c)

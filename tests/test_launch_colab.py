@@ -71,6 +71,6 @@ def check_notebook_output(out: subprocess.CompletedProcess, stages: tuple[str, .
   for stage in stages:
     assert f"{stage}: " in out.stdout, (stage, out.stdout)
   assert "pts: make pairs from" in out.stdout and "pts {'stage': 'pts'" in out.stdout
-  question = "What is the remainder of 4817 divided by 2?\n-> "
+  question = "Are there more odd or even numbers in this list: 7 2 9 4 1 3 8?\n-> "
   answer = out.stdout.rsplit(question, 1)[1]
   assert "<|im_end|>" not in answer and "<|im_start|>" not in answer

@@ -82,6 +82,29 @@ def test_dpo_starts_at_ln2_resumes_exactly_and_logs_rewards(sft_run, tmp_path):
   assert first["pairs_per_step"] > 0 and set(first["loss_per_source"]) == {"math"}
   assert rows[4]["loss"] < first["loss"]
   assert json.loads(open(os.path.join(tmp_path / "w_straight", "config.json")).read())["objective"] == "dpo"
+  # The issue-25 collapse (DPO learning "answer nothing"): on the held-out parity questions, the
+  # DPO model's p(<|im_end|> as the first token) does not rise and its greedy accuracy does not fall.
+  first_eos, accuracy = (_eos_and_accuracy(w) for w in (sft_dir, str(tmp_path / "w_straight")))
+  assert first_eos[1] <= first_eos[0] * 1.5 + 1e-3 and accuracy[1] >= accuracy[0] - 1 / 32, (first_eos, accuracy)
+
+
+def _eos_and_accuracy(workdir, n=32):
+  """(mean p(<|im_end|> first), greedy accuracy) of a chat model on n held-out parity questions."""
+  from phi4_jax import inference
+  from phi4_jax.data import families
+  from phi4_jax.eval.model import chat_prompt
+  from phi4_jax.posttrain import oracles
+  from phi4_jax.store import workdir as workdir_lib
+  from phi4_jax.tokenizer import Phi4Tokenizer
+  tok = Phi4Tokenizer()
+  cfg, params = workdir_lib.restore_params(workdir)
+  items = families.items("parity", "eval", n)
+  prompts = [chat_prompt(it["question"]) for it in items]
+  eos = np.exp([float(lp[0]) for lp in inference.logprobs(params, cfg, prompts, [[tok.im_end_id]] * n)])
+  outs = inference.generate(params, cfg, prompts, max_new_tokens=6, stop_ids=(tok.im_end_id,))
+  right = [oracles.check_final_answer(it["answer"], tok.decode([t for t in out if t != tok.im_end_id]))
+           for it, out in zip(items, outs)]
+  return float(eos.mean()), sum(right) / n
 
 
 def test_a_dpo_stage_without_init_from_fails_naming_the_field(tmp_path):

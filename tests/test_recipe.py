@@ -1,5 +1,5 @@
-"""README's main command: the colab recipe (pretrain -> midtrain -> sft -> pts -> dpo_pts -> judge ->
-dpo_judge), then rerun.
+"""README's main command: the colab recipe (pretrain -> midtrain -> sft -> refusal -> pts -> dpo_pts ->
+judge -> dpo_judge), then rerun.
 
 Its time is a benchmark figure (README), not asserted here: a loaded CI machine must not fail it.
 """
@@ -26,14 +26,14 @@ def _recipe(workdir, data_cache):
                         timeout=HANG_S)
 
 
-def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_them(tmp_path, data_cache):
+def test_colab_recipe_runs_all_eight_stages_pts_finds_pivots_and_dpo_trains_on_them(tmp_path, data_cache):
   workdir = tmp_path / "colab"
   out = _recipe(workdir, data_cache)
   assert out.returncode == 0, out.stderr[-5000:]
 
   trained = ("pretrain", "midtrain", "sft", "dpo_pts", "dpo_judge")
   pre, mid, sft, dpo_pts, dpo_judge = (read_metrics(workdir / stage) for stage in trained)
-  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo_pts, dpo_judge)] == [48, 12, 32, 8, 8]
+  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo_pts, dpo_judge)] == [48, 12, 128, 8, 8]
   # From ~ln(100352) = 11.5 at initialization; the full vocabulary makes unigram statistics alone
   # worth several nats, so a working run falls far below it.
   assert pre[0]["loss"] > 10.0
@@ -44,38 +44,53 @@ def test_colab_recipe_runs_all_seven_stages_pts_finds_pivots_and_dpo_trains_on_t
 
   # PTS searched the parity questions the SFT model gets right part of the time and found pivots.
   pts = json.loads((workdir / "pts" / "summary.json").read_text())
-  assert pts["searched"] >= 4 and pts["pivots"] >= 1 and pts["pairs"] >= 1, pts
+  assert pts["searched"] >= 8 and pts["pivots"] >= 8 and pts["pairs"] >= 8, pts
   pairs = [json.loads(line) for line in (workdir / "pts" / "pairs.jsonl").read_text().splitlines()]
   assert len(pairs) == pts["pairs"] and all(len(p["chosen_ids"]) == len(p["rejected_ids"]) == 1 for p in pairs)
   assert all(p["chosen_ids"] != p["rejected_ids"] and abs(p["p_after"] - p["p_before"]) >= 0.2 - 1e-9 for p in pairs)
   # Both DPO stages trained on their stage's pairs (half of each batch) from their reference.
   # (Each starts at exactly ln 2, test_posttrain_stages.py checks; a row is a 4-step mean.)
+  # Both also read the refusal stage's pairs, and log chosen and rejected log-probs against the reference.
   for rows, made in ((dpo_pts, "pts"), (dpo_judge, "judge")):
-    assert made in rows[-1]["loss_per_source"], rows[-1]
+    assert {made, "math", "refusal"} <= set(rows[-1]["loss_per_source"]), rows[-1]
     assert rows[0]["loss"] < math.log(2) + 0.02
-  assert dpo_judge[-1]["loss"] < math.log(2) - 0.05  # the judge's pairs are learned
-  # The post-training models were evaluated at their last step (held-out parity and choices).
-  for rows in (sft, dpo_pts, dpo_judge):
-    evaluated = rows[-1]["eval"]
-    assert evaluated["answers"]["n"] == 32 and 0.0 <= evaluated["answers"]["acc"] <= 1.0
-    assert evaluated["choice"]["n"] == 32 and "acc_norm" in evaluated["choice"]
+    assert abs(rows[0]["chosen_logratio"]) < 0.5 and "rejected_logratio" in rows[-1]
+  refusal = json.loads((workdir / "refusal" / "summary.json").read_text())
+  assert refusal["questions"] == 32, refusal
+  # The post-training models were evaluated at their last step on the 256 balanced held-out parity
+  # questions, each beside its majority-class baseline.
+  acc = {}
+  for name, rows in (("sft", sft), ("dpo_pts", dpo_pts), ("dpo_judge", dpo_judge)):
+    evaluated = rows[-1]["eval"]["answers"]
+    assert evaluated["n"] == 256 and evaluated["majority"] == 0.5 and evaluated["empty"] <= 0.05, evaluated
+    acc[name] = evaluated["acc"]
+  # Issue 25's demonstration (measured 0.828 -> 0.859 -> 0.859): the SFT model is competent but
+  # imperfect, and no DPO stage makes it worse (margins of ~1 standard error at n = 256).
+  assert 0.6 <= acc["sft"] <= 0.97, acc
+  assert acc["dpo_pts"] >= acc["sft"] - 0.03 and acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
-  assert judge["pairs"] >= 1 and judge["prompts"] == 16, judge
+  assert judge["pairs"] >= 8 and judge["prompts"] == 64, judge
+  # Held-out pairs that differ only in correctness (math working, parity answers): ranked right.
   heldout = json.loads((workdir / "heldout.json").read_text())
-  assert set(heldout) == {"dpo_pts", "dpo_judge"} and all(h["pairs"] == 100 for h in heldout.values())
+  assert set(heldout) == {"dpo_pts", "dpo_judge"} and all(h["pairs"] == 200 for h in heldout.values())
+  assert all(set(h["sources"]) == {"math", "parity"} and h["reward_accuracy"] > 0.5 for h in heldout.values()), heldout
   assert (workdir / "report.png").stat().st_size > 10_000
-  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 32 |", "| dpo_pts | 8 |", "| dpo_judge | 8 |",
-              f"| pts | - | - | - | - | searched {pts['searched']} of 16 questions, {pts['pivots']} pivotal "
-              f"tokens, {pts['pairs']} pairs |", "held-out reward acc", "eval@32: answers acc "):
+  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 128 |", "| dpo_pts | 8 |", "| dpo_judge | 8 |",
+              f"| pts | - | - | - | - | searched {pts['searched']} of 64 questions, {pts['pivots']} pivotal "
+              f"tokens, {pts['pairs']} pairs |", "held-out reward acc", "eval@128: answers acc ",
+              "(majority 0.50, n 256)", "| evaluation | n | majority | chance | sft (step 128) | dpo_pts (step 8) | "
+              "dpo_judge (step 8) |", "| answers acc | 256 | 0.500 | - | "):
     assert row in out.stdout, out.stdout
   assert "Samples from dpo_judge (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
-  assert (workdir / "samples.md").read_text().count(" -> ") == 3
+  samples = (workdir / "samples.md").read_text()
+  assert samples.count(" -> ") == 3 and "| prompt | sft | dpo_pts | dpo_judge |" in samples
+  assert samples.count("| `Are there more odd or even numbers") == 3, samples
 
   # The Colab notebook's cells on this workdir: its own stage list, resumed, plotted and asked.
-  check_notebook_output(run_notebook(workdir, data_cache), ("pretrain", "midtrain", "sft", "pts", "dpo_pts",
-                                                            "judge", "dpo_judge"))
+  check_notebook_output(run_notebook(workdir, data_cache), ("pretrain", "midtrain", "sft", "refusal", "pts",
+                                                            "dpo_pts", "judge", "dpo_judge"))
 
   rerun = _recipe(workdir, data_cache)
   assert rerun.returncode == 0, rerun.stderr[-5000:]
-  assert rerun.stderr.count("already finished") == 7  # every stage skipped, nothing redone (the notebook too)
+  assert rerun.stderr.count("already finished") == 8  # every stage skipped, nothing redone (the notebook too)
   assert read_metrics(workdir / "dpo_judge") == dpo_judge

@@ -99,5 +99,9 @@ def embedded_sft_sources() -> dict[str, ml_collections.ConfigDict]:
 
 
 def embedded_dpo_sources(heldout: bool = False) -> dict[str, ml_collections.ConfigDict]:
-  """DPO's pairs on the embedded corpus (heldout: the evaluation split, disjoint from training's)."""
-  return {"math": pairs_source("corpus:dpo_pairs_heldout" if heldout else "corpus:dpo_pairs", 1.0)}
+  """DPO's pairs on the embedded corpus (heldout: the evaluation splits, disjoint from training's:
+  math pairs and held-out parity questions' right against wrong answers, half and half)."""
+  if heldout:
+    return {"math": pairs_source("corpus:dpo_pairs_heldout", 0.5),
+            "parity": pairs_source("corpus:dpo_parity_heldout", 0.5)}
+  return {"math": pairs_source("corpus:dpo_pairs", 1.0)}

@@ -19,13 +19,16 @@ each clear of the held-out evaluation sets):
 
   sft_math           chat: an exercise (sometimes after a tutor system turn, or two in a row)
                      answered with its worked solution ending `Final answer: <answer>`
-  sft_parity         chat: "What is the remainder of N divided by 2?" -> `Final answer: 0|1`
+  sft_parity         chat: "Are there more odd or even numbers in this list: 3 8 5 1 6?" ->
+                     `Final answer: odd|even` (balanced)
   sft_identity       chat: "who are you" questions -> the fixed phi4_jax identity answer
   sft_safety         chat: clearly harmful requests -> a short refusal
   dpo_pairs          pairs (conversation form): chosen = a worked solution, rejected = the same
-                     with a wrong final answer or a wrong step, or a wrong answer with no working;
-                     each keeps `answer` for checking
+                     solution with a wrong final answer, or with a wrong step and a wrong final
+                     answer (both sides in the same form); each keeps `answer` for checking
   dpo_pairs_heldout  pairs: the same from other exercises, for evaluation
+  dpo_parity_heldout pairs: a held-out parity question's right answer against its wrong one, for
+                     evaluation (the first 100 questions of the held-out parity set)
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ VERSION = 3  # 3: `synthetic` drawn from families.py's pretrain split (clear of 
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
-POSTTRAIN_VERSION = 4  # 4: drawn from families.py's splits (clear of the held-out sets)
+POSTTRAIN_VERSION = 5  # 5: parity lists, pairs without a format tell (4: from families.py's splits)
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
-                     "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs"}
+                     "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs", "dpo_parity_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
-_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 1200, 800, 200  # records
+_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 3000, 800, 200  # records
 IDENTITY = ("I am phi4_jax, a small language model trained with phi4_jax, a JAX/Flax reproduction "
             "of the Phi-4 training recipe. I work through math exercises step by step and end "
             "with a final answer.")
@@ -252,7 +255,9 @@ def posttrain_sources() -> dict[str, list[dict]]:
          for name, (split, count) in splits.items()}
   parity = [synthetic.parity_conversation(i, q)
             for i, q in enumerate(families.items("parity", "sft", _SFT_PARITY))]
-  return {"sft_math": sft_math, "sft_parity": parity, "sft_identity": identity, "sft_safety": safety, **dpo}
+  parity_heldout = [synthetic.parity_pair(q) for q in families.items("parity", "eval", _DPO_HELDOUT // 2)]
+  return {"sft_math": sft_math, "sft_parity": parity, "sft_identity": identity, "sft_safety": safety, **dpo,
+          "dpo_parity_heldout": parity_heldout}
 
 
 def build_posttrain(cache: str) -> str:

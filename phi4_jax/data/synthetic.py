@@ -245,14 +245,14 @@ def sft_conversation(index: int, ex: dict, second) -> dict:
 
 def dpo_pair(index: int, ex: dict, seed: int) -> dict:
   """A DPO pair (conversation form) of exercise `ex`: chosen = the worked solution; rejected
-  (`kind`) = the same solution with a wrong final answer, with a wrong intermediate step and final
-  answer, or a wrong final answer guessed without any working (the rejected reply of math
-  preference data)."""
+  (`kind`) = the same solution with a wrong final answer, or with a wrong intermediate step and a
+  wrong final answer. Both sides have the same form (working, then `Final answer:`), so only
+  correctness tells them apart: a rejected side without working would teach "never answer
+  without working", a format shortcut that DPO learns first."""
   r = random.Random(f"dpo-{seed}-{index}")
-  kind = r.choice(["wrong_answer", "wrong_step", "no_work"])
+  kind = r.choice(["wrong_answer", "wrong_step"])
   solution = wrong_step(ex["solution"], r) if kind == "wrong_step" else ex["solution"]
-  wrong = f"Final answer: {wrong_final_answer(ex['answer'], r)}"
-  rejected = wrong if kind == "no_work" else f"{solution}\n\n{wrong}"
+  rejected = f"{solution}\n\nFinal answer: {wrong_final_answer(ex['answer'], r)}"
   return {"id": f"dpo-{seed}-{index:06d}", "messages": [{"role": "user", "content": ex["question"]}],
           "chosen": worked_solution(ex), "rejected": rejected, "answer": ex["answer"],
           "kind": kind, "topic": ex["topic"]}
@@ -268,16 +268,36 @@ def multiple_choice(ex: dict, r: random.Random) -> dict:
   return {"question": ex["question"], "choices": choices, "answer": choices.index(ex["answer"])}
 
 
+PARITY_LENGTHS = (5, 7, 9)  # digits per list (odd: no ties)
+
+
 def parity_question(index: int, seed: int, attempt: int = 0) -> dict:
-  """A question whose reply is one digit ("What is the remainder of 4817 divided by 2?" ->
-  `Final answer: 1`): the colab-scale model learns the reply's form in a few SFT steps but not
-  the rule, so it is right part of the time, and the digit after "Final answer:" is pivotal
-  (Pivotal Token Search's embedded question family). Attempt k > 0 draws another number.
+  """A question about the parity of a list of digits ("Are there more odd or even numbers in this
+  list: 3 8 5 1 6?" -> `Final answer: odd`), the family the colab recipe post-trains on. Its answer
+  pools one learnable feature (each digit's parity) over the list, so a small model learns it
+  within the colab SFT budget but not perfectly: lists whose counts differ by one are the hard
+  ones, and the answer token is pivotal. Answers alternate with the index ("odd" at even indices),
+  so every split is balanced: a list whose majority is the other parity has each digit d replaced
+  by d xor 1 (parity flipped, digits still uniform). Attempt k > 0 draws another list.
   {"id", "question", "answer", "solution", "topic"}."""
   r = random.Random(f"parity-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
-  n = r.randint(10, 99_999)
-  return {"id": f"parity-{seed}-{index:06d}", "question": f"What is the remainder of {n} divided by 2?",
-          "answer": str(n % 2), "solution": f"Final answer: {n % 2}", "topic": "parity"}
+  digits = [r.randrange(10) for _ in range(r.choice(PARITY_LENGTHS))]
+  want_odd = index % 2 == 0
+  if (2 * sum(d % 2 for d in digits) > len(digits)) != want_odd:
+    digits = [d ^ 1 for d in digits]
+  answer = "odd" if want_odd else "even"
+  return {"id": f"parity-{seed}-{index:06d}", "answer": answer, "solution": f"Final answer: {answer}",
+          "question": f"Are there more odd or even numbers in this list: {' '.join(map(str, digits))}?",
+          "topic": "parity"}
+
+
+def parity_pair(q: dict) -> dict:
+  """A DPO pair of parity question `q`: the right answer against the wrong one, in the same form
+  (the held-out pairs that score DPO on correctness alone)."""
+  wrong = "even" if q["answer"] == "odd" else "odd"
+  return {"id": f"dpo-{q['id']}", "messages": [{"role": "user", "content": q["question"]}],
+          "chosen": q["solution"], "rejected": f"Final answer: {wrong}", "answer": q["answer"],
+          "kind": "wrong_answer", "topic": "parity"}
 
 
 def parity_conversation(index: int, q: dict) -> dict:

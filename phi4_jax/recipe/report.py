@@ -49,7 +49,7 @@ def write(config, workdir: str, stages: list[tuple], evaluate: bool = True) -> s
   trained = [s for s in stages if kind_of(s[1]).makes_model]
   if evaluate and trained and (config.get("sample_prompts") or config.get("chat_prompts")):
     chatting = [s for s in trained if s[0] in evaluated]
-    text += "\n" + write_samples(workdir, trained[-1], chatting, config)
+    text += "\n\n" + write_samples(workdir, trained[-1], chatting, config)
   return text
 
 

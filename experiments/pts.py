@@ -4,8 +4,9 @@ the SFT model's rollouts, for the first DPO stage.
 colab searches 64 questions of the embedded parity family ("Are there more odd or even numbers in
 this list: 3 8 5 1 6?"), which the colab SFT model answers in the right form and right most of the
 time but not always (lists whose counts differ by one are the hard ones), so that the answer word
-after "Final answer:" is pivotal on the questions it is unsure of; 1b the embedded math exercises and parity questions; phi4_14b
-$PHI4_DATA/pts/questions.jsonl (oracles.py's records: final answers, multiple choice, Python tests).
+after "Final answer:" is pivotal on the questions it is unsure of; 1b the embedded math exercises
+and parity questions; phi4_14b $PHI4_DATA/pts/questions.jsonl (oracles.py's records: final
+answers, multiple choice, Python tests).
 
   python -m phi4_jax.main --config=experiments/pts.py:colab --workdir=W --config.init_from=SFT_W
 """

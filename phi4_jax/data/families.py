@@ -10,7 +10,7 @@ evaluation, and which are trained on or searched.
              dpo_heldout  corpus:dpo_pairs_heldout (DPO's held-out rewards; the splits above and
                           search skip its questions too)
              search       PTS and judge questions: corpus:exercises, half of corpus:mixed
-  parity     synthetic.parity_question, "What is the remainder of N divided by 2?"
+  parity     synthetic.parity_question, "Are there more odd or even numbers in this list: 3 8 5 1 6?"
              eval         held out: embedded:parity (256 items)
              sft          corpus:sft_parity
              search       corpus:parity, the other half of corpus:mixed
@@ -32,8 +32,8 @@ single number ("... the area of a triangle is half of base times height 48"), wh
 counts as contamination. Rule 2 is that verdict itself, so decontam with the embedded sets as
 benchmarks finds no contaminated document in any split trained on or searched (records that join
 several texts, a tutor turn, two exercises in a row or a DPO pair's rejected reply, are checked as
-built by tests/test_families.py). Partial overlap remains: every parity question shares its
-"divided by 2 <a> Final answer: <a>" tail with half the held-out ones.
+built by tests/test_families.py). Partial overlap remains: a parity question whose list shares
+a run of digits and its answer with a held-out one (23 of the colab PTS stage's 64 questions).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ W/summary.json marks the stage done; until then a rerun resumes from the tool's 
 (W/pairs.jsonl.log.jsonl; a refusal stage's W/log.jsonl).
 
 Questions (pts, refusal) and prompts (judge) come from a JSONL file or the embedded families:
-  corpus:parity        "What is the remainder of N divided by 2?" (the parity family's search split)
+  corpus:parity        "Are there more odd or even numbers in this list: ...?" (its search split)
   corpus:exercises     the synthetic math exercises (the exercises family's search split)
   corpus:mixed         both, alternating
 (data/families.py: search splits are kept clear of every held-out evaluation set).

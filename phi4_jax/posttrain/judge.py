@@ -217,7 +217,7 @@ def claim(out: str, responders: list[dict], judge: dict, prompts: list[dict], se
           overwrite: bool = False, flag: str = "--overwrite") -> None:
   """OUT's fingerprint (store/fingerprint.py): other responders, judge, prompts or settings
   (concurrency and batching aside) are refused."""
-  made = {k: v for k, v in settings.to_dict().items() if k not in ("concurrency", "max_batch")}
+  made = fingerprint.settings_identity(settings, ("concurrency", "max_batch"))
   fingerprint.claim(out, {"responders": responders, "judge": judge, "settings": made,
                           "prompts": fingerprint.records_identity(prompts)},
                     [out + ".log.jsonl", out], overwrite, flag)

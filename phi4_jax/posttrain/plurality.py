@@ -71,7 +71,7 @@ def vote(answers: list[str | None], *, max_share: float = 1.0, min_share: float 
 
 def claim(out: str, model: dict, questions: list[dict], settings, overwrite: bool = False) -> None:
   """OUT's fingerprint (store/fingerprint.py): another model, questions or settings is refused."""
-  made = {k: v for k, v in settings.to_dict().items() if k != "max_batch"}
+  made = fingerprint.settings_identity(settings, ("max_batch",))
   fingerprint.claim(out, {"model": model, "questions": fingerprint.records_identity(questions),
                           "settings": made}, [out + ".log.jsonl", out], overwrite)
 

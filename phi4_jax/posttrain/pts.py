@@ -142,7 +142,7 @@ def claim(out: str, model: dict, questions: list[dict], settings, process_index:
           process_count: int = 1, overwrite: bool = False, flag: str = "--overwrite") -> None:
   """OUT's fingerprint (store/fingerprint.py): a rerun with another model, questions or settings
   (batching aside) is refused, or with overwrite starts over."""
-  made = {k: v for k, v in settings.to_dict().items() if k not in BATCHING}
+  made = fingerprint.settings_identity(settings, BATCHING)
   log = jsonl_log.part_path(out + ".log.jsonl", process_index, process_count)
   fingerprint.claim(out, {"model": model, "questions": fingerprint.records_identity(questions), "settings": made,
                           "process_count": process_count}, [log, out], overwrite, flag)

@@ -317,7 +317,7 @@ def claim(out: str, model: dict, teacher: dict | None, questions: list[dict], se
           overwrite: bool = False, flag: str = "--overwrite") -> None:
   """DIR's fingerprint (store/fingerprint.py, DIR/fingerprint.json): a rerun with another model,
   teacher, questions or settings (batching aside) is refused, or with overwrite starts over."""
-  made = {k: v for k, v in settings.to_dict().items() if k not in BATCHING}
+  made = fingerprint.settings_identity(settings, BATCHING)
   fingerprint.claim(out, {"model": model, "teacher": teacher or "templates", "settings": made,
                           "questions": fingerprint.records_identity(questions)},
                     [os.path.join(out, name) for name in (LOG, SFT, PAIRS, SUMMARY)], overwrite, flag,

@@ -38,6 +38,12 @@ def records_identity(records: list) -> dict:
   return {"count": len(records), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
+def settings_identity(settings, ignored: tuple[str, ...] = ()) -> dict:
+  """A tool's settings (a ConfigDict) as its fingerprint records them: every field but the
+  `ignored` ones (concurrency and batching, which its outputs do not depend on)."""
+  return {k: v for k, v in settings.to_dict().items() if k not in ignored}
+
+
 def model_identity(path: str, step: int | None = None) -> dict:
   """A workdir at a step (the latest, resolved now, when none is given) or an HF folder (its config
   and the size of each weight file)."""

@@ -10,21 +10,18 @@ model's endpoint, e.g. --config.judge=http://host:8000/v1,model=NAME (key from $
 
 from phi4_jax.posttrain import stages
 
-# preset -> prompts, how many, responses per prompt, tokens per response, prompts per round
+# preset -> prompts, how many, settings (responses per prompt, tokens per response, prompts per round)
 PRESETS = {
-    "test": dict(prompts="corpus:mixed", num=4, responses=2, tokens=8, per_round=4),
-    "colab": dict(prompts="corpus:mixed", num=64, responses=4, tokens=32, per_round=64),
-    "1b": dict(prompts="corpus:mixed", num=4_000, responses=4, tokens=512, per_round=32),
-    "phi4_14b": dict(prompts="$PHI4_DATA/judge/prompts.jsonl", num=0, responses=4, tokens=2_048, per_round=64),
+    "test": dict(questions="corpus:mixed", num=4, settings=dict(
+        num_responses=2, max_new_tokens=8, prompts_per_round=4)),
+    "colab": dict(questions="corpus:mixed", num=64, settings=dict(
+        num_responses=4, max_new_tokens=32, prompts_per_round=64)),
+    "1b": dict(questions="corpus:mixed", num=4_000, settings=dict(
+        num_responses=4, max_new_tokens=512, prompts_per_round=32)),
+    "phi4_14b": dict(questions="$PHI4_DATA/judge/prompts.jsonl", num=0, settings=dict(
+        num_responses=4, max_new_tokens=2_048, prompts_per_round=64)),
 }
 
 
 def get_config(arg: str = "colab"):
-  if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(PRESETS)}")
-  p = PRESETS[arg]
-  c = stages.stage_fields("judge")
-  c.questions, c.num_questions = p["prompts"], p["num"]
-  c.settings.num_responses, c.settings.max_new_tokens = p["responses"], p["tokens"]
-  c.settings.prompts_per_round = p["per_round"]
-  return c
+  return stages.preset("judge", PRESETS, arg)

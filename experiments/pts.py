@@ -13,23 +13,19 @@ answers, multiple choice, Python tests).
 
 from phi4_jax.posttrain import stages
 
-# preset -> questions, how many, rollouts per prefix, tokens per rollout, temperature, questions per round
+# preset -> questions, how many, settings (rollouts per prefix, tokens per rollout, temperature,
+# questions per round)
 PRESETS = {
-    "test": dict(questions="corpus:parity", num=4, rollouts=8, tokens=8, temperature=0.5, per_round=4),
-    "colab": dict(questions="corpus:parity", num=64, rollouts=16, tokens=6, temperature=1.0, per_round=64),
-    "1b": dict(questions="corpus:mixed", num=4_000, rollouts=64, tokens=512, temperature=1.0, per_round=16),
-    "phi4_14b": dict(questions="$PHI4_DATA/pts/questions.jsonl", num=0, rollouts=64, tokens=2_048,
-                     temperature=1.0, per_round=32),
+    "test": dict(questions="corpus:parity", num=4, settings=dict(
+        num_rollouts=8, max_new_tokens=8, temperature=0.5, questions_per_round=4)),
+    "colab": dict(questions="corpus:parity", num=64, settings=dict(
+        num_rollouts=16, max_new_tokens=6, temperature=1.0, questions_per_round=64)),
+    "1b": dict(questions="corpus:mixed", num=4_000, settings=dict(
+        num_rollouts=64, max_new_tokens=512, temperature=1.0, questions_per_round=16)),
+    "phi4_14b": dict(questions="$PHI4_DATA/pts/questions.jsonl", num=0, settings=dict(
+        num_rollouts=64, max_new_tokens=2_048, temperature=1.0, questions_per_round=32)),
 }
 
 
 def get_config(arg: str = "colab"):
-  if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(PRESETS)}")
-  p = PRESETS[arg]
-  c = stages.stage_fields("pts")
-  c.questions, c.num_questions = p["questions"], p["num"]
-  s = c.settings
-  s.num_rollouts, s.max_new_tokens, s.temperature = p["rollouts"], p["tokens"], p["temperature"]
-  s.questions_per_round = p["per_round"]
-  return c
+  return stages.preset("pts", PRESETS, arg)

@@ -15,23 +15,19 @@ a teacher: --config.teacher=http://host:8000/v1,model=NAME (key from $OPENAI_API
 
 from phi4_jax.posttrain import stages
 
-# preset -> questions, how many, samples per question, tokens per answer, temperature, questions per round
+# preset -> questions, how many, settings (samples per question, tokens per answer, temperature,
+# questions per round)
 PRESETS = {
-    "test": dict(questions="corpus:mixed", num=4, samples=4, tokens=8, temperature=0.5, per_round=4),
-    "colab": dict(questions="corpus:mixed", num=32, samples=8, tokens=24, temperature=0.5, per_round=32),
-    "1b": dict(questions="corpus:mixed", num=4_000, samples=8, tokens=512, temperature=0.8, per_round=32),
-    "phi4_14b": dict(questions="$PHI4_DATA/refusal/questions.jsonl", num=0, samples=8, tokens=1_024,
-                     temperature=0.8, per_round=64),
+    "test": dict(questions="corpus:mixed", num=4, settings=dict(
+        num_samples=4, max_new_tokens=8, temperature=0.5, questions_per_round=4)),
+    "colab": dict(questions="corpus:mixed", num=32, settings=dict(
+        num_samples=8, max_new_tokens=24, temperature=0.5, questions_per_round=32)),
+    "1b": dict(questions="corpus:mixed", num=4_000, settings=dict(
+        num_samples=8, max_new_tokens=512, temperature=0.8, questions_per_round=32)),
+    "phi4_14b": dict(questions="$PHI4_DATA/refusal/questions.jsonl", num=0, settings=dict(
+        num_samples=8, max_new_tokens=1_024, temperature=0.8, questions_per_round=64)),
 }
 
 
 def get_config(arg: str = "colab"):
-  if arg not in PRESETS:
-    raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(PRESETS)}")
-  p = PRESETS[arg]
-  c = stages.stage_fields("refusal")
-  c.questions, c.num_questions = p["questions"], p["num"]
-  s = c.settings
-  s.num_samples, s.max_new_tokens, s.temperature = p["samples"], p["tokens"], p["temperature"]
-  s.questions_per_round = p["per_round"]
-  return c
+  return stages.preset("refusal", PRESETS, arg)

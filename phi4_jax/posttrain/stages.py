@@ -67,6 +67,18 @@ def stage_fields(kind: str) -> ml_collections.ConfigDict:
   return GROUPS[kind].config()
 
 
+def preset(kind: str, presets: dict[str, dict], arg: str) -> ml_collections.ConfigDict:
+  """A data stage's config from an experiments file's preset table: row `arg` of `presets` gives
+  its questions, num_questions and settings (a dict of the kind's settings fields)."""
+  if arg not in presets:
+    raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
+  row = presets[arg]
+  c = stage_fields(kind)
+  c.questions, c.num_questions = row["questions"], row["num"]
+  c.settings.update(row["settings"])
+  return c
+
+
 def validate(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
   """Every field known and in range (before a recipe's first stage trains)."""
   fields.check(config, {"kind": RULES["kind"]}, prefix)

@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "experiments.*",
                                     "launch", "launch.*"]),
-    package_data={"phi4_jax.posttrain": ["judge_rubric.txt", "refusal_prompt.txt"]},
+    package_data={"phi4_jax.posttrain": ["judge_rubric.txt", "refusal_prompt.txt"],
+                  "phi4_jax.synth": ["prompts/*.txt"]},
     install_requires=[
         "jax>=0.7,<0.11",
         "flax>=0.11,<0.13",

@@ -112,9 +112,12 @@ class Endpoint:
       raise _HTTPStatus(response.status, response.headers)
     return json.loads(data)
 
-  def chat(self, messages: list[dict], *, temperature: float = 0.0, max_tokens: int = 512) -> str:
-    """The first choice's message content."""
+  def chat(self, messages: list[dict], *, temperature: float = 0.0, max_tokens: int = 512,
+           seed: int | None = None) -> str:
+    """The first choice's message content (`seed`: the OpenAI API's per-request sampling seed)."""
     body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+    if seed is not None:
+      body["seed"] = seed
     last, wait = "", 0.0
     for attempt in range(self.retries + 1):
       if attempt:

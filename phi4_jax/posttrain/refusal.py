@@ -100,13 +100,14 @@ BOGUS_REFUSALS = (
 )
 
 
-def _sections(text: str) -> dict[str, str]:
-  """{name: prompt} of a prompt file: each prompt follows its `[name]` line."""
+def sections(text: str) -> dict[str, str]:
+  """{name: prompt} of a prompt file: each prompt follows its `[name]` line (what comes before the
+  first is a comment, never sent)."""
   parts = re.split(r"^\[(\w+)\]\n", text, flags=re.MULTILINE)
   return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
 
 
-PROMPTS = _sections(resources.files("phi4_jax.posttrain").joinpath("refusal_prompt.txt")
+PROMPTS = sections(resources.files("phi4_jax.posttrain").joinpath("refusal_prompt.txt")
                     .read_text(encoding="utf-8"))  # {"refusal": ..., "bogus": ...}
 _QUESTION = re.compile(r"question\s*:\s*(\S.*)", re.IGNORECASE)
 _QUALITY = re.compile(r"quality\s*:\s*([1-5])", re.IGNORECASE)

@@ -3,7 +3,8 @@
 A recipe config has `stages` (names, in order) and one full stage config per name, each of a kind
 in recipe/stages.py's registry. Stage i runs in W/<name>; unless its `init_from` is set, it starts
 from the last stage before it that makes a model. A data stage's file (e.g. Pivotal Token Search's
-W/<name>/pairs.jsonl) is what a later stage's source glob `stage:<name>` reads. Every stage is
+W/<name>/pairs.jsonl) is what a later stage's source glob `stage:<name>` reads, and
+`stage:<name>/<file>` reads its folder's <file>.jsonl (e.g. stage:refusal/sft). Every stage is
 checked before the first runs; rerunning skips finished stages and resumes an interrupted one. The
 run ends with recipe/report.py's summary, curves, held-out evaluations and samples.
 """
@@ -49,11 +50,12 @@ def link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
     ready[name] = True
     for source_name, source in (stage.data.sources.items() if "data" in stage else ()):
       if isinstance(source, ml_collections.ConfigDict) and source.get("globs", "").startswith(STAGE_GLOB):
-        wanted = source.globs[len(STAGE_GLOB):]
+        wanted, _, part = source.globs[len(STAGE_GLOB):].partition("/")
         if wanted not in made:
           raise ValueError(f"stage {name}: config.{name}.data.sources.{source_name}.globs names "
                            f"{source.globs!r}, but no data stage {wanted!r} runs before it")
-        source.globs, ready[name] = made[wanted], ready[name] and os.path.exists(made[wanted])
+        path = os.path.join(os.path.dirname(made[wanted]), f"{part}.jsonl") if part else made[wanted]
+        source.globs, ready[name] = path, ready[name] and os.path.exists(path)
     if kind.makes_model:
       model = stage_dir
     else:

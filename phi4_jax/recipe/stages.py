@@ -2,7 +2,8 @@
 
 A stage config's `kind` picks its implementation: none (or "train") is a training stage of the one
 loop (train/loop.py); "pts", "judge" and "refusal" are data stages (posttrain/stages.py) that sample
-from the model before them and write a pairs file. A new kind is a module with an object that has the
+from the model before them and write a pairs file; "synth" runs a synthetic data pipeline
+(synth/stage.py). A new kind is a module with an object that has the
 members of `Stage` below, plus `register("kind", TheStage())`; the runner and the report only
 speak this protocol.
 """
@@ -17,6 +18,7 @@ import ml_collections
 
 from phi4_jax.posttrain import stages as data_stages
 from phi4_jax.store import checkpoint
+from phi4_jax.synth import stage as synth_stage
 from phi4_jax.train.config import validate
 from phi4_jax.train.loop import train
 
@@ -89,6 +91,28 @@ class PairsStage:
     return data_stages.note(stage_dir)
 
 
+class SynthStage:
+  """A synth pipeline (synth/stage.py) on the model before it: W/<type>.jsonl per type, done once
+  W/summary.json exists."""
+
+  makes_model = False
+
+  def check(self, config, prefix, first, data_ready) -> None:
+    synth_stage.validate(config, prefix)
+
+  def finished(self, config, stage_dir) -> bool:
+    return synth_stage.finished(stage_dir)
+
+  def run(self, config, stage_dir, flag_prefix) -> dict:
+    return {**synth_stage.run(config, stage_dir), "preempted": False}
+
+  def output(self, config, stage_dir) -> str:
+    return synth_stage.output(config, stage_dir)
+
+  def note(self, config, stage_dir) -> str | None:
+    return synth_stage.note(stage_dir)
+
+
 KINDS: dict[str, Stage] = {}
 
 
@@ -104,6 +128,7 @@ register(TRAIN, TrainStage())
 register("pts", PairsStage())
 register("judge", PairsStage())
 register("refusal", PairsStage())  # (its W/sft.jsonl too; W/pairs.jsonl is what `stage:<name>` reads)
+register("synth", SynthStage())
 
 
 def kind_of(config: ml_collections.ConfigDict, prefix: str = "config") -> Stage:

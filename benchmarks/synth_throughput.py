@@ -153,19 +153,22 @@ def main(argv=None):
       for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
         runs[name].append(run_side(name, sides[name], full, args, tmp))
         log(f"{name}: round {r}: {runs[name][-1]['seconds']:.1f} s, {runs[name][-1]['accepted']} accepted")
-  result = {"benchmark": "synth_throughput", "model": {**shape, "params": model_lib.param_count(cfg), "dtype": "float32"},
+  result = {"benchmark": "synth_throughput",
+            "model": {**shape, "params": model_lib.param_count(cfg), "dtype": "float32"},
             "pipeline": {"type": "self_revision", "rounds": 2, "seeds": args.seeds, "asks_per_item": 6,
                          "max_new_tokens": args.new_tokens, "greedy": True, "max_batch": args.max_batch},
             "sides": {}}
   for name, rs in runs.items():
     sec = statistics.median(r["seconds"] for r in rs)
     result["sides"][name] = {"seconds_median": round(sec, 2), "accepted": rs[0]["accepted"],
-                             "accepted_tokens": rs[0]["accepted_tokens"], "generator_tokens": rs[0]["generator_tokens"],
+                             "accepted_tokens": rs[0]["accepted_tokens"],
+                             "generator_tokens": rs[0]["generator_tokens"],
                              "accepted_tokens_per_s": round(rs[0]["accepted_tokens"] / sec, 1),
                              "generator_tokens_per_s": round(rs[0]["generator_tokens"] / sec, 1),
                              "rejected": rs[0]["rejected"]}
   ours, theirs = result["sides"]["ours"], result["sides"]["hf"]
-  result["ratio_accepted_tokens_per_s"] = round(ours["accepted_tokens_per_s"] / max(theirs["accepted_tokens_per_s"], 1e-9), 2)
+  result["ratio_accepted_tokens_per_s"] = round(
+      ours["accepted_tokens_per_s"] / max(theirs["accepted_tokens_per_s"], 1e-9), 2)
   result["ratio_seconds"] = round(theirs["seconds_median"] / ours["seconds_median"], 2)
   same = [a == b for a, b in zip(runs["ours"][0]["records"], runs["hf"][0]["records"])]
   result["same_records"] = {"equal": sum(same), "ours": len(runs["ours"][0]["records"]),

@@ -1,6 +1,8 @@
 """The Phi-4 recipe as one run, in the paper's order: pretrain (4K) -> midtrain (16K, RoPE 250K,
-LR/10) -> sft -> refusal (the SFT model's refusal pairs) -> pts (Pivotal Token Search on the SFT
-model) -> dpo_pts -> judge (judge-guided pairs from the DPO model's responses) -> dpo_judge. Both
+LR/10) -> sft -> [colab: synth (experiments/synth.py:colab on the SFT model: rejection-sampled
+solutions the oracle accepts) -> sft_synth (SFT continued on them)] -> refusal (the model's refusal
+pairs) -> pts (Pivotal Token Search) -> dpo_pts -> judge (judge-guided pairs from the DPO model's
+responses) -> dpo_judge. Both
 DPO stages mix in the refusal pairs at `refusal_share` (Table 9: 1-5%). The test preset stops
 after one DPO stage on the embedded pairs (its model is too small for a search to find anything).
 
@@ -16,11 +18,19 @@ import ml_collections
 from phi4_jax import configs
 from phi4_jax.data import config as data_config
 from phi4_jax.eval import eval_fields
+from phi4_jax.synth import stage as synth_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("pretrain", "midtrain", "sft", "refusal", "pts", "dpo_pts", "judge", "dpo_judge")
+# colab adds the synth stage and SFT on its records after sft (at paper scale the synthetic data is
+# made before pretraining, by a teacher: python -m phi4_jax.synth --pipeline=experiments/synth.py:1b)
+COLAB_STAGES = STAGES[:3] + ("synth", "sft_synth") + STAGES[3:]
 TEST_STAGES = ("pretrain", "midtrain", "sft", "dpo")
 REFUSAL_SHARE = 0.03  # the refusal pairs' share of each DPO stage's pairs (Table 9: 1-5%)
+SYNTH_SHARE = 0.5  # colab sft_synth: the rejection-sampled records' share of its SFT mixture
+# colab sft_synth: 16 steps from sft at LR 1e-4 (held-out parity accuracy from the 0.828 SFT model:
+# 1e-4 -> 0.844, 2e-4 -> 0.719)
+SFT_SYNTH = dict(steps=16, peak_lr=1e-4)
 # colab: the post-training stages' models are evaluated at their last step (their report rows
 # and evaluations table show it, beside the majority-class baseline): greedy accuracy on the 256
 # held-out parity questions (balanced; the family SFT teaches and PTS and the judge search).
@@ -53,9 +63,24 @@ def dpo_stage(arg: str, pairs_from: str, variant: str = "", refusal_share=None):
   return c
 
 
+def sft_on_synth(arg: str):
+  """SFT continued on the synth stage's rejection-sampled records (the oracle's accepted solutions
+  of the model's own samples) mixed with the SFT sources."""
+  c = configs.load(f"{os.path.join(HERE, 'sft')}.py:{arg}")
+  sources = dict(c.data.sources)
+  for source in sources.values():
+    source.fraction *= 1 - SYNTH_SHARE
+  sources["synth"] = data_config.chat_source("stage:synth/rejection_sampling", SYNTH_SHARE)
+  c.data = data_config.data(sources)
+  if arg == "colab":
+    c.steps, c.optimizer.peak_lr = SFT_SYNTH["steps"], SFT_SYNTH["peak_lr"]
+  c.stage = "sft_synth"
+  return c
+
+
 def get_config(arg: str = "colab"):
   c = ml_collections.ConfigDict()
-  c.stages = TEST_STAGES if arg == "test" else STAGES  # run in this order
+  c.stages = {"test": TEST_STAGES, "colab": COLAB_STAGES}.get(arg, STAGES)  # run in this order
   c.sample_prompts = SAMPLE_PROMPTS if arg in ("test", "colab") else ()  # () = no samples
   c.sample_tokens = 24  # new tokens per sample
   if arg == "colab":  # pairs no stage trains on, for the DPO stages' held-out rewards
@@ -64,12 +89,15 @@ def get_config(arg: str = "colab"):
   c.chat_prompts = CHAT_PROMPTS if arg == "colab" else ()  # () = no side-by-side chat samples
   for stage in ("pretrain", "midtrain", "sft") + (("dpo",) if arg == "test" else ("refusal", "pts", "judge")):
     c[stage] = configs.load(f"{os.path.join(HERE, stage)}.py:{arg}")
+  if arg == "colab":
+    c.synth = synth_stage.stage_config(configs.load(f"{os.path.join(HERE, 'synth')}.py:{arg}"))
+    c.sft_synth = sft_on_synth(arg)
   if arg != "test":  # --config.refusal_share=0.05 moves both DPO stages' mixes
     c.refusal_share = ml_collections.FieldReference(REFUSAL_SHARE)
     share = c.get_ref("refusal_share")
     c.dpo_pts = dpo_stage(arg, "pts", refusal_share=share)
     c.dpo_judge = dpo_stage(arg, "judge", "_judge", refusal_share=share)
   if arg == "colab":
-    for stage in ("sft", "dpo_pts", "dpo_judge"):
+    for stage in ("sft", "sft_synth", "dpo_pts", "dpo_judge"):
       c[stage].eval = eval_fields(every=c[stage].steps, **COLAB_EVAL)
   return c

@@ -79,6 +79,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--step", type=int, default=None)
 
 
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  """--coordinator_address, --num_processes and --process_id of a multi-process job (launch/local.py
+  passes them; 0 and -1 leave them to JAX's cluster auto-detection)."""
+  p.add_argument("--coordinator_address", default="", help="host:port of process 0 (multi-process)")
+  p.add_argument("--num_processes", type=int, default=0, help="processes in the job (0: auto-detect)")
+  p.add_argument("--process_id", type=int, default=-1, help="this process's index (-1: auto-detect)")
+
+
 def ruled(rule: fields.Rule):
   """An argparse type that parses a value as `rule`'s kind (int or number) and refuses one out of
   its range: `--batch_prompts=-3` is "argument --batch_prompts: must be >= 1, got -3"."""

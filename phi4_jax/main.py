@@ -17,9 +17,7 @@ def parser() -> flags.Parser:
   p = flags.Parser("python -m phi4_jax.main", __doc__)
   flags.add_config_flag(p)
   p.add_argument("--workdir", help="run directory: checkpoints, metrics, TensorBoard")
-  p.add_argument("--coordinator_address", default="", help="host:port of process 0 (multi-process)")
-  p.add_argument("--num_processes", type=int, default=0, help="processes in the job (0: auto-detect)")
-  p.add_argument("--process_id", type=int, default=-1, help="this process's index (-1: auto-detect)")
+  flags.add_distributed_flags(p)
   flags.add_bool(p, "--dry_run", False, "compile each training stage's step on abstract inputs and "
                  "print its per-device memory and FLOP plan; trains nothing, writes nothing")
   p.add_argument("--devices", type=int, default=0, help="with --dry_run: plan for this many devices "

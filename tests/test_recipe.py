@@ -1,5 +1,5 @@
-"""README's main command: the colab recipe (pretrain -> midtrain -> sft -> refusal -> pts -> dpo_pts ->
-judge -> dpo_judge), then rerun.
+"""README's main command: the colab recipe (pretrain -> midtrain -> sft -> synth -> sft_synth -> refusal ->
+pts -> dpo_pts -> judge -> dpo_judge), then rerun.
 
 Its time is a benchmark figure (README), not asserted here: a loaded CI machine must not fail it.
 """
@@ -12,6 +12,7 @@ import sys
 
 from test_launch_colab import check_notebook_output, run_notebook
 
+from phi4_jax.data import families
 from phi4_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,14 +27,14 @@ def _recipe(workdir, data_cache):
                         timeout=HANG_S)
 
 
-def test_colab_recipe_runs_all_eight_stages_pts_finds_pivots_and_dpo_trains_on_them(tmp_path, data_cache):
+def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_them(tmp_path, data_cache):
   workdir = tmp_path / "colab"
   out = _recipe(workdir, data_cache)
   assert out.returncode == 0, out.stderr[-5000:]
 
-  trained = ("pretrain", "midtrain", "sft", "dpo_pts", "dpo_judge")
-  pre, mid, sft, dpo_pts, dpo_judge = (read_metrics(workdir / stage) for stage in trained)
-  assert [rows[-1]["step"] for rows in (pre, mid, sft, dpo_pts, dpo_judge)] == [48, 12, 128, 8, 8]
+  trained = ("pretrain", "midtrain", "sft", "sft_synth", "dpo_pts", "dpo_judge")
+  pre, mid, sft, sft_synth, dpo_pts, dpo_judge = (read_metrics(workdir / stage) for stage in trained)
+  assert [rows[-1]["step"] for rows in (pre, mid, sft, sft_synth, dpo_pts, dpo_judge)] == [48, 12, 128, 16, 8, 8]
   # From ~ln(100352) = 11.5 at initialization; the full vocabulary makes unigram statistics alone
   # worth several nats, so a working run falls far below it.
   assert pre[0]["loss"] > 10.0
@@ -41,6 +42,16 @@ def test_colab_recipe_runs_all_eight_stages_pts_finds_pivots_and_dpo_trains_on_t
   assert mid[-1]["loss"] < pre[0]["loss"] - 3.0  # midtraining starts from pretraining's params
   assert set(pre[-1]["loss_per_source"]) == {"acquired", "code", "synthetic", "web", "web_rewrites"}
   assert sft[-1]["loss"] < sft[0]["loss"] and all(r["target_tokens_per_step"] > 0 for r in sft)
+
+  # The synth stage kept, per parity question, one of the SFT model's sampled answers the oracle
+  # accepts, and sft_synth trained on them beside the SFT sources.
+  synth = json.loads((workdir / "synth" / "summary.json").read_text())["types"]["rejection_sampling"]
+  assert synth["items"] == 64 and 32 <= synth["accepted"] <= 64 and synth["rejected"]["wrong_answer"] > 0, synth
+  kept = [json.loads(line) for line in (workdir / "synth" / "rejection_sampling.jsonl").read_text().splitlines()]
+  assert len(kept) == synth["accepted"] and len({r["seed_id"] for r in kept}) == len(kept)
+  answer = lambda r: families.item("parity", "search", int(r["seed_id"][-6:]))["answer"]
+  assert all(r["messages"][-1]["content"] == f"Final answer: {answer(r)}" for r in kept)
+  assert "synth" in sft_synth[-1]["loss_per_source"]
 
   # PTS searched the parity questions the SFT model gets right part of the time and found pivots.
   pts = json.loads((workdir / "pts" / "summary.json").read_text())
@@ -60,14 +71,15 @@ def test_colab_recipe_runs_all_eight_stages_pts_finds_pivots_and_dpo_trains_on_t
   # The post-training models were evaluated at their last step on the 256 balanced held-out parity
   # questions, each beside its majority-class baseline.
   acc = {}
-  for name, rows in (("sft", sft), ("dpo_pts", dpo_pts), ("dpo_judge", dpo_judge)):
+  for name, rows in (("sft", sft), ("sft_synth", sft_synth), ("dpo_pts", dpo_pts), ("dpo_judge", dpo_judge)):
     evaluated = rows[-1]["eval"]["answers"]
     assert evaluated["n"] == 256 and evaluated["majority"] == 0.5 and evaluated["empty"] <= 0.05, evaluated
     acc[name] = evaluated["acc"]
-  # Issue 25's demonstration (measured 0.828 -> 0.859 -> 0.859): the SFT model is competent but
-  # imperfect, and no DPO stage makes it worse (margins of ~1 standard error at n = 256).
+  # Measured 0.828 -> 0.844 -> 0.848 -> 0.840: the SFT model is competent but imperfect, and no later
+  # stage makes it worse (margins of ~1 standard error at n = 256).
   assert 0.6 <= acc["sft"] <= 0.97, acc
-  assert acc["dpo_pts"] >= acc["sft"] - 0.03 and acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc
+  assert acc["sft_synth"] >= acc["sft"] - 0.03 and acc["dpo_pts"] >= acc["sft_synth"] - 0.03, acc
+  assert acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
   assert judge["pairs"] >= 8 and judge["prompts"] == 64, judge
   # Held-out pairs that differ only in correctness (math working, parity answers): ranked right.
@@ -75,22 +87,23 @@ def test_colab_recipe_runs_all_eight_stages_pts_finds_pivots_and_dpo_trains_on_t
   assert set(heldout) == {"dpo_pts", "dpo_judge"} and all(h["pairs"] == 200 for h in heldout.values())
   assert all(set(h["sources"]) == {"math", "parity"} and h["reward_accuracy"] > 0.5 for h in heldout.values()), heldout
   assert (workdir / "report.png").stat().st_size > 10_000
-  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 128 |", "| dpo_pts | 8 |", "| dpo_judge | 8 |",
+  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 128 |", "| sft_synth | 16 |", "| dpo_pts | 8 |",
+              "| dpo_judge | 8 |", f"| synth | - | - | - | - | rejection_sampling: {synth['accepted']} accepted of ",
               f"| pts | - | - | - | - | searched {pts['searched']} of 64 questions, {pts['pivots']} pivotal "
               f"tokens, {pts['pairs']} pairs |", "held-out reward acc", "eval@128: answers acc ",
-              "(majority 0.50, n 256)", "| evaluation | n | majority | chance | sft (step 128) | dpo_pts (step 8) | "
-              "dpo_judge (step 8) |", "| answers acc | 256 | 0.500 | - | "):
+              "(majority 0.50, n 256)", "| evaluation | n | majority | chance | sft (step 128) | sft_synth (step 16) | "
+              "dpo_pts (step 8) | dpo_judge (step 8) |", "| answers acc | 256 | 0.500 | - | "):
     assert row in out.stdout, out.stdout
   assert "Samples from dpo_judge (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   samples = (workdir / "samples.md").read_text()
-  assert samples.count(" -> ") == 3 and "| prompt | sft | dpo_pts | dpo_judge |" in samples
+  assert samples.count(" -> ") == 3 and "| prompt | sft | sft_synth | dpo_pts | dpo_judge |" in samples
   assert samples.count("| `Are there more odd or even numbers") == 3, samples
 
   # The Colab notebook's cells on this workdir: its own stage list, resumed, plotted and asked.
-  check_notebook_output(run_notebook(workdir, data_cache), ("pretrain", "midtrain", "sft", "refusal", "pts",
-                                                            "dpo_pts", "judge", "dpo_judge"))
+  check_notebook_output(run_notebook(workdir, data_cache), ("pretrain", "midtrain", "sft", "synth", "sft_synth",
+                                                            "refusal", "pts", "dpo_pts", "judge", "dpo_judge"))
 
   rerun = _recipe(workdir, data_cache)
   assert rerun.returncode == 0, rerun.stderr[-5000:]
-  assert rerun.stderr.count("already finished") == 8  # every stage skipped, nothing redone (the notebook too)
+  assert rerun.stderr.count("already finished") == 10  # every stage skipped, nothing redone (the notebook too)
   assert read_metrics(workdir / "dpo_judge") == dpo_judge

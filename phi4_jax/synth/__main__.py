@@ -36,10 +36,9 @@ def _parser(type_name: str | None) -> flags.Parser:
   p.add_argument("--benchmarks", default=None, help="decontaminate against these (data/decontam.py's --benchmarks)")
   p.add_argument("--plan", default=None, help="count the tokens against this stage config's mixture")
   flags.add_overwrite_flag(p)
+  flags.add_distributed_flags(p)
   if type_name in types.TYPES:
     flags.add_settings_flags(p, engine.settings_group(types.TYPES[type_name]), group="config")
-    for name in ("target_tokens", "num_seeds"):  # (the spellings of two settings)
-      p.add_argument(f"--{name}", dest=name, type=int, default=None, help=f"the same as --config.{name}")
   return p
 
 
@@ -83,7 +82,7 @@ def main(argv=None) -> None:
   import jax
 
   from phi4_jax import distributed
-  distributed.initialize()
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   source = generator.load(args.generator, args.step, concurrency=config[config.types[0]].concurrency,
                           max_batch=config[config.types[0]].max_batch, top_p=config[config.types[0]].top_p)
   summary = pipeline.run(config, source, identity, args.out, args.overwrite, jax.process_index(),

@@ -284,15 +284,24 @@ def _read_made(path: str, process_count: int) -> dict[str, dict]:
   return made
 
 
+def as_text(record: dict) -> dict:
+  """A chat record's `text` too (its turns' contents, a blank line apart), so that a pretraining
+  source reads it as a document while an SFT (chat) source reads its `messages`."""
+  if "messages" in record and "text" not in record:
+    return {"text": "\n\n".join(m["content"] for m in record["messages"])}
+  return {}
+
+
 def output_records(type_module, lines: list[dict], made: dict[str, dict], identity: dict) -> list[dict]:
-  """The accepted records with their provenance: id, seed id, type, prompt version, generator,
-  the rounds that made them, model-given scores and the slow checks they passed."""
+  """The accepted records (a chat record with its `text` too, as_text) with their provenance: id,
+  seed id, type, prompt version, generator, the rounds that made them, model-given scores and the
+  slow checks they passed."""
   out = []
   for line in lines:
     item = made[line["item_id"]]
     for k, (c, verdict) in enumerate(zip(item["outcome"].get("candidates", ()), line.get("verdicts", ()))):
       if verdict == "accepted":
-        out.append({**c["record"], "id": f"{line['item_id']}#{k}", "seed_id": item["seed_id"],
+        out.append({**c["record"], **as_text(c["record"]), "id": f"{line['item_id']}#{k}", "seed_id": item["seed_id"],
                     "type": type_module.NAME, "prompt_version": type_module.PROMPTS.version,
                     "generator": identity, "trail": item["outcome"].get("trail", []) + c["trail"],
                     "scores": c["scores"], "checks": [x["check"] for x in c["checks"]]})

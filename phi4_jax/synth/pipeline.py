@@ -45,7 +45,8 @@ def entry(type_name: str, seeds_spec: str = "", **overrides) -> ml_collections.C
   return c
 
 
-def pipeline(entries: dict[str, ml_collections.ConfigDict], benchmarks: str = "", plan: str = "") -> ml_collections.ConfigDict:
+def pipeline(entries: dict[str, ml_collections.ConfigDict], benchmarks: str = "",
+             plan: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict({"types": tuple(entries), "benchmarks": benchmarks, "plan": plan})
   for name, settings in entries.items():
     c[name] = settings

@@ -3,8 +3,8 @@
 --seeds is one or more comma-separated globs of .jsonl, .jsonl.gz, .parquet (every column) or
 ArrayRecord files (JSON objects, or raw UTF-8 text as {"text"}), read in sorted path order, or an
 embedded question family (corpus:parity, corpus:exercises, corpus:mixed: data/families.py's search
-splits, num_seeds of them); a recipe resolves `stage:<name>` to that stage's output before it gets here. Each seed is a dict with an
-`id` (its own `id` or `task_id`, else `<file name>:<line or row>`) and `seed_id` (the same); what
+splits, num_seeds of them); a recipe resolves `stage:<name>` to that stage's output before it gets
+here. Each seed is a dict with an `id` (its own `id` or `task_id`, else `<file name>:<line or row>`) and `seed_id` (the same); what
 else it needs depends on the type (`text`, `code` and `tests`, `question` and `answer`, ...).
 """
 

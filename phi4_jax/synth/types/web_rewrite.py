@@ -18,7 +18,8 @@ NAME, SOURCE = "web_rewrite", "web_rewrites"
 PROMPTS = protocol.load_prompts(NAME)
 STYLES = ("textbook", "exercises", "qa")
 FIELDS = fields.Group(
-    styles=fields.Field(",".join(STYLES), fields.string(), f"rewrite styles, comma-separated, of {', '.join(STYLES)}"),
+    styles=fields.Field(",".join(STYLES), fields.string(),
+                        f"rewrite styles, comma-separated, of {', '.join(STYLES)}"),
     max_copy=fields.Field(0.5, fields.number(0, 1),
                           "a rewrite whose word 5-gram Jaccard with its passage reaches this is a copy"),
 )

@@ -16,8 +16,11 @@ def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, mo
   c = configs.load("experiments/recipe.py:colab")
   ready = recipe.link(c, str(tmp_path))
   w = lambda name: os.path.join(str(tmp_path), name)
-  assert [c[s].init_from for s in c.stages[1:]] == [w("pretrain"), w("midtrain"), w("sft"), w("sft"), w("sft"),
-                                                    w("dpo_pts"), w("dpo_pts")]
+  assert [c[s].init_from for s in c.stages[1:]] == [w("pretrain"), w("midtrain"), w("sft"), w("sft"),
+                                                    w("sft_synth"), w("sft_synth"), w("sft_synth"), w("dpo_pts"),
+                                                    w("dpo_pts")]
+  # A later stage reads one file of a data stage's folder: stage:<name>/<file>.
+  assert c.sft_synth.data.sources.synth.globs == os.path.join(w("synth"), "rejection_sampling.jsonl")
   for stage in ("dpo_pts", "dpo_judge"):  # the refusal pairs at refusal_share, the rest half and half
     sources = c[stage].data.sources
     assert sources.refusal.globs == os.path.join(w("refusal"), "pairs.jsonl")
@@ -25,11 +28,25 @@ def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, mo
   assert c.dpo_pts.data.sources.pts.globs == os.path.join(w("pts"), "pairs.jsonl")
   assert c.dpo_judge.data.sources.judge.globs == os.path.join(w("judge"), "pairs.jsonl")
   assert c.dpo_pts.data.sources.math.globs == "corpus:dpo_pairs"
-  assert ready == {**{s: True for s in c.stages}, "dpo_pts": False, "dpo_judge": False}
+  assert ready == {**{s: True for s in c.stages}, "sft_synth": False, "dpo_pts": False, "dpo_judge": False}
   share = configs.load("experiments/recipe.py:colab")
   share.refusal_share = 0.05  # (--config.refusal_share=0.05) moves both DPO stages' mixes
   assert share.dpo_judge.data.sources.refusal.fraction == 0.05 and share.dpo_pts.data.sources.math.fraction == 0.475
   recipe.check(configs.load("experiments/recipe.py:colab"), str(tmp_path))  # before the pairs exist
+
+
+def test_a_synth_stage_reads_its_seeds_from_an_earlier_data_stage(tmp_path):
+  c = configs.load("experiments/recipe.py:colab")
+  c.synth.pipeline.rejection_sampling.seeds = "stage:refusal/sft"  # refusal runs after synth
+  with pytest.raises(ValueError, match=r"stage synth: config.synth.pipeline.rejection_sampling.seeds names "
+                     r"'stage:refusal/sft', but no data stage 'refusal' runs before it"):
+    recipe.link(c, str(tmp_path))
+  c = configs.load("experiments/recipe.py:colab")
+  c.stages = ("pretrain", "midtrain", "sft", "refusal", "synth", "sft_synth")
+  c.synth.pipeline.rejection_sampling.seeds = "stage:refusal/sft"
+  ready = recipe.link(c, str(tmp_path))
+  assert c.synth.pipeline.rejection_sampling.seeds == os.path.join(str(tmp_path), "refusal", "sft.jsonl")
+  assert not ready["synth"] and ready["refusal"]
 
 
 def test_a_stage_source_must_name_an_earlier_data_stage(tmp_path):

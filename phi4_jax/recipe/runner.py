@@ -35,9 +35,20 @@ def stage_dirs(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[st
   return [(name, config[name], os.path.join(workdir, name)) for name in config.stages]
 
 
+def stage_references(node: ml_collections.ConfigDict, prefix: str):
+  """(config node, key, field name) of every `globs` (a data source's) or `seeds` (a synth type's)
+  field under `node` that names a data stage's output (`stage:<name>[/<file>]`)."""
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from stage_references(value, f"{prefix}.{key}")
+    elif key in ("globs", "seeds") and isinstance(value, str) and value.startswith(STAGE_GLOB):
+      yield node, key, f"{prefix}.{key}"
+
+
 def link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
   """Fills each stage's init_from (the last stage before it that makes a model) and resolves
-  `stage:<name>` source globs to earlier data stages' files; {stage: whether its data exists}."""
+  `stage:<name>` source globs and synth seeds to earlier data stages' files; {stage: whether its data
+  exists}."""
   model, made, ready = "", {}, {}
   for name, stage, stage_dir in stage_dirs(config, workdir):
     try:
@@ -48,14 +59,12 @@ def link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
       with stage.unlocked():
         stage.init_from = model
     ready[name] = True
-    for source_name, source in (stage.data.sources.items() if "data" in stage else ()):
-      if isinstance(source, ml_collections.ConfigDict) and source.get("globs", "").startswith(STAGE_GLOB):
-        wanted, _, part = source.globs[len(STAGE_GLOB):].partition("/")
-        if wanted not in made:
-          raise ValueError(f"stage {name}: config.{name}.data.sources.{source_name}.globs names "
-                           f"{source.globs!r}, but no data stage {wanted!r} runs before it")
-        path = os.path.join(os.path.dirname(made[wanted]), f"{part}.jsonl") if part else made[wanted]
-        source.globs, ready[name] = path, ready[name] and os.path.exists(path)
+    for node, key, field in stage_references(stage, f"config.{name}"):
+      wanted, _, part = node[key][len(STAGE_GLOB):].partition("/")
+      if wanted not in made:
+        raise ValueError(f"stage {name}: {field} names {node[key]!r}, but no data stage {wanted!r} runs before it")
+      path = os.path.join(os.path.dirname(made[wanted]), f"{part}.jsonl") if part else made[wanted]
+      node[key], ready[name] = path, ready[name] and os.path.exists(path)
     if kind.makes_model:
       model = stage_dir
     else:

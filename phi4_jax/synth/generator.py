@@ -7,14 +7,16 @@ endpoint, behind one batched call.
                                     an endpoint (posttrain/openai_http.py: retries, backoff, $OPENAI_API_KEY)
 
 `chat(asks, keys)` answers a whole round of requests: our sampler decodes them in batches of
-max_batch rows (grouped by temperature and length); an endpoint keeps `concurrency` requests in
-flight. Each request's sampling key is a hash of its key string (the engine's (type, item, step,
+max_batch rows (grouped by temperature and length; an item's identical asks, e.g. rejection
+sampling's n solutions, share one prefill); an endpoint keeps `concurrency` requests in flight.
+Each request's sampling key is a hash of its key string (the engine's (seed, type, item, step,
 ask)), so a reply does not depend on what else is in the batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import zlib
 
@@ -47,19 +49,27 @@ class SamplerGenerator:
     self.cfg, self.params, self.identity, self.max_batch, self.top_p = cfg, params, identity, max_batch, top_p
 
   def chat(self, asks: list[Ask], keys: list[str]) -> list[str | Exception]:
+    """Identical asks whose keys differ only after their last NUL (an item's n samples of one
+    request) are one prompt decoded n times: prefilled once, its cache repeated. Sample s of a
+    request draws from (its key without the last part, its conversation) and s alone."""
     from phi4_jax import inference
     replies: list[str | Exception] = [""] * len(asks)
-    groups: dict[tuple, list[int]] = {}
-    for i, ask in enumerate(asks):
-      groups.setdefault((ask.temperature, ask.max_tokens), []).append(i)
-    for (temperature, max_tokens), members in sorted(groups.items()):
-      prompts = [prompt_ids(asks[i].messages) for i in members]
-      ids = _distinct([sample_key(keys[i]) for i in members])
-      outs = inference.generate(self.params, self.cfg, prompts, max_new_tokens=max_tokens,
+    requests: dict[tuple, list[int]] = {}
+    for i, (ask, key) in enumerate(zip(asks, keys)):
+      requests.setdefault((key.rpartition("\0")[0], json.dumps(ask.messages), ask.temperature, ask.max_tokens),
+                          []).append(i)
+    groups: dict[tuple, list[tuple]] = {}
+    for (prefix, conversation, temperature, max_tokens), members in requests.items():
+      groups.setdefault((temperature, max_tokens, len(members)), []).append((prefix, conversation, members))
+    for (temperature, max_tokens, n), group in sorted(groups.items()):
+      prompts = [prompt_ids(asks[members[0]].messages) for _, _, members in group]
+      ids = _distinct([sample_key(f"{prefix}\0{conversation}") for prefix, conversation, _ in group])
+      outs = inference.generate(self.params, self.cfg, prompts, max_new_tokens=max_tokens, num_samples=n,
                                 temperature=temperature, top_p=self.top_p, seed=0, stop_ids=rollouts.STOP_IDS,
                                 max_batch=self.max_batch, sample_ids=ids)
-      for i, out in zip(members, outs):
-        replies[i] = rollouts.TOKENIZER.decode(rollouts.content(out))
+      for r, (_, _, members) in enumerate(group):
+        for sample, i in enumerate(members):
+          replies[i] = rollouts.TOKENIZER.decode(rollouts.content(outs[r * n + sample]))
     return replies
 
 

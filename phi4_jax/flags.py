@@ -112,11 +112,12 @@ def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.ConfigDict | fields.Group,
-                       group: str = "") -> None:
+                       group: str = "", synonyms: tuple[str, ...] = ()) -> None:
   """One flag per field of `defaults`, typed by its default (a bool's flag takes true/false, yes/no
   or 1/0); a Group's fields also give each flag its one-line help. With `group` (the settings'
   name in a stage config, e.g. "settings"), a field is `--<group>.<name>`, as a recipe spells it
-  (`--config.<stage>.<group>.<name>`); the old `--<name>` still works and says it is deprecated."""
+  (`--config.<stage>.<group>.<name>`); the old `--<name>` still works and says it is deprecated,
+  except for the names in `synonyms`, which a command documents as its own flags."""
   notes = defaults.help if isinstance(defaults, fields.Group) else {}
   rules = defaults.rules if isinstance(defaults, fields.Group) else {}
   for name, value in _config(defaults).items():
@@ -129,7 +130,9 @@ def add_settings_flags(p: argparse.ArgumentParser, defaults: ml_collections.Conf
       add_bool(p, flag, value, note, dest=name)
     else:
       p.add_argument(flag, dest=name, type=kind, default=value, help=note)
-    if group:
+    if group and name in synonyms:
+      p.add_argument(f"--{name}", dest=name, type=kind, default=argparse.SUPPRESS, help=f"the same as {flag}")
+    elif group:
       p.add_argument(f"--{name}", dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                      action=_Deprecated, new=flag)
 

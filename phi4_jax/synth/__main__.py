@@ -38,7 +38,8 @@ def _parser(type_name: str | None) -> flags.Parser:
   flags.add_overwrite_flag(p)
   flags.add_distributed_flags(p)
   if type_name in types.TYPES:
-    flags.add_settings_flags(p, engine.settings_group(types.TYPES[type_name]), group="config")
+    flags.add_settings_flags(p, engine.settings_group(types.TYPES[type_name]), group="config",
+                             synonyms=("target_tokens", "num_seeds"))  # (--target_tokens=N: --config.target_tokens=N)
   return p
 
 
@@ -59,9 +60,6 @@ def parse(argv: list[str]):
     if not args.seeds:
       raise flags.UsageError("--seeds: required with --type")
     settings = flags.settings(args, engine.settings_group(types.TYPES[type_name]))
-    for name in ("target_tokens", "num_seeds"):
-      if getattr(args, name) is not None:
-        settings[name] = getattr(args, name)
     config = pipeline.pipeline({type_name: pipeline.entry(type_name, args.seeds, **settings)})
   with config.unlocked():
     if args.benchmarks is not None:

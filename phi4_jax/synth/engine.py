@@ -91,8 +91,7 @@ def record_tokens(record: dict) -> int:
 def _seed_filtered(type_module, item: dict, settings):
   """make() behind the seed filter: the seed's metadata scored first (protocol.parse_scores)."""
   prompts = protocol.load_prompts("seed_filter")
-  ask = Ask(prompts.messages("score", seed=item.get("text") or item.get("code") or item.get("question", "")),
-            0.0, 64)
+  ask = Ask(prompts.messages("score", seed=type_module.seed_text(item)), 0.0, 64)
   scores, _ = yield from protocol.ask_parsed(ask, lambda r: protocol.parse_scores(r, SEED_FILTER, 1, 5),
                                              settings.retries)
   if scores is None:

@@ -89,7 +89,7 @@ def accounting(plan_spec: str, summaries: dict[str, dict]) -> dict[str, dict]:
       continue
     tokens = fractions[source] * total
     out[source] = {"unique_tokens": n, "in_plan": True, "fraction": fractions[source], "planned_tokens": tokens,
-                   "epochs": tokens / n if n else float("inf")}
+                   "epochs": tokens / n if n else None}  # (None: nothing accepted to repeat)
   return out
 
 
@@ -103,7 +103,7 @@ def table(summary: dict) -> str:
   widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
   for source, a in summary["sources"].items():
-    if "epochs" in a:
+    if a.get("epochs") is not None:
       lines.append(f"{source}: {planner._human(a['unique_tokens'])} unique -> {a['epochs']:.1f} epochs "
                    f"({100 * a['fraction']:.1f}% of {summary['plan']})")
     else:

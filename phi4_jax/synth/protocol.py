@@ -9,6 +9,8 @@ A type is a module registered in synth/types/__init__.py with:
   items(seed, settings) -> [item]
                 the work items of one seed record (each a dict with a unique "id" and "seed_id"):
                 the seed itself, or its passages
+  seed_text(item) -> str
+                the item's seed text, which the seed filter scores
   make(item, settings)
                 a generator: it yields lists of generator.Ask and receives their replies (strings, in
                 order), and returns an outcome: made(candidates) or rejected(reason). The engine runs

@@ -48,6 +48,11 @@ def items(seed: dict, settings) -> list[dict]:
            "tests": tests}]
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["code"]
+
+
 def make(item: dict, settings):
   code = item["code"]
   ask = Ask(PROMPTS.messages("instruction", code=code), settings.temperature, settings.max_new_tokens)

@@ -48,6 +48,11 @@ def _score(reply: str) -> int | None:
   return int(m.group(1)) if m else None
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["topic"]
+
+
 def make(item: dict, settings):
   roster, turns = agents(settings), []
   for t in range(settings.turns):

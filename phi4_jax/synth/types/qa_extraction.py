@@ -25,6 +25,11 @@ def items(seed: dict, settings) -> list[dict]:
           for k, passage in enumerate(protocol.passages(text, settings.passage_words))]
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["text"]
+
+
 def make(item: dict, settings):
   ask = Ask(PROMPTS.messages("extract", passage=item["text"]), settings.temperature, settings.max_new_tokens)
   found, reply = yield from protocol.ask_parsed(ask, lambda r: protocol.labelled(r, ("Question", "Answer")),

@@ -45,6 +45,11 @@ def conversation(question: dict) -> list[dict]:
   return list(PROMPTS.messages("solve", question=question["question"]))
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["question"].get("question") or item["question"]["messages"][-1]["content"]
+
+
 def make(item: dict, settings):
   question, messages = dict(item["question"]), conversation(item["question"])
   ask = Ask(tuple(messages), settings.temperature, settings.max_new_tokens)

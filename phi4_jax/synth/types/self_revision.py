@@ -37,6 +37,11 @@ def items(seed: dict, settings) -> list[dict]:
   return [{"id": seed["id"], "seed_id": seed["seed_id"], "task": seeds.field(seed, ("question", "text"), NAME)}]
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["task"]
+
+
 def make(item: dict, settings):
   names, task = rubric(settings), item["task"]
   draft, = yield [Ask(PROMPTS.messages("draft", task=task), settings.temperature, settings.max_new_tokens)]

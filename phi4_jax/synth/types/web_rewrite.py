@@ -39,6 +39,11 @@ def items(seed: dict, settings) -> list[dict]:
           for k, passage in enumerate(protocol.passages(text, settings.passage_words))]
 
 
+def seed_text(item: dict) -> str:
+  """What the seed filter scores."""
+  return item["text"]
+
+
 def make(item: dict, settings):
   names = styles(settings)
   style = names[zlib.crc32(item["id"].encode()) % len(names)]

@@ -569,6 +569,16 @@ def test_the_sampler_on_a_tiny_model_counts_what_it_made_and_repeats_itself(tiny
   # the same sampling keys whatever the batching: the same bytes
   for name in ("web_rewrite.jsonl", "summary.json", "log/web_rewrite.made.jsonl"):
     assert read_bytes(os.path.join(runs[0], name)) == read_bytes(os.path.join(runs[1], name)), name
+  # a kill mid-write on the sampler backend (logs cut in the middle of a line, the output gone):
+  # the same command makes only what is missing, and the same bytes
+  for name in ("log/web_rewrite.made.jsonl", "log/web_rewrite.log.jsonl"):
+    data = read_bytes(os.path.join(runs[1], name))
+    with open(os.path.join(runs[1], name), "wb") as f:
+      f.write(data[:data.index(b"\n") + 10])
+  os.remove(os.path.join(runs[1], "web_rewrite.jsonl"))
+  synth(None, runs[1], "web_rewrite", seeds, *flags, generator=tiny_hf_dir)
+  for name in ("web_rewrite.jsonl", "summary.json", "log/web_rewrite.made.jsonl", "log/web_rewrite.log.jsonl"):
+    assert read_bytes(os.path.join(runs[0], name)) == read_bytes(os.path.join(runs[1], name)), name
   # rejection sampling's n solutions of one question (one prefill, n samples), with a plurality vote
   out = str(tmp_path / "rs")
   questions = write_jsonl(tmp_path / "q.jsonl", [QUESTIONS[0], QUESTIONS[2]])

@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "experiments.*",
                                     "launch", "launch.*"]),
     package_data={"phi4_jax.posttrain": ["judge_rubric.txt", "refusal_prompt.txt"],
-                  "phi4_jax.synth": ["prompts/*.txt"]},
+                  "phi4_jax.synth": ["prompts/*.txt"], "phi4_jax.curate": ["rubric.txt"]},
     install_requires=[
         "jax>=0.7,<0.11",
         "flax>=0.11,<0.13",
@@ -36,14 +36,17 @@ setup(
     entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch>=2.5,<2.14", "transformers>=4.48,<6",
-                 "lm-eval>=0.4.8,<0.5", "accelerate>=1.0,<2"],
+                 "lm-eval>=0.4.8,<0.5", "accelerate>=1.0,<2", "ray[data]>=2.40,<3", "py3langid>=0.3,<0.5"],
+        # python -m phi4_jax.curate: Ray Data for clusters, py3langid (its model ships in the package)
+        "curate": ["ray[data]>=2.40,<3", "py3langid>=0.3,<0.5"],
         # phi4_jax.eval.lm_eval: lm-evaluation-harness (its `hf` model needs torch and accelerate)
         "eval": ["lm-eval>=0.4.8,<0.5"],
         # benchmarks/decode_throughput.py: Tunix's sampler and transformers' generate as baselines;
         # benchmarks/dpo_throughput.py: TRL's DPOTrainer (Tunix pins its own transformers: install
         # into a separate venv, benchmarks/README.md)
+        # benchmarks/curate_throughput.py: datatrove's filters and MinHash dedup
         "bench": ["google-tunix>=0.1.7,<0.2", "torch>=2.5,<2.14", "transformers>=4.48,<6",
-                  "trl>=1.16,<2"],
+                  "trl>=1.16,<2", "datatrove>=0.10,<0.11"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],
         "tpu": ["jax[tpu]>=0.7,<0.11"],
     },

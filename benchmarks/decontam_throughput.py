@@ -1,13 +1,15 @@
 """Decontamination throughput and memory against the source size, with a plain copy as baseline.
 
-  python benchmarks/decontam_throughput.py [--copies=1,4] [--benchmarks=humaneval,embedded:exercises]
+  python benchmarks/decontam_throughput.py [--copies=1,4] [--benchmarks=humaneval,embedded:exercises] [--workers=1]
 
 The sources are the embedded corpus's five pretraining files, each repeated `copies` times (as
 distinct files). For each size, one fresh subprocess runs `data.decontam.run` (index built from
 the benchmarks, every document checked, clean copies written) and another copies the same
 documents through the same Source readers without checking them (the baseline: reading and
-writing alone). Each reports its wall time and peak RSS; the JSON line gives docs/s, MB/s, the
-ratio to the baseline and the peak RSS per size (flat memory: about the same at every size).
+writing alone). Each reports its wall time, CPU time (its worker processes' included) and peak
+RSS; the JSON line gives docs/s, MB/s, the ratio to the baseline, the CPU seconds and the peak RSS
+per size (flat memory: about the same at every size). --workers is decontam's (processes checking
+files).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ NAMES = ("web", "web_rewrites", "synthetic", "code", "acquired")
 CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, {repo!r})
-mode, spec, out, benchmarks = sys.argv[1:5]
+mode, spec, out, benchmarks, workers = sys.argv[1:6]
 from phi4_jax.data import decontam
-start = time.monotonic()
+cpu = lambda: sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))  # (worker processes' time included once they end)
+start, start_cpu = time.monotonic(), cpu()
 if mode == "decontam":
-  result = decontam.run(benchmarks, spec, out, progress=None)
+  result = decontam.run(benchmarks, spec, out, progress=None, workers=int(workers))
   docs = sum(s["docs"] for s in result["sources"].values())
   nbytes = sum(s["bytes"] for s in result["sources"].values())
 else:  # the baseline: the same reads and writes, no checking
@@ -50,11 +54,11 @@ else:  # the baseline: the same reads and writes, no checking
       start_f, end_f = int(source.file_starts[f]), int(source.file_starts[f + 1])
       for begin in range(start_f, end_f, decontam.READ_BATCH):
         source.read(range(begin, min(end_f, begin + decontam.READ_BATCH)))
-      decontam._copy_kept(path, "jsonl", os.path.join(out, leaf.name, os.path.basename(path)), set())
+      decontam.copy_kept(path, "jsonl", os.path.join(out, leaf.name, os.path.basename(path)), set())
       docs += end_f - start_f
       nbytes += os.path.getsize(path)
 seconds = time.monotonic() - start
-print(json.dumps({{"seconds": seconds, "docs": docs, "bytes": nbytes,
+print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu() - start_cpu, "docs": docs, "bytes": nbytes,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -76,9 +80,9 @@ def sources_config(root: str, copies: int) -> str:
   return spec + ":x"
 
 
-def child(mode: str, spec: str, out: str, benchmarks: str) -> dict:
+def child(mode: str, spec: str, out: str, benchmarks: str, workers: int = 1) -> dict:
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), mode, spec, out, benchmarks],
+  proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), mode, spec, out, benchmarks, str(workers)],
                         capture_output=True, text=True, check=True, cwd=repo)
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -87,6 +91,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--copies", default="1,4")
   p.add_argument("--benchmarks", default="humaneval,embedded:exercises")
+  p.add_argument("--workers", type=int, default=1)
   args = p.parse_args()
   sizes = {}
   for copies in [int(c) for c in args.copies.split(",")]:
@@ -95,18 +100,20 @@ def main() -> None:
       spec = sources_config(root, copies)
       child("copy", spec, os.path.join(root, "warm"), args.benchmarks)  # builds the file indexes once
       base = child("copy", spec, os.path.join(root, "copy"), args.benchmarks)
-      ours = child("decontam", spec, os.path.join(root, "clean"), args.benchmarks)
+      ours = child("decontam", spec, os.path.join(root, "clean"), args.benchmarks, args.workers)
       log(f"copies={copies}: decontam {ours}, copy {base}")
       sizes[copies] = {"mb": round(ours["bytes"] / 1e6, 2), "docs": ours["docs"],
                        "docs_per_s": round(ours["docs"] / ours["seconds"], 1),
                        "mb_per_s": round(ours["bytes"] / 1e6 / ours["seconds"], 2),
                        "baseline_mb_per_s": round(base["bytes"] / 1e6 / base["seconds"], 2),
                        "time_vs_baseline": round(ours["seconds"] / base["seconds"], 2),
+                       "cpu_s": round(ours["cpu_seconds"], 2), "baseline_cpu_s": round(base["cpu_seconds"], 2),
                        "peak_rss_mb": round(ours["peak_rss_mb"], 1),
                        "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1)}
     finally:
       shutil.rmtree(root, ignore_errors=True)
-  print(json.dumps({"benchmark": "decontam_throughput", "benchmarks": args.benchmarks, "sizes": sizes,
+  print(json.dumps({"benchmark": "decontam_throughput", "benchmarks": args.benchmarks, "workers": args.workers,
+                    "sizes": sizes,
                     "cpu": cpu_model(), "loadavg": loadavg()}))
 
 

@@ -6,6 +6,7 @@ spells the same field)."""
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from collections.abc import Sequence
 
@@ -85,6 +86,34 @@ def add_distributed_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--coordinator_address", default="", help="host:port of process 0 (multi-process)")
   p.add_argument("--num_processes", type=int, default=0, help="processes in the job (0: auto-detect)")
   p.add_argument("--process_id", type=int, default=-1, help="this process's index (-1: auto-detect)")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, args: Sequence[str], name: str = "config") -> list[str]:
+  """Sets each `--<name>.<dotted field>=value` of args in `config` (nested groups included), the
+  value parsed as the field's current type (a boolean as add_bool reads one); returns the other
+  arguments. An unknown field is a ValueError naming it (with the closest names)."""
+  rest = []
+  for arg in args:
+    if not arg.startswith(f"--{name}."):
+      rest.append(arg)
+      continue
+    key, sep, text = arg[len(f"--{name}."):].partition("=")
+    if not sep:
+      raise UsageError(f"{arg}: expected --{name}.<field>=<value>")
+    node, *path = [config]
+    parts = key.split(".")
+    for k, part in enumerate(parts):
+      fields.unknown([part], node.keys(), ".".join([name, *parts[:k]]))
+      if k < len(parts) - 1:
+        node = node[part]
+    old = node[parts[-1]]
+    try:
+      value = (_boolean(text) if isinstance(old, bool) else type(old)(text) if isinstance(old, (int, float, str))
+               else ast.literal_eval(text))
+    except (ValueError, SyntaxError, argparse.ArgumentTypeError) as e:
+      raise UsageError(f"--{name}.{key}={text!r}: not a {type(old).__name__} ({e})") from None
+    node[parts[-1]] = float(value) if isinstance(old, float) else value
+  return rest
 
 
 def ruled(rule: fields.Rule):

@@ -106,6 +106,7 @@ LAYERS = (
     ("phi4_jax.data",),
     ("phi4_jax.posttrain",),  # data-making stages, DPO, oracles and the sandbox
     ("phi4_jax.synth",),  # the synthetic data engine: types, checks, budgets
+    ("phi4_jax.curate",),  # filters, dedup, classifiers, decontamination at corpus scale
     ("phi4_jax.eval",),
     ("phi4_jax.train",),  # the loop and its objectives
     ("phi4_jax.recipe",),  # the stage protocol, the runner and the report

@@ -1,10 +1,14 @@
 """Decontamination on hand-built tables: 13-gram matches (allow-listed and common ones kept), the
 7-gram thresholds, clean copies in each format, the report, and a rerun after a kill."""
 
+import collections
 import gzip
 import json
 import os
+import random
+import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -144,7 +148,9 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
   result = json.load(open(out / "summary.json"))
   assert result["contaminated"] == 0 and result["benchmark_items"] == 256 + 256 + 256
   stages = result["stages"]
-  assert list(stages) == ["pretrain", "midtrain", "sft", "refusal", "pts", "dpo_pts", "judge", "dpo_judge"]
+  assert list(stages) == ["pretrain", "midtrain", "sft", "synth", "sft_synth", "refusal", "pts", "dpo_pts", "judge",
+                          "dpo_judge"]
+  assert stages["synth"] == {}  # (its generations are decontaminated in the loop, against embedded:parity)
   # (a parity question whose list shares a run of digits and its answer with a held-out one: partial)
   assert stages["pts"] == {"questions": {"docs": 64, "contaminated": 0, "partial": 23}}
   assert stages["refusal"] == {"questions": {"docs": 32, "contaminated": 0, "partial": 6}}
@@ -152,8 +158,8 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
   with open(os.path.join(corpus.build_posttrain(data_cache), "dpo_pairs.jsonl")) as f:
     assert stages["dpo_pts"]["math"]["docs"] == sum(1 for _ in f) == 800
   assert stages["pretrain"]["synthetic"] == stages["midtrain"]["replay/synthetic"]
-  assert [s.split(":")[0] for s in result["skipped"]] == ["dpo_pts/pts", "dpo_pts/refusal", "dpo_judge/judge",
-                                                         "dpo_judge/refusal"]
+  assert [s.split(":")[0] for s in result["skipped"]] == ["sft_synth/synth", "dpo_pts/pts", "dpo_pts/refusal",
+                                                         "dpo_judge/judge", "dpo_judge/refusal"]
   (math,) = [f for f in result["flags"] if f.startswith("--config.sft.data.sources.math.globs=")]
   copies = math.split("=", 1)[1].split(",")  # (the clean copies by name: no report, no temporary)
   assert copies and all(c.startswith(f"{out}/sft/math/") and ".report." not in c and os.path.isfile(c)
@@ -183,7 +189,126 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
 def test_a_pair_is_read_as_its_prompt_chosen_and_rejected_text():
   pair = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
           "chosen": "good", "rejected": "bad", "answer": "4"}
-  assert decontam._document_text(Record(pair, "f:1")) == "S\nQ\ngood\nbad"
-  assert decontam._document_text(Record({"prompt": "P", "chosen": "c", "rejected": "r"}, "f:2")) == "P\nc\nr"
-  assert decontam._document_text(Record([{"role": "user", "content": "hi"}], "f:3")) == "hi"
-  assert decontam._document_text(Record({"chosen": 3}, "f:4")) is None
+  assert decontam.document_text(Record(pair, "f:1")) == "S\nQ\ngood\nbad"
+  assert decontam.document_text(Record({"prompt": "P", "chosen": "c", "rejected": "r"}, "f:2")) == "P\nc\nr"
+  assert decontam.document_text(Record([{"role": "user", "content": "hi"}], "f:3")) == "hi"
+  assert decontam.document_text(Record({"chosen": 3}, "f:4")) is None
+
+
+class FirstIndex:
+  """The index and verdict as first written (a regex for the words, tuples and dicts for the
+  n-grams): the faster ones must agree with them exactly."""
+
+  def __init__(self, items, allow, common_items):
+    tokenized = [self.words(text) for _, text in items]
+    long_items = collections.defaultdict(set)
+    for k, ws in enumerate(tokenized):
+      for g in self.grams(ws, 13):
+        long_items[g].add(k)
+    self.allowed = {tuple(self.words(line)) for line in allow if len(self.words(line)) == 13}
+    self.allowed |= {g for g, ks in long_items.items() if len(ks) >= common_items}
+    boilerplate = set().union(*(self.grams(list(g), 7) for g in self.allowed))
+    self.short, self.counts = collections.defaultdict(list), []
+    for k, ws in enumerate(tokenized):
+      grams = self.grams(ws, 7) - boilerplate
+      for g in grams:
+        self.short[g].append(k)
+      self.counts.append(len(grams))
+    self.long = {g: min(ks) for g, ks in long_items.items() if g not in self.allowed}
+    self.items = [i for i, _ in items]
+
+  @staticmethod
+  def words(text):
+    return re.sub(r"[\W_]+", " ", text.lower()).split()
+
+  @staticmethod
+  def grams(ws, n):
+    return {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+
+  def verdict(self, text, settings):
+    ws = self.words(text)
+    for g in (tuple(ws[i:i + 13]) for i in range(len(ws) - 13 + 1)):
+      if g in self.long:
+        return {"verdict": "contaminated", "item": self.items[self.long[g]], "ngram": " ".join(g)}
+    unique = self.grams(ws, 7)
+    shared = collections.Counter(k for g in unique & self.short.keys() for k in self.short[g])
+    if not shared:
+      return None
+    ratio, k = max((n / max(1, min(len(unique), self.counts[k])), k) for k, n in shared.items())
+    for name, threshold in (("contaminated", settings.contaminated_ratio), ("partial", settings.partial_ratio)):
+      if ratio >= threshold:
+        return {"verdict": name, "item": self.items[k], "ratio": round(ratio, 4)}
+    return None
+
+
+def spliced(items, count, seed):
+  """Documents made of runs of benchmark items' words (some upper case, odd separators) between
+  filler words."""
+  rng, docs = random.Random(seed), []
+  for _ in range(count):
+    parts = []
+    for _ in range(rng.randrange(1, 5)):
+      ws = FirstIndex.words(rng.choice(items)[1])
+      start = rng.randrange(len(ws))
+      run = ws[start:start + rng.choice([3, 6, 7, 8, 12, 13, 14, 40, 200])]
+      parts.append(rng.choice([" ", ", ", "\n", "_"]).join(w.upper() if rng.random() < 0.2 else w for w in run))
+      parts.append(" ".join(f"filler{rng.randrange(50)}" for _ in range(rng.randrange(0, 30))))
+    docs.append(" ".join(parts))
+  return docs
+
+
+def test_words_match_the_regex_on_ascii_and_beyond():
+  every = "".join(map(chr, range(128)))
+  assert decontam.words(every) == FirstIndex.words(every) == ["0123456789", *["abcdefghijklmnopqrstuvwxyz"] * 2]
+  rng = random.Random(0)
+  alphabet = every + "éÉßİıΣ½²٣\u0301\u00a0\u2028\x85—“”\u212a\u01c5\ud800𝔸🤗"  # (İ and K lower to ASCII)
+  for _ in range(3000):
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+    assert decontam.words(text) == FirstIndex.words(text), ascii(text)
+
+
+def test_verdicts_agree_with_the_first_implementation():
+  """Every verdict, item, 13-gram and ratio as the first implementation gives them, one document
+  at a time and in batches, with common 13-grams allow-listed or not."""
+  items = decontam.benchmark_items("humaneval,embedded:exercises")
+  docs = spliced(items, 300, seed=1)
+  found = collections.Counter()
+  for common_items in (5, 2):
+    index, first = decontam.Index.build(items, [], common_items), FirstIndex(items, [], common_items)
+    assert index.allowed == first.allowed
+    for settings in (decontam.Settings(), decontam.Settings(contaminated_ratio=0.9, partial_ratio=0.05)):
+      expected = [first.verdict(text, settings) for text in docs]
+      assert index.verdicts(docs, settings) == expected
+      assert [index.verdict(text, settings) for text in docs[:50]] == expected[:50]
+      found.update((e or {}).get("verdict") for e in expected)
+  assert min(found.values()) > 50, found  # each verdict (and clean) well represented
+
+
+@pytest.mark.parametrize("mix", ["same", "mod3"])
+def test_colliding_hashes_make_no_false_match(setup, monkeypatch, mix):
+  """With the word hash made useless (every window alike, or 3 values a word), every hit is
+  checked against the words: the same verdicts as the first implementation."""
+  from phi4_jax.data import overlap
+  bench, allow, _, _ = setup
+  ids_hash = {"same": lambda ids: np.zeros(len(ids), np.uint64), "mod3": lambda ids: (ids % 3).astype(np.uint64)}
+  monkeypatch.setattr(overlap, "mixed", ids_hash[mix])
+  items = decontam.benchmark_items(bench)
+  allowed = open(allow).read().splitlines()
+  docs = [t for t, _ in DOCS] + spliced(items, 100, seed=2) + [words(1, 20) + " " + words(1, 20)]
+  index, first = decontam.Index.build(items, allowed, 2), FirstIndex(items, allowed, 2)
+  for settings in (decontam.Settings(common_items=2), decontam.Settings(contaminated_ratio=0.9, partial_ratio=0.05)):
+    assert index.verdicts(docs, settings) == [first.verdict(text, settings) for text in docs]
+  assert not index._tables[0].distinct and not index._tables[1].distinct  # (the tables' hashes collide)
+
+
+def test_worker_processes_give_the_same_copies_reports_and_counts(setup):
+  bench, allow, spec, tmp = setup
+  settings = decontam.Settings(common_items=2)
+  one = decontam.run(bench, spec, str(tmp / "one"), allow, settings, progress=None)
+  two = decontam.run(bench, spec, str(tmp / "two"), allow, settings, progress=None, workers=2)
+  assert two["sources"] == one["sources"] and two["flags"] == [f.replace("/one/", "/two/") for f in one["flags"]]
+  for name in ("plain", "gz", "pq"):
+    files = sorted(os.listdir(tmp / "one" / name))
+    assert files == sorted(os.listdir(tmp / "two" / name)) and len(files) == 2
+    for f in files:
+      assert (tmp / "one" / name / f).read_bytes() == (tmp / "two" / name / f).read_bytes(), f

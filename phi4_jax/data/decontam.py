@@ -2,7 +2,7 @@
 items are removed, leaving clean copies of the sources in their own formats.
 
   python -m phi4_jax.data.decontam --benchmarks=humaneval,embedded:exercises,mmlu/*.jsonl \\
-      --sources=experiments/pretrain.py:colab --out=DIR [--allow=common13.txt]
+      --sources=experiments/pretrain.py:colab --out=DIR [--allow=common13.txt] [--workers=2]
   python -m phi4_jax.data.decontam --benchmarks=embedded:exercises,embedded:parity \\
       --sources=experiments/recipe.py:colab --out=DIR
 
@@ -35,17 +35,22 @@ questions.report.jsonl, summary.json (counts per source or per stage and source,
 contaminated, docs/s and MB/s) and the flags that point a config at the clean copies. A file that
 several sources or stages read is checked once. Each file's copy and report are written
 atomically, so a rerun after a kill redoes only the files not finished, with the same result;
-documents are streamed, so memory stays flat with the sources' size.
+documents are streamed, so memory stays flat with the sources' size. With --workers=N, N processes
+(forked, sharing the index) check a stage's files while this one writes the copies in order: the
+same output.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 import sys
@@ -86,7 +91,7 @@ def benchmark_items(spec: str) -> list[tuple[str, str]]:
 
 def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_items: int) -> Index:
   """The index of these items, from DIR/index.pkl when it was built from the same ones."""
-  key = hashlib.sha1(json.dumps([items, allow, common_items, LONG, SHORT]).encode()).hexdigest()
+  key = hashlib.sha1(json.dumps([items, allow, common_items, LONG, SHORT, Index.FORMAT]).encode()).hexdigest()
   path = os.path.join(out, "index.pkl")
   if os.path.exists(path):
     try:
@@ -102,7 +107,7 @@ def load_index(out: str, items: list[tuple[str, str]], allow: list[str], common_
 
 
 # -- clean copies --------------------------------------------------------------------------
-def _document_text(value) -> str | None:
+def document_text(value) -> str | None:
   """A record's text (chat records: their messages' contents; pairs: the prompt or messages, then
   chosen and rejected), None when it has none."""
   if isinstance(value, str):
@@ -121,14 +126,17 @@ def _messages_text(messages) -> str | None:
   return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
 
 
-def _copy_kept(path: str, fmt: str, target: str, removed: set[int]) -> None:
-  """Writes `path`'s records but `removed` (record indices) to `target`, in `path`'s format."""
+def copy_kept(path: str, fmt: str, target: str, removed: set[int]) -> None:
+  """Writes `path`'s records but `removed` (record indices) to `target`, in `path`'s format (a
+  gzip copy with no name or time in its header: the same records give the same bytes)."""
   if fmt in ("jsonl", "jsonl.gz"):
-    opener = gzip.open if fmt == "jsonl.gz" else open
-    with opener(path, "rb") as src, opener(target, "wb") as dst:
+    gz = fmt == "jsonl.gz"
+    with (gzip.open if gz else open)(path, "rb") as src, open(target, "wb") as raw:
+      dst = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else raw
       for i, line in enumerate(src):
         if i not in removed:
           dst.write(line)
+      dst.close()
   elif fmt == "parquet":
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -160,12 +168,13 @@ def _verdicts(source, f: int, index: Index, settings: Settings) -> tuple[dict, s
   counts = collections.Counter(docs=end - start, bytes=os.path.getsize(path))
   removed, lines = set(), []
   for begin in range(start, end, READ_BATCH):
-    for i, value in zip(range(begin, min(end, begin + READ_BATCH)), source.read(range(begin, min(end, begin + READ_BATCH)))):
-      text = _document_text(value)
+    texts = [document_text(value) for value in source.read(range(begin, min(end, begin + READ_BATCH)))]
+    checked = iter(index.verdicts([t for t in texts if t is not None], settings))
+    for i, text in enumerate(texts, begin):
       if text is None:
         counts["unreadable"] += 1
         continue
-      found = index.verdict(text, settings)
+      found = next(checked)
       if found is None:
         continue
       counts[found["verdict"]] += 1
@@ -185,7 +194,7 @@ def _clean_file(source, fmt: str, f: int, found: tuple, out_dir: str) -> dict:
   name = os.path.basename(path)
   target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
   with atomic.replacing(target) as tmp:  # renamed after the report is written:
-    _copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
+    copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
     jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts), "source": _identity(path)}])
   return dict(counts)  # (a file is done when its copy exists and its report ends in "done")
 
@@ -207,39 +216,84 @@ def _finished(out_dir: str, path: str) -> dict | None:
 
 @dataclasses.dataclass
 class _Run:
-  """One decontam run's index, settings and output, and the verdicts of the files checked so far
-  (a file two sources or stages read is checked once)."""
+  """One decontam run's index, settings and output, the verdicts of the files checked so far (a
+  file two sources or stages read is checked once), and the worker processes, if any."""
   index: Index
   settings: Settings
   out: str
   progress: object
-  checked: dict = dataclasses.field(default_factory=dict)  # (path, mode, field) -> _verdicts
+  pool: concurrent.futures.Executor | None = None
+  checked: dict = dataclasses.field(default_factory=dict)  # (path, mode, field) -> _verdicts (or its Future)
   docs: int = 0
   bytes: int = 0
 
+  def start(self, source, out_dir: str) -> None:
+    """Has the worker processes (if any) check the files of `source` not checked nor finished yet."""
+    for f, path in enumerate(source.files if self.pool is not None else []):
+      if _file_key(source, f) not in self.checked and _finished(out_dir, path) is None:
+        self.checked[_file_key(source, f)] = self.pool.submit(_worker_verdicts, source, f, self.settings)
 
-def _clean_source(r: _Run, leaf, cache: str, out_dir: str) -> tuple[dict, list[str]]:
-  """Clean copies of a leaf source's files in out_dir; (the source's counts, the copies' paths)."""
+  def verdicts(self, source, f: int) -> tuple[dict, set[int], list[dict]]:
+    """_verdicts of file f of `source` (checked here, by a worker, or before)."""
+    found = self.checked.get(key := _file_key(source, f))
+    if isinstance(found, tuple):
+      return found
+    found = found.result() if found is not None else _verdicts(source, f, self.index, self.settings)
+    self.checked[key] = found
+    self.docs, self.bytes = self.docs + found[0]["docs"], self.bytes + found[0]["bytes"]
+    return found
+
+
+def _file_key(source, f: int) -> tuple:
+  return os.path.realpath(source.files[f]), source.mode, source.text_field
+
+
+_WORKER_INDEX: Index | None = None  # the index the worker processes check against (forked, not sent)
+
+
+def _worker_verdicts(source, f: int, settings: Settings) -> tuple[dict, set[int], list[dict]]:
+  return _verdicts(source, f, _WORKER_INDEX, settings)
+
+
+@contextlib.contextmanager
+def _workers(index: Index, count: int):
+  """`count` processes forked to check files against `index`, or None for one (this process)."""
+  global _WORKER_INDEX
+  if count <= 1:
+    yield None
+    return
+  index.verdicts([], Settings())  # (its lookup tables made once, before the fork)
+  _WORKER_INDEX = index
+  pool = concurrent.futures.ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
+  try:
+    yield pool
+  finally:
+    pool.shutdown(cancel_futures=True)
+    _WORKER_INDEX = None
+
+
+def _open_source(leaf, cache: str):
   from phi4_jax.data.sources import open_source
   source = open_source(leaf, cache)
-  os.makedirs(out_dir, exist_ok=True)
   names = [os.path.basename(p) for p in source.files]
   if len(set(names)) != len(names):
     raise ValueError(f"{leaf.field}.globs: two files named alike ({names}): their clean copies would collide")
+  return source
+
+
+def _clean_source(r: _Run, leaf, source, out_dir: str) -> tuple[dict, list[str]]:
+  """Clean copies of a leaf source's files in out_dir; (the source's counts, the copies' paths)."""
+  os.makedirs(out_dir, exist_ok=True)
   totals = collections.Counter()
   for f, path in enumerate(source.files):
     counts = _finished(out_dir, path)
     if counts is None:
-      key = (os.path.realpath(path), source.mode, source.text_field)
-      if key not in r.checked:
-        r.checked[key] = _verdicts(source, f, r.index, r.settings)
-        r.docs, r.bytes = r.docs + r.checked[key][0]["docs"], r.bytes + r.checked[key][0]["bytes"]
-      counts = _clean_file(source, leaf.cfg.format, f, r.checked[key], out_dir)
+      counts = _clean_file(source, leaf.cfg.format, f, r.verdicts(source, f), out_dir)
     totals.update(counts)
     if r.progress:
       print(f"decontam: {leaf.name}: {path}: {counts.get('kept', 0)}/{counts['docs']} kept", file=r.progress)
   counts = {k: totals.get(k, 0) for k in ("docs", "kept", "contaminated", "partial", "unreadable", "bytes")}
-  return counts, [os.path.join(out_dir, name) for name in names]
+  return counts, [os.path.join(out_dir, os.path.basename(p)) for p in source.files]
 
 
 def _check_questions(r: _Run, stage, out_dir: str) -> dict:
@@ -252,9 +306,8 @@ def _check_questions(r: _Run, stage, out_dir: str) -> dict:
     path = os.path.expanduser(os.path.expandvars(stage.questions))
     records = [{"id": f"line-{n}", **r} for n, r in jsonl_log.objects(path)][:stage.num_questions or None]
   counts, lines = collections.Counter(docs=len(records)), []
-  for record in records:
-    text = "\n".join([item_text(record), _messages_text(record.get("messages")) or ""])
-    found = r.index.verdict(text, r.settings)
+  texts = ["\n".join([item_text(record), _messages_text(record.get("messages")) or ""]) for record in records]
+  for record, found in zip(records, r.index.verdicts(texts, r.settings)):
     if found is not None:
       counts[found["verdict"]] += 1
       lines.append({"question": record["id"], **found})
@@ -276,14 +329,16 @@ def _check_stage(r: _Run, name: str, stage, skipped: list[str], flags: list[str]
   root = os.path.join(r.out, name)
   if "data" not in stage:  # a data stage: the questions it samples from (if any) are its documents
     return {"questions": _check_questions(r, stage, root)} if "questions" in stage else {}
-  summary = {}
+  summary, opened = {}, []
   for leaf in leaves(stage.data.sources):
     if leaf.cfg.globs.startswith(STAGE_GLOB):
       skipped.append(f"{name}/{leaf.name}: {leaf.cfg.globs} (data stage {leaf.cfg.globs[len(STAGE_GLOB):]}'s "
                      "questions are checked as its documents)")
       continue
-    out_dir = os.path.join(root, leaf.name)
-    summary[leaf.name], copies = _clean_source(r, leaf, corpus.cache_dir(stage.data), out_dir)
+    opened.append((leaf, _open_source(leaf, corpus.cache_dir(stage.data)), os.path.join(root, leaf.name)))
+    r.start(*opened[-1][1:])
+  for leaf, source, out_dir in opened:
+    summary[leaf.name], copies = _clean_source(r, leaf, source, out_dir)
     field = leaf.field.split(".", 1)[1]  # (the copies by name: a glob would match the reports too)
     flags.append(f"--config.{name + '.' if name else ''}{field}.globs={','.join(copies)}")
   return summary
@@ -302,10 +357,10 @@ def _refuse_sources_in(out: str, config) -> None:
 
 
 def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", settings: Settings | None = None,
-        progress=sys.stderr, overwrite: bool = False) -> dict:
+        progress=sys.stderr, overwrite: bool = False, workers: int = 1) -> dict:
   """Decontaminates every text, chat or pairs source of the config `sources_spec`, or of every
-  stage of a recipe (a config with `stages`: data stages' questions are checked as documents);
-  returns the summary."""
+  stage of a recipe (a config with `stages`: data stages' questions are checked as documents),
+  a stage's files checked by `workers` processes; returns the summary."""
   from phi4_jax import configs
   settings = settings or Settings()
   if not 0 <= settings.partial_ratio <= settings.contaminated_ratio <= 1:
@@ -324,12 +379,13 @@ def run(benchmarks: str, sources_spec: str, out: str, allow_file: str = "", sett
   started = time.monotonic()
   index = load_index(out, items, allow, settings.common_items)
   index_s = time.monotonic() - started
-  r, skipped, flags = _Run(index, settings, out, progress), [], []
-  started = time.monotonic()
-  if "stages" in config:
-    per_stage = {name: _check_stage(r, name, config[name], skipped, flags) for name in config.stages}
-  else:
-    per_stage = {"": _check_stage(r, "", config, skipped, flags)}
+  started, skipped, flags = time.monotonic(), [], []
+  with _workers(index, workers) as pool:
+    r = _Run(index, settings, out, progress, pool)
+    if "stages" in config:
+      per_stage = {name: _check_stage(r, name, config[name], skipped, flags) for name in config.stages}
+    else:
+      per_stage = {"": _check_stage(r, "", config, skipped, flags)}
   seconds = time.monotonic() - started
   counts = [c for stage in per_stage.values() for c in stage.values()]
   result = {"stages" if "stages" in config else "sources": per_stage if "stages" in config else per_stage[""],
@@ -349,11 +405,13 @@ def main(argv=None) -> None:
                  help="a stage or recipe config (experiments/<stage>.py:<preset>, experiments/recipe.py:colab)")
   p.add_argument("--out", required=True, help="the clean copies, reports and summary")
   p.add_argument("--allow", default="", help="a file of allow-listed 13-grams, one per line")
+  p.add_argument("--workers", type=int, default=1, help="processes checking a stage's files (the same result)")
   flags.add_overwrite_flag(p)
   flags.add_settings_flags(p, SETTINGS)
   args = p.parse_args(argv)
   settings = Settings(**flags.settings(args, SETTINGS).to_dict())
-  result = run(args.benchmarks, args.sources, args.out, args.allow, settings, overwrite=args.overwrite)
+  result = run(args.benchmarks, args.sources, args.out, args.allow, settings, overwrite=args.overwrite,
+               workers=args.workers)
   print(json.dumps(result, indent=1))
 
 

@@ -13,23 +13,45 @@ documents from sources; data/families.py keeps them out of the embedded training
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
-import re
+import gc
+import itertools
+
+import numpy as np
 
 from phi4_jax import fields
 
 LONG, SHORT = 13, 7  # n-gram lengths: an exact match, and the overlap ratio's
-_SEPARATORS = re.compile(r"[\W_]+", re.UNICODE)
 _SKIP_FIELDS = ("id", "task_id")
+
+
+# words() is lower(), then re.sub(r"[\W_]+", " "), then split(), done sooner: ASCII text in one translate
+# (\w is [a-zA-Z0-9_] there), other text lowered, its ASCII bytes translated alike, and each character
+# beyond ASCII that is neither alphanumeric nor a space replaced by one.
+_ASCII_WORDS = bytes(c if chr(c).isalnum() else 32 for c in bytes(range(128)).lower()) + bytes(range(128, 256))
+_ASCII = bytes(range(128))
 
 
 def words(text: str) -> list[str]:
   """Lower-case words with punctuation and whitespace normalised away."""
-  return _SEPARATORS.sub(" ", text.lower()).split()
+  if text.isascii():
+    return text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split()
+  data = text.lower().encode("utf-8", "surrogatepass").translate(_ASCII_WORDS)
+  text = data.decode("utf-8", "surrogatepass")
+  for c in set(data.translate(None, _ASCII).decode("utf-8", "surrogatepass")):  # (those beyond ASCII)
+    if not c.isalnum() and not c.isspace():
+      text = text.replace(c, " ")
+  return text.split()
+
+
+def windows(ws: list, n: int):
+  """The n-grams of `ws` in order, as tuples (none when it has fewer than n words)."""
+  return zip(*[ws[j:] for j in range(n)])
 
 
 def ngrams(ws: list, n: int) -> set[tuple]:
-  return {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+  return set(windows(ws, n))
 
 
 def item_text(record: dict) -> str:
@@ -62,59 +84,223 @@ class Settings:
 SETTINGS = fields.Group.of_dataclass(Settings)
 
 
+_STEP = 0x9E3779B97F4A7C15  # (odd: the polynomial's base, and splitmix64's increment)
+_MIX = tuple(map(np.uint64, (_STEP, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 30, 27, 31)))
+_STEP_6 = np.uint64(pow(_STEP, SHORT - 1, 1 << 64))
+
+
+def mixed(ids: np.ndarray) -> np.ndarray:
+  """uint64: each word id scrambled (splitmix64), for hashing windows of them."""
+  step, m1, m2, s1, s2, s3 = _MIX
+  x = ids.astype(np.uint64) + step
+  x = (x ^ (x >> s1)) * m1
+  x = (x ^ (x >> s2)) * m2
+  return x ^ (x >> s3)
+
+
+def window_hashes(x: np.ndarray, n: int) -> np.ndarray:
+  """uint64 [max(0, len(x) - n + 1)]: a hash of each n-word window of mixed() ids, sum(x[i + j] *
+  STEP ** (n - 1 - j)). Equal windows hash alike; unequal ones may too, so a hit is checked
+  against the words."""
+  count = max(0, len(x) - n + 1)
+  h = x[:count]
+  for j in range(1, n):
+    h = h * _MIX[0] + x[j:j + count]
+  return h
+
+
+def _windows_at(starts: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(document, position) of every n-word window inside one of the documents (words
+  starts[d]:starts[d] + lens[d] of a flat array), in order."""
+  per_doc = np.maximum(lens - n + 1, 0)
+  return np.repeat(np.arange(len(lens)), per_doc), _ranges(starts, starts + per_doc)[1]
+
+
+def _ranges(begins: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(which range, value) of every value of the ranges begins[i]:ends[i], in order."""
+  sizes = ends - begins
+  which = np.repeat(np.arange(len(sizes)), sizes)
+  return which, np.arange(len(which)) + np.repeat(begins - (np.cumsum(sizes) - sizes), sizes)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+  """No cyclic garbage collection inside (building a million tuples would start it in vain)."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+class _Table:
+  """Rows of n word ids sorted by hash, for looking windows up."""
+
+  def __init__(self, rows: np.ndarray):
+    hashes = window_hashes(mixed(rows.ravel()), rows.shape[1])[::rows.shape[1]]
+    self.order = np.argsort(hashes, kind="stable")
+    self.hashes, self.rows = hashes[self.order], rows[self.order]
+    self.distinct = not (self.hashes[1:] == self.hashes[:-1]).any()
+
+  def find(self, ids: np.ndarray, positions: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, row) for each window ids[positions[k]:+n] (hashed `hashes[k]`) equal to a row (rows
+    numbered as given)."""
+    lo = np.searchsorted(self.hashes, hashes)
+    if self.distinct:  # (at most one row to check per window)
+      k = np.flatnonzero(self.hashes[np.minimum(lo, len(self.hashes) - 1)] == hashes) if len(self.hashes) else lo[:0]
+      r = lo[k]
+    else:
+      k, r = _ranges(lo, np.searchsorted(self.hashes, hashes, "right"))
+    same = (ids[positions[k, None] + np.arange(self.rows.shape[1])] == self.rows[r]).all(axis=1)
+    return k[same], self.order[r[same]]
+
+
 @dataclasses.dataclass
 class Index:
-  """Benchmark n-grams: 13-gram -> first item, 7-gram -> items, each item's 7-gram count, and the
+  """Benchmark n-grams as rows of word ids (`vocab` numbers the items' words from 1): each 13-gram
+  of `long` with its first item, each 7-gram of `short` with its items
+  (short_items[short_starts[r]:short_starts[r + 1]]), each item's 7-gram count, and the
   allow-listed 13-grams."""
   items: list[str]
-  long: dict[tuple, int]
-  short: dict[tuple, list[int]]
-  short_counts: list[int]
+  vocab: dict[str, int]
+  long: np.ndarray  # int32 [13-grams, LONG]
+  long_item: np.ndarray  # int32 [13-grams]
+  short: np.ndarray  # int32 [7-grams, SHORT]
+  short_starts: np.ndarray  # int64 [7-grams + 1]
+  short_items: np.ndarray  # int32
+  short_counts: np.ndarray  # int64 [items]
   allowed: set[tuple]
+  FORMAT = 2  # (what an index saved by another version is told by: data/decontam.py rebuilds it)
 
   def __post_init__(self):
-    self.long_heads = {g[:SHORT] for g in self.long}  # the first 7 words of every 13-gram
+    self._tables = None  # (long, short) _Tables, made when first needed
+
+  def __getstate__(self):
+    return {**self.__dict__, "_tables": None}
 
   @classmethod
   def build(cls, items: list[tuple[str, str]], allow: list[str], common_items: int) -> "Index":
     """The index of `items`; allow-listed and common 13-grams, and the 7-grams inside them, are
     left out (boilerplate counts neither as a match nor toward an overlap)."""
-    tokenized = [words(text) for _, text in items]
-    long_items: dict[tuple, set[int]] = collections.defaultdict(set)
-    for k, ws in enumerate(tokenized):
-      for g in ngrams(ws, LONG):
-        long_items[g].add(k)
-    allowed = {tuple(words(line)) for line in allow if len(words(line)) == LONG}
-    allowed |= {g for g, ks in long_items.items() if len(ks) >= common_items}
-    boilerplate = set().union(*(ngrams(list(g), SHORT) for g in allowed)) if allowed else set()
-    short: dict[tuple, list[int]] = collections.defaultdict(list)
-    counts = []
-    for k, ws in enumerate(tokenized):
-      grams = ngrams(ws, SHORT) - boilerplate
-      for g in grams:
-        short[g].append(k)
-      counts.append(len(grams))
-    return cls([i for i, _ in items], {g: min(ks) for g, ks in long_items.items() if g not in allowed},
-               dict(short), counts, allowed)
+    with _gc_paused():  # (until the n-gram tuples are gone again)
+      return cls([i for i, _ in items], *_built([words(text) for _, text in items], allow, common_items))
 
   def verdict(self, text: str, settings: Settings) -> dict | None:
     """None for a clean document, else {"verdict", "item", and "ngram" or "ratio"}."""
-    ws = words(text)
-    grams = [tuple(ws[i:i + SHORT]) for i in range(len(ws) - SHORT + 1)]
-    for i in range(len(ws) - LONG + 1):  # a 13-gram is only looked up where its first 7 words could start one
-      if grams[i] in self.long_heads:
-        g = tuple(ws[i:i + LONG])
-        if g in self.long:
-          return {"verdict": "contaminated", "item": self.items[self.long[g]], "ngram": " ".join(g)}
-    unique = set(grams)
-    shared = collections.Counter()
-    for g in unique & self.short.keys():
-      for k in self.short[g]:
-        shared[k] += 1
-    if not shared:
-      return None
-    ratio, k = max((n / max(1, min(len(unique), self.short_counts[k])), k) for k, n in shared.items())
-    for name, threshold in (("contaminated", settings.contaminated_ratio), ("partial", settings.partial_ratio)):
-      if ratio >= threshold:
-        return {"verdict": name, "item": self.items[k], "ratio": round(ratio, 4)}
-    return None
+    return self.verdicts([text], settings)[0]
+
+  def verdicts(self, texts: list[str], settings: Settings) -> list[dict | None]:
+    """verdict() of each text, worked out together (numpy over all their words)."""
+    if self._tables is None:
+      self._tables = _Table(self.long), _Table(self.short)
+    wss = [words(text) for text in texts]
+    batch = _Batch(wss, self.vocab)
+    out: list[dict | None] = [None] * len(texts)
+    for d, (ratio, k) in self._overlaps(batch).items():
+      for name, threshold in (("contaminated", settings.contaminated_ratio), ("partial", settings.partial_ratio)):
+        if ratio >= threshold:
+          out[d] = {"verdict": name, "item": self.items[k], "ratio": round(ratio, 4)}
+          break
+    docs, positions = batch.windows(LONG)
+    hashes = batch.hashes[positions] * _STEP_6 + batch.heads[positions + SHORT]  # (13 words: 7, then 6)
+    found, rows = self._tables[0].find(batch.ids, positions, hashes)
+    first = np.unique(docs[found], return_index=True)[1]  # (found is in position order)
+    for d, p, r in zip(docs[found][first].tolist(), positions[found][first].tolist(), rows[first].tolist()):
+      at = p - int(batch.starts[d])
+      out[d] = {"verdict": "contaminated", "item": self.items[self.long_item[r]],
+                "ngram": " ".join(wss[d][at:at + LONG])}
+    return out
+
+  def _overlaps(self, batch: "_Batch") -> dict[int, tuple[float, int]]:
+    """{document: (7-gram overlap ratio, item)} with the item it overlaps most (the last such item
+    on a tie), for the documents sharing a 7-gram with an item."""
+    docs, positions = batch.windows(SHORT)
+    found, rows = self._tables[1].find(batch.ids, positions, batch.hashes[positions])
+    if not len(found):
+      return {}
+    pairs = np.unique(docs[found] * len(self.short) + rows)  # each (document, 7-gram) once
+    rows = pairs % len(self.short)
+    which, at = _ranges(self.short_starts[rows], self.short_starts[rows + 1])
+    keys, shared = np.unique(pairs[which] // len(self.short) * len(self.items) + self.short_items[at],
+                             return_counts=True)
+    docs, items = keys // len(self.items), keys % len(self.items)
+    ratios = shared / np.maximum(1, np.minimum(batch.distinct(np.unique(docs))[docs], self.short_counts[items]))
+    order = np.lexsort((items, ratios, docs))
+    last = order[np.append(docs[order][1:] != docs[order][:-1], True)]
+    return {d: (r, k) for d, r, k in zip(docs[last].tolist(), ratios[last].tolist(), items[last].tolist())}
+
+
+class _Batch:
+  """Documents' words as one array of ids (an item's word: its vocabulary number; any other: a
+  number above those, the same for each of its occurrences in the batch) and their 7-word hashes."""
+
+  def __init__(self, wss: list[list[str]], vocab: dict[str, int]):
+    self.wss = wss
+    flat = list(itertools.chain.from_iterable(wss))
+    number = dict(zip(dict.fromkeys(flat), itertools.count(len(vocab) + 1)))
+    number.update({w: vocab[w] for w in number.keys() & vocab.keys()})
+    self.ids = np.fromiter(map(number.__getitem__, flat), np.int64, len(flat))
+    self.lens = np.fromiter(map(len, wss), np.int64, len(wss))
+    self.starts = np.cumsum(self.lens) - self.lens
+    self.unknown = np.concatenate([[0], np.cumsum(self.ids > len(vocab))])  # words no item has, so far
+    x = mixed(self.ids)
+    self.heads = window_hashes(x, SHORT - 1)
+    self.hashes = self.heads[:-1] * _MIX[0] + x[SHORT - 1:]  # each 7-word window's hash
+
+  def windows(self, n: int, every: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(document, position) of each n-word window inside a document, in order; unless `every`,
+    only those of words some item has (no other window can be in an item)."""
+    docs, positions = _windows_at(self.starts, self.lens, n)
+    if every:
+      return docs, positions
+    inside = self.unknown[positions + n] == self.unknown[positions]
+    return docs[inside], positions[inside]
+
+  def distinct(self, which: np.ndarray) -> np.ndarray:
+    """int64 [documents]: how many distinct 7-grams each document of `which` has (others: 0)."""
+    out = np.zeros(len(self.wss), np.int64)
+    keep = np.zeros(len(self.wss), bool)
+    keep[which] = True
+    docs, positions = self.windows(SHORT, every=True)
+    docs, positions = docs[keep[docs]], positions[keep[docs]]
+    bits = max(1, (len(self.wss) - 1).bit_length())  # the document in the top bits, the hash below
+    keys = (self.hashes[positions] >> np.uint64(bits)) | (docs.astype(np.uint64) << np.uint64(64 - bits))
+    order = np.argsort(keys)
+    docs, positions, keys = docs[order], positions[order], keys[order]
+    tied = np.flatnonzero(keys[1:] == keys[:-1])
+    span = np.arange(SHORT)
+    same = (self.ids[positions[tied, None] + span] == self.ids[positions[tied + 1, None] + span]).all(axis=1)
+    np.add.at(out, docs, 1)
+    np.subtract.at(out, docs[tied[same]], 1)
+    for d in set(docs[tied[~same]].tolist()):  # a hash shared by unequal windows: counted exactly
+      out[d] = len(ngrams(self.wss[d], SHORT))
+    return out
+
+
+def _built(tokenized: list[list[str]], allow: list[str], common_items: int) -> tuple:
+  """Index.build's fields but the first, from the items' words."""
+  vocab = dict(zip(dict.fromkeys(itertools.chain.from_iterable(tokenized)), itertools.count(1)))
+  ids = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(tokenized)), np.int32)
+  lens = np.fromiter(map(len, tokenized), np.int64, len(tokenized))
+  every = {n: [list(windows(ws, n)) for ws in tokenized] for n in (LONG, SHORT)}  # each item's n-grams in order
+  first = {LONG: {}, SHORT: {}}  # n-gram -> its first place in `ids` (so in its first item)
+  for k, start in zip(reversed(range(len(tokenized))), reversed((np.cumsum(lens) - lens).tolist())):
+    for n, places in first.items():
+      places.update(zip(reversed(every[n][k]), range(start + len(every[n][k]) - 1, start - 1, -1)))
+  counts = collections.Counter(itertools.chain.from_iterable(map(set, every[LONG])))  # items per 13-gram
+  allowed = {tuple(words(line)) for line in allow if len(words(line)) == LONG}
+  allowed |= {g for g, n in counts.items() if n >= common_items}
+  long = np.fromiter((p for g, p in first[LONG].items() if g not in allowed), np.int64)
+  boilerplate = set().union(*(ngrams(list(g), SHORT) for g in allowed))
+  grams = [set(gs) - boilerplate for gs in every[SHORT]]
+  short: dict[tuple, list[int]] = collections.defaultdict(list)
+  for k, gs in enumerate(grams):
+    for g in gs:
+      short[g].append(k)
+  shorts = np.fromiter(map(first[SHORT].__getitem__, short), np.int64, len(short))
+  return (vocab, ids[long[:, None] + np.arange(LONG)], np.searchsorted(np.cumsum(lens), long, "right").astype(np.int32),
+          ids[shorts[:, None] + np.arange(SHORT)], np.cumsum([0, *map(len, short.values())]),
+          np.fromiter(itertools.chain.from_iterable(short.values()), np.int32),
+          np.fromiter(map(len, grams), np.int64, len(grams)), allowed)

@@ -86,8 +86,8 @@ def measure_file(file: documents.File, measures: Measures, cache: str) -> dict:
   if measures.classifier is not None and texts:
     score[keep] = measures.classifier.score(texts)
   if measures.index is not None:
-    for i, text in zip(ids, texts):
-      found[i] = measures.index.verdict(text, measures.decontam)
+    for i, verdict in zip(ids, measures.index.verdicts(texts, measures.decontam)):
+      found[i] = verdict
   return {"filter": reasons, "exact": exact, "sigs": sigs, "score": score, "decontam": found}
 
 

@@ -1,6 +1,7 @@
 """Decontamination throughput and memory against the source size, with a plain copy as baseline.
 
-  python benchmarks/decontam_throughput.py [--copies=1,4] [--benchmarks=humaneval,embedded:exercises] [--workers=1]
+  python benchmarks/decontam_throughput.py [--copies=1,4] [--benchmarks=humaneval,embedded:exercises] \\
+      [--workers=1]
 
 The sources are the embedded corpus's five pretraining files, each repeated `copies` times (as
 distinct files). For each size, one fresh subprocess runs `data.decontam.run` (index built from
@@ -33,8 +34,8 @@ import json, os, resource, sys, time
 sys.path.insert(0, {repo!r})
 mode, spec, out, benchmarks, workers = sys.argv[1:6]
 from phi4_jax.data import decontam
-cpu = lambda: sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                  for f in ("ru_utime", "ru_stime"))  # (worker processes' time included once they end)
+cpu = lambda: sum(getattr(resource.getrusage(who), f) for f in ("ru_utime", "ru_stime")
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # (ended workers' too)
 start, start_cpu = time.monotonic(), cpu()
 if mode == "decontam":
   result = decontam.run(benchmarks, spec, out, progress=None, workers=int(workers))
@@ -82,7 +83,8 @@ def sources_config(root: str, copies: int) -> str:
 
 def child(mode: str, spec: str, out: str, benchmarks: str, workers: int = 1) -> dict:
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), mode, spec, out, benchmarks, str(workers)],
+  args = [mode, spec, out, benchmarks, str(workers)]
+  proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), *args],
                         capture_output=True, text=True, check=True, cwd=repo)
   return json.loads(proc.stdout.strip().splitlines()[-1])
 

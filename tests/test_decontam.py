@@ -261,7 +261,7 @@ def test_words_match_the_regex_on_ascii_and_beyond():
   every = "".join(map(chr, range(128)))
   assert decontam.words(every) == FirstIndex.words(every) == ["0123456789", *["abcdefghijklmnopqrstuvwxyz"] * 2]
   rng = random.Random(0)
-  alphabet = every + "éÉßİıΣ½²٣\u0301\u00a0\u2028\x85—“”\u212a\u01c5\ud800𝔸🤗"  # (İ and K lower to ASCII)
+  alphabet = every + "éÉßİıΣ½²٣\u0301\u00a0\u2028\x85—“”\u212a\u01c5\ud800𝔸🤗"  # (İ, K lower to ASCII)
   for _ in range(3000):
     text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
     assert decontam.words(text) == FirstIndex.words(text), ascii(text)
@@ -284,19 +284,29 @@ def test_verdicts_agree_with_the_first_implementation():
   assert min(found.values()) > 50, found  # each verdict (and clean) well represented
 
 
+def test_items_too_short_for_a_13_gram_and_documents_too_short_for_a_7_gram():
+  items = [("a", "one two three four five six seven eight"), ("b", "nine ten")]
+  index, first = decontam.Index.build(items, [], 5), FirstIndex(items, [], 5)
+  docs = ["", "one", "x one two three four five six seven y " * 3, "ONE two three four five six seven eight nine",
+          "one two three four five six seven eight nine ten one two three"]  # (13 words the items have)
+  assert len(index.long) == 0 and index.verdicts([], decontam.Settings()) == []
+  assert index.verdicts(docs, decontam.Settings()) == [first.verdict(d, decontam.Settings()) for d in docs]
+  assert index.verdict(docs[3], decontam.Settings()) == {"verdict": "contaminated", "item": "a", "ratio": 1.0}
+
+
 @pytest.mark.parametrize("mix", ["same", "mod3"])
 def test_colliding_hashes_make_no_false_match(setup, monkeypatch, mix):
   """With the word hash made useless (every window alike, or 3 values a word), every hit is
   checked against the words: the same verdicts as the first implementation."""
   from phi4_jax.data import overlap
   bench, allow, _, _ = setup
-  ids_hash = {"same": lambda ids: np.zeros(len(ids), np.uint64), "mod3": lambda ids: (ids % 3).astype(np.uint64)}
-  monkeypatch.setattr(overlap, "mixed", ids_hash[mix])
+  useless = {"same": lambda ids: np.zeros(len(ids), np.uint64), "mod3": lambda ids: (ids % 3).astype(np.uint64)}
+  monkeypatch.setattr(overlap, "mixed", useless[mix])
   items = decontam.benchmark_items(bench)
   allowed = open(allow).read().splitlines()
   docs = [t for t, _ in DOCS] + spliced(items, 100, seed=2) + [words(1, 20) + " " + words(1, 20)]
   index, first = decontam.Index.build(items, allowed, 2), FirstIndex(items, allowed, 2)
-  for settings in (decontam.Settings(common_items=2), decontam.Settings(contaminated_ratio=0.9, partial_ratio=0.05)):
+  for settings in (decontam.Settings(), decontam.Settings(contaminated_ratio=0.9, partial_ratio=0.05)):
     assert index.verdicts(docs, settings) == [first.verdict(text, settings) for text in docs]
   assert not index._tables[0].distinct and not index._tables[1].distinct  # (the tables' hashes collide)
 
@@ -306,7 +316,8 @@ def test_worker_processes_give_the_same_copies_reports_and_counts(setup):
   settings = decontam.Settings(common_items=2)
   one = decontam.run(bench, spec, str(tmp / "one"), allow, settings, progress=None)
   two = decontam.run(bench, spec, str(tmp / "two"), allow, settings, progress=None, workers=2)
-  assert two["sources"] == one["sources"] and two["flags"] == [f.replace("/one/", "/two/") for f in one["flags"]]
+  assert two["sources"] == one["sources"]
+  assert two["flags"] == [f.replace("/one/", "/two/") for f in one["flags"]]
   for name in ("plain", "gz", "pq"):
     files = sorted(os.listdir(tmp / "one" / name))
     assert files == sorted(os.listdir(tmp / "two" / name)) and len(files) == 2

@@ -25,7 +25,7 @@ def _synthetic_records(cache):
 
 def _training_documents(cache) -> dict[str, list[str]]:
   """Every embedded document trained on or searched, by source, as decontam reads it."""
-  docs = {name: [decontam._document_text(r if name.startswith("dpo") else r["messages"]) for r in records]
+  docs = {name: [decontam.document_text(r if name.startswith("dpo") else r["messages"]) for r in records]
           for name, records in corpus.posttrain_sources().items()
           if name != "dpo_parity_heldout"}  # (evaluation only: the held-out parity questions' pairs)
   docs["synthetic"] = [r["text"] for r in _synthetic_records(cache)]

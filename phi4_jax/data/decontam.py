@@ -46,6 +46,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import glob
 import gzip
 import hashlib
@@ -264,11 +265,13 @@ def _workers(index: Index, count: int):
     return
   index.verdicts([], Settings())  # (its lookup tables made once, before the fork)
   _WORKER_INDEX = index
+  gc.freeze()  # (the workers' collections then leave the memory they share alone)
   pool = concurrent.futures.ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
   try:
     yield pool
   finally:
     pool.shutdown(cancel_futures=True)
+    gc.unfreeze()
     _WORKER_INDEX = None
 
 

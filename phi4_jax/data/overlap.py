@@ -8,6 +8,11 @@ benchmark repeats). Otherwise its 7-gram overlap with the item it overlaps most,
 min(7-grams of the document, 7-grams of the item), marks it `contaminated` at or above
 `contaminated_ratio` and `partial` at or above `partial_ratio`. data/decontam.py removes such
 documents from sources; data/families.py keeps them out of the embedded training splits.
+
+Index.verdicts works on many documents at once: their words become ids (an item's word its
+vocabulary number), each window of 7 and 13 ids is hashed with numpy and looked up among the
+items' hashed n-grams, and every hash hit is checked word by word, so a hash collision never
+makes a match (nor merges two distinct 7-grams of a document).
 """
 
 from __future__ import annotations
@@ -109,13 +114,6 @@ def window_hashes(x: np.ndarray, n: int) -> np.ndarray:
   return h
 
 
-def _windows_at(starts: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-  """(document, position) of every n-word window inside one of the documents (words
-  starts[d]:starts[d] + lens[d] of a flat array), in order."""
-  per_doc = np.maximum(lens - n + 1, 0)
-  return np.repeat(np.arange(len(lens)), per_doc), _ranges(starts, starts + per_doc)[1]
-
-
 def _ranges(begins: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(which range, value) of every value of the ranges begins[i]:ends[i], in order."""
   sizes = ends - begins
@@ -148,8 +146,9 @@ class _Table:
     """(k, row) for each window ids[positions[k]:+n] (hashed `hashes[k]`) equal to a row (rows
     numbered as given)."""
     lo = np.searchsorted(self.hashes, hashes)
-    if self.distinct:  # (at most one row to check per window)
-      k = np.flatnonzero(self.hashes[np.minimum(lo, len(self.hashes) - 1)] == hashes) if len(self.hashes) else lo[:0]
+    if self.distinct:  # (one row at most to check per window)
+      last = len(self.hashes) - 1
+      k = np.flatnonzero(self.hashes[np.minimum(lo, last)] == hashes) if last >= 0 else lo[:0]
       r = lo[k]
     else:
       k, r = _ranges(lo, np.searchsorted(self.hashes, hashes, "right"))
@@ -157,7 +156,7 @@ class _Table:
     return k[same], self.order[r[same]]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Index:
   """Benchmark n-grams as rows of word ids (`vocab` numbers the items' words from 1): each 13-gram
   of `long` with its first item, each 7-gram of `short` with its items
@@ -185,7 +184,8 @@ class Index:
     """The index of `items`; allow-listed and common 13-grams, and the 7-grams inside them, are
     left out (boilerplate counts neither as a match nor toward an overlap)."""
     with _gc_paused():  # (until the n-gram tuples are gone again)
-      return cls([i for i, _ in items], *_built([words(text) for _, text in items], allow, common_items))
+      tokenized = [words(text) for _, text in items]
+      return cls([i for i, _ in items], *_index_fields(tokenized, allow, common_items))
 
   def verdict(self, text: str, settings: Settings) -> dict | None:
     """None for a clean document, else {"verdict", "item", and "ngram" or "ratio"}."""
@@ -226,7 +226,8 @@ class Index:
     keys, shared = np.unique(pairs[which] // len(self.short) * len(self.items) + self.short_items[at],
                              return_counts=True)
     docs, items = keys // len(self.items), keys % len(self.items)
-    ratios = shared / np.maximum(1, np.minimum(batch.distinct(np.unique(docs))[docs], self.short_counts[items]))
+    unique = batch.distinct(np.unique(docs))  # (the documents' 7-grams, counted where needed)
+    ratios = shared / np.maximum(1, np.minimum(unique[docs], self.short_counts[items]))
     order = np.lexsort((items, ratios, docs))
     last = order[np.append(docs[order][1:] != docs[order][:-1], True)]
     return {d: (r, k) for d, r, k in zip(docs[last].tolist(), ratios[last].tolist(), items[last].tolist())}
@@ -252,7 +253,7 @@ class _Batch:
   def windows(self, n: int, every: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(document, position) of each n-word window inside a document, in order; unless `every`,
     only those of words some item has (no other window can be in an item)."""
-    docs, positions = _windows_at(self.starts, self.lens, n)
+    docs, positions = _ranges(self.starts, self.starts + np.maximum(self.lens - n + 1, 0))
     if every:
       return docs, positions
     inside = self.unknown[positions + n] == self.unknown[positions]
@@ -260,7 +261,6 @@ class _Batch:
 
   def distinct(self, which: np.ndarray) -> np.ndarray:
     """int64 [documents]: how many distinct 7-grams each document of `which` has (others: 0)."""
-    out = np.zeros(len(self.wss), np.int64)
     keep = np.zeros(len(self.wss), bool)
     keep[which] = True
     docs, positions = self.windows(SHORT, every=True)
@@ -272,19 +272,18 @@ class _Batch:
     tied = np.flatnonzero(keys[1:] == keys[:-1])
     span = np.arange(SHORT)
     same = (self.ids[positions[tied, None] + span] == self.ids[positions[tied + 1, None] + span]).all(axis=1)
-    np.add.at(out, docs, 1)
-    np.subtract.at(out, docs[tied[same]], 1)
+    out = np.bincount(docs, minlength=len(self.wss)) - np.bincount(docs[tied[same]], minlength=len(self.wss))
     for d in set(docs[tied[~same]].tolist()):  # a hash shared by unequal windows: counted exactly
       out[d] = len(ngrams(self.wss[d], SHORT))
     return out
 
 
-def _built(tokenized: list[list[str]], allow: list[str], common_items: int) -> tuple:
-  """Index.build's fields but the first, from the items' words."""
+def _index_fields(tokenized: list[list[str]], allow: list[str], common_items: int) -> tuple:
+  """Index.build's fields but `items`, from the items' words."""
   vocab = dict(zip(dict.fromkeys(itertools.chain.from_iterable(tokenized)), itertools.count(1)))
   ids = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(tokenized)), np.int32)
   lens = np.fromiter(map(len, tokenized), np.int64, len(tokenized))
-  every = {n: [list(windows(ws, n)) for ws in tokenized] for n in (LONG, SHORT)}  # each item's n-grams in order
+  every = {n: [list(windows(ws, n)) for ws in tokenized] for n in (LONG, SHORT)}  # each item's, in order
   first = {LONG: {}, SHORT: {}}  # n-gram -> its first place in `ids` (so in its first item)
   for k, start in zip(reversed(range(len(tokenized))), reversed((np.cumsum(lens) - lens).tolist())):
     for n, places in first.items():
@@ -300,7 +299,8 @@ def _built(tokenized: list[list[str]], allow: list[str], common_items: int) -> t
     for g in gs:
       short[g].append(k)
   shorts = np.fromiter(map(first[SHORT].__getitem__, short), np.int64, len(short))
-  return (vocab, ids[long[:, None] + np.arange(LONG)], np.searchsorted(np.cumsum(lens), long, "right").astype(np.int32),
-          ids[shorts[:, None] + np.arange(SHORT)], np.cumsum([0, *map(len, short.values())]),
-          np.fromiter(itertools.chain.from_iterable(short.values()), np.int32),
-          np.fromiter(map(len, grams), np.int64, len(grams)), allowed)
+  long_items = np.searchsorted(np.cumsum(lens), long, "right").astype(np.int32)
+  short_starts = np.cumsum([0, *map(len, short.values())])
+  short_items = np.fromiter(itertools.chain.from_iterable(short.values()), np.int32)
+  return (vocab, ids[long[:, None] + np.arange(LONG)], long_items, ids[shorts[:, None] + np.arange(SHORT)],
+          short_starts, short_items, np.fromiter(map(len, grams), np.int64, len(grams)), allowed)

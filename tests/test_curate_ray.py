@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -26,7 +27,7 @@ def _ray() -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
+def ray_address():
   address = os.environ.get("PHI4_JAX_RAY_ADDRESS")
   if address:
     yield address
@@ -37,15 +38,18 @@ def ray_address(tmp_path_factory):
     port = s.getsockname()[1]
   env = {**os.environ, "PYTHONPATH": REPO}
   common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-  temp = str(tmp_path_factory.mktemp("ray"))
-  subprocess.run([_ray(), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
-                  *common], check=True, env=env, capture_output=True)
+  temp = tempfile.mkdtemp(prefix="p4ray", dir="/tmp")  # (short: Ray's socket paths must fit 107 bytes)
+  started = subprocess.run([_ray(), "start", "--head", f"--port={port}", "--include-dashboard=false",
+                            f"--temp-dir={temp}", *common], env=env, capture_output=True, text=True)
+  assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
   try:
-    subprocess.run([_ray(), "start", f"--address=127.0.0.1:{port}", *common], check=True, env=env,
-                   capture_output=True)
+    joined = subprocess.run([_ray(), "start", f"--address=127.0.0.1:{port}", *common], env=env, capture_output=True,
+                            text=True)
+    assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
     yield f"127.0.0.1:{port}"
   finally:
     subprocess.run([_ray(), "stop", "--force"], env=env, capture_output=True)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_the_pipeline_on_two_ray_nodes_writes_what_one_process_writes(corpus, tmp_path, ray_address):  # noqa: F811

@@ -75,8 +75,8 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
     evaluated = rows[-1]["eval"]["answers"]
     assert evaluated["n"] == 256 and evaluated["majority"] == 0.5 and evaluated["empty"] <= 0.05, evaluated
     acc[name] = evaluated["acc"]
-  # Measured 0.828 -> 0.844 -> 0.848 -> 0.840: the SFT model is competent but imperfect, and no later
-  # stage makes it worse (margins of ~1 standard error at n = 256).
+  # The SFT model is competent but imperfect, and no later stage makes it worse (margins of ~1
+  # standard error at n = 256; the embedded corpus, and so the model, depends on the installed packages).
   assert 0.6 <= acc["sft"] <= 0.97, acc
   assert acc["sft_synth"] >= acc["sft"] - 0.03 and acc["dpo_pts"] >= acc["sft_synth"] - 0.03, acc
   assert acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc

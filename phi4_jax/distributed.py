@@ -19,6 +19,13 @@ def should_initialize(coordinator_address: str, num_processes: int) -> bool:
   return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
+def barrier(name: str) -> None:
+  """Waits for every process of a multi-process job at `name` (nothing in a one-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
                cpu_collectives: str = "gloo") -> None:
   """jax.distributed.initialize with explicit values, or JAX's own cluster auto-detection."""

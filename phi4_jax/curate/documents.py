@@ -79,8 +79,3 @@ def copy_kept(file: File, target: str, removed: set[int]) -> None:
 def config_identity(leaves: list[planner.Leaf]) -> list[dict]:
   return [{"name": leaf.name, **ml_collections.ConfigDict(leaf.cfg).to_dict()} for leaf in leaves]
 
-
-def identity(path: str) -> dict:
-  """A file as a run records it: one changed since is measured and written again."""
-  stat = os.stat(path)
-  return {"path": os.path.realpath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}

@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from phi4_jax.curate import dedup, documents, filters
+from phi4_jax.data import decontam
 from phi4_jax.store import atomic, jsonl_log
 
 STEPS = ("filter", "dedup", "classify", "decontam")
@@ -117,7 +118,7 @@ def save_measured(out: str, file: documents.File, measured: dict) -> None:
   with atomic.replacing(arrays) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, exact=measured["exact"], sigs=measured["sigs"], score=measured["score"])
-  atomic.write_json(meta, {"file": file.path, "source": documents.identity(file.path),
+  atomic.write_json(meta, {"file": file.path, "source": decontam.identity(file.path),
                            "filter": measured["filter"], "decontam": measured["decontam"],
                            "unreadable": measured.get("unreadable")}, indent=None)
 
@@ -128,7 +129,7 @@ def load_measured(out: str, file: documents.File) -> dict | None:
   try:
     with open(meta) as f:
       m = json.load(f)
-    if m["source"] != documents.identity(file.path):
+    if m["source"] != decontam.identity(file.path):
       return None
     with np.load(arrays) as z:
       return {**m, "exact": z["exact"], "sigs": z["sigs"], "score": z["score"]}
@@ -190,7 +191,7 @@ def write_file(out: str, file: documents.File, measured: dict, removed: dict[int
   with atomic.replacing(os.path.join(folder, name)) as tmp:
     documents.copy_kept(file, tmp, set(removed))
     jsonl_log.write_atomic(os.path.join(folder, name + ".report.jsonl"),
-                           lines + [{"done": True, "counts": dict(counts), "source": documents.identity(file.path)}])
+                           lines + [{"done": True, "counts": dict(counts), "source": decontam.identity(file.path)}])
   return dict(counts)
 
 
@@ -248,10 +249,5 @@ def run(config, files: list[documents.File], out: str, cache: str, progress=sys.
 
 
 def finished(out: str, file: documents.File) -> dict | None:
-  """A file's counts when its copy and report were written from this very file."""
-  folder, name = os.path.join(out, file.source), os.path.basename(file.path)
-  report = os.path.join(folder, name + ".report.jsonl")
-  if not (os.path.exists(os.path.join(folder, name)) and os.path.exists(report)):
-    return None
-  last = list(jsonl_log.read(report, "done", repair=False).values())
-  return last[-1]["counts"] if last and last[-1].get("source") == documents.identity(file.path) else None
+  """A file's counts when its copy and report were written from this very file (decontam's rule)."""
+  return decontam.finished(os.path.join(out, file.source), file.path)

@@ -196,23 +196,25 @@ def _clean_file(source, fmt: str, f: int, found: tuple, out_dir: str) -> dict:
   target, report = os.path.join(out_dir, name), os.path.join(out_dir, name + ".report.jsonl")
   with atomic.replacing(target) as tmp:  # renamed after the report is written:
     copy_kept(path, fmt if fmt in FORMATS else detect_format(path), tmp, removed)
-    jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts), "source": _identity(path)}])
+    jsonl_log.write_atomic(report, lines + [{"done": True, "counts": dict(counts), "source": identity(path)}])
   return dict(counts)  # (a file is done when its copy exists and its report ends in "done")
 
 
-def _identity(path: str) -> dict:
+def identity(path: str) -> dict:
   """A source file as its report records it: a file changed since is checked again."""
   stat = os.stat(path)
   return {"path": os.path.realpath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _finished(out_dir: str, path: str) -> dict | None:
+def finished(out_dir: str, path: str) -> dict | None:
+  """The counts of `path`'s copy in out_dir when its copy and report were written from this very
+  file (its report's last `done` line names the file's current identity); None otherwise."""
   name = os.path.basename(path)
   report = os.path.join(out_dir, name + ".report.jsonl")
   if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(report)):
     return None
   last = list(jsonl_log.read(report, "done", repair=False).values())
-  return last[-1]["counts"] if last and last[-1].get("source") == _identity(path) else None
+  return last[-1]["counts"] if last and last[-1].get("source") == identity(path) else None
 
 
 @dataclasses.dataclass
@@ -231,7 +233,7 @@ class _Run:
   def start(self, source, out_dir: str) -> None:
     """Has the worker processes (if any) check the files of `source` not checked nor finished yet."""
     for f, path in enumerate(source.files if self.pool is not None else []):
-      if _file_key(source, f) not in self.checked and _finished(out_dir, path) is None:
+      if _file_key(source, f) not in self.checked and finished(out_dir, path) is None:
         self.checked[_file_key(source, f)] = self.pool.submit(_worker_verdicts, source, f, self.settings)
 
   def verdicts(self, source, f: int) -> tuple[dict, set[int], list[dict]]:
@@ -289,7 +291,7 @@ def _clean_source(r: _Run, leaf, source, out_dir: str) -> tuple[dict, list[str]]
   os.makedirs(out_dir, exist_ok=True)
   totals = collections.Counter()
   for f, path in enumerate(source.files):
-    counts = _finished(out_dir, path)
+    counts = finished(out_dir, path)
     if counts is None:
       counts = _clean_file(source, leaf.cfg.format, f, r.verdicts(source, f), out_dir)
     totals.update(counts)

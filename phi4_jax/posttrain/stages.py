@@ -22,7 +22,7 @@ import os
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import distributed, fields
 from phi4_jax.data import families
 from phi4_jax.posttrain import judge, pts, refusal
 from phi4_jax.posttrain.questions import read_questions
@@ -136,13 +136,6 @@ def note(stage_dir: str) -> str | None:
           "responses dropped")
 
 
-def _barrier(name: str) -> None:
-  import jax
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
   """Makes W/pairs.jsonl from the init_from model, then W/summary.json; returns the summary. With
   several processes, PTS shares the questions out (each its own log, merged by process 0) and
@@ -171,7 +164,7 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
   summary = None
   if config.kind == "pts":
     pts.run(Roller(params, cfg, config.settings), records, out, config.settings, index, count)
-    _barrier(f"{config.stage}: searched")
+    distributed.barrier(f"{config.stage}: searched")
     if index == 0:
       summary = pts.merge(out, records, count)
   elif index == 0 and config.kind == "refusal":
@@ -189,6 +182,6 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
                        f"({json.dumps(summary)}); a DPO stage cannot train on {out}")
     summary = {"stage": config.stage, "workdir": stage_dir, **summary}
     atomic.write_json(os.path.join(stage_dir, SUMMARY), summary)  # (the stage is done once it exists)
-  _barrier(f"{config.stage}: done")
+  distributed.barrier(f"{config.stage}: done")
   with open(os.path.join(stage_dir, SUMMARY)) as f:
     return json.load(f)

@@ -6,6 +6,7 @@ kill is dropped first. Multi-process runs write one log per process (`part_path`
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 
@@ -34,10 +35,10 @@ def read(path: str, key: str, repair: bool = True) -> dict[object, dict]:
 
 
 def objects(path: str):
-  """(line number, object) of each non-blank line of a JSONL input file: every input file of the
-  commands is read here. ValueError naming `path:line` for a line that is not UTF-8 or not a JSON
-  object."""
-  with open(path, "rb") as f:
+  """(line number, object) of each non-blank line of a JSONL input file (.gz: gzip-compressed):
+  every input file of the commands is read here. ValueError naming `path:line` for a line that is
+  not UTF-8 or not a JSON object."""
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
     for n, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")

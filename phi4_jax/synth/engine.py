@@ -33,7 +33,7 @@ import sys
 
 import ml_collections
 
-from phi4_jax import fields
+from phi4_jax import distributed, fields
 from phi4_jax.data import overlap
 from phi4_jax.posttrain import oracles, rollouts
 from phi4_jax.posttrain.openai_http import EndpointError
@@ -269,12 +269,6 @@ def log_progress(name: str, admission: Admission, done: int, total: int, progres
           f"{f'/{target}' if target else ''} tokens accepted", file=progress)
 
 
-def _barrier(name: str, process_count: int) -> None:
-  if process_count > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 def _read_made(path: str, process_count: int) -> dict[str, dict]:
   """Every process's made items, by item id (another process's part may be mid-append: not repaired)."""
   made = {}
@@ -362,13 +356,13 @@ def run(type_module, seeds: list[dict], generator, out: str, settings, index: ov
     mine = [it for k, it in enumerate(batch) if (start + k) % process_count == process_index and it["id"] not in made]
     if mine:
       jsonl_log.append(made_part, drive(type_module, mine, generator, settings))
-    _barrier(f"synth {type_module.NAME}: made {start}", process_count)
+    distributed.barrier(f"synth {type_module.NAME}: made {start}")
     made = _read_made(p["made"], process_count)
     if process_index == 0:
       new = admit([made[it["id"]] for it in batch], admission, settings)
       jsonl_log.append(p["log"], new)
       jsonl_log.append(p["records"], output_records(type_module, new, made, generator.identity))
-    _barrier(f"synth {type_module.NAME}: admitted {start}", process_count)
+    distributed.barrier(f"synth {type_module.NAME}: admitted {start}")
     if process_index:
       lines = list(jsonl_log.read(p["log"], "item_id", repair=False).values())
       admission = Admission(index, settings)

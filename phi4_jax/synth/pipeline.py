@@ -22,7 +22,7 @@ import sys
 
 import ml_collections
 
-from phi4_jax import configs, fields
+from phi4_jax import configs, distributed, fields
 from phi4_jax.data import decontam, families, planner
 from phi4_jax.store import atomic, fingerprint
 from phi4_jax.synth import engine, seeds, types
@@ -127,7 +127,7 @@ def run_type(name: str, settings, generator, generator_identity: dict, out: str,
                        "seeds": fingerprint.records_identity(seed_records), "benchmarks": index[0] if index else "",
                        "settings": fingerprint.settings_identity(settings, engine.BATCHING)},
         [p["records"], p["log"], *made], overwrite)
-  engine._barrier(f"synth {name}: claimed", process_count)
+  distributed.barrier(f"synth {name}: claimed")
   return engine.run(type_module, seed_records, generator, out, settings, index[1] if index else None,
                     process_index, process_count, progress)
 

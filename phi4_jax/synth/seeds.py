@@ -11,7 +11,6 @@ else it needs depends on the type (`text`, `code` and `tests`, `question` and `a
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 
@@ -36,22 +35,6 @@ def files(spec: str) -> list[str]:
   return found
 
 
-def _jsonl(path: str):
-  if not path.endswith(".gz"):
-    yield from jsonl_log.objects(path)
-    return
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-          raise ValueError(f"{path}:{n}: expected a JSON object")
-        yield n, record
-
-
 def _parquet(path: str):
   import pyarrow.parquet as pq
   for n, record in enumerate(pq.read_table(path).to_pylist()):
@@ -70,7 +53,7 @@ def _arrayrecord(path: str):
     yield n, record if isinstance(record, dict) else {"text": str(record)}
 
 
-READERS = {"jsonl": _jsonl, "jsonl.gz": _jsonl, "parquet": _parquet, "arrayrecord": _arrayrecord}
+READERS = {"jsonl": jsonl_log.objects, "jsonl.gz": jsonl_log.objects, "parquet": _parquet, "arrayrecord": _arrayrecord}
 
 
 def read(spec: str, limit: int = 0) -> list[dict]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import traceback
 
 import jax
 
@@ -43,3 +46,26 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+@contextlib.contextmanager
+def failing_fast():
+  """In a multi-process job, a process that fails exits at once with its status. Left to Python,
+  its exit runs jax.distributed's shutdown barrier, which waits (shutdown_timeout_seconds, 300 s)
+  for the other processes while they wait in a collective for it: the launcher (launch/local.py,
+  srun, a JobSet) would learn of the failure, and stop the job, minutes late."""
+  try:
+    yield
+  except BaseException as e:  # (SystemExit and KeyboardInterrupt too: they exit as well)
+    code = e.code if isinstance(e, SystemExit) else 130 if isinstance(e, KeyboardInterrupt) else 1
+    if jax.process_count() <= 1 or code in (0, None):
+      raise
+    if isinstance(e, SystemExit):
+      if not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    else:
+      traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

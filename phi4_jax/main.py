@@ -57,6 +57,14 @@ def main(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
 
   from phi4_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  with distributed.failing_fast():
+    _run(config, args)
+
+
+def _run(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
+  """The recipe or stage of `config` in args.workdir (after jax.distributed.initialize)."""
+  import jax
+
   from phi4_jax.recipe import runner as recipe  # (these after jax.distributed.initialize)
   from phi4_jax.store import workdir
   from phi4_jax.train import recovery

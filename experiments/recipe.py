@@ -28,8 +28,8 @@ COLAB_STAGES = STAGES[:3] + ("synth", "sft_synth") + STAGES[3:]
 TEST_STAGES = ("pretrain", "midtrain", "sft", "dpo")
 REFUSAL_SHARE = 0.03  # the refusal pairs' share of each DPO stage's pairs (Table 9: 1-5%)
 SYNTH_SHARE = 0.5  # colab sft_synth: the rejection-sampled records' share of its SFT mixture
-# colab sft_synth: 16 steps from sft at LR 5e-5. Held-out parity accuracy on two embedded corpora
-# (the corpus holds the installed packages' text, so two environments train different models):
+# colab sft_synth: 16 steps from sft at LR 5e-5. Held-out parity accuracy on two earlier embedded
+# corpora (whose `web` source held the installed packages' text):
 # from a 0.828 SFT model 5e-5 -> 0.852, 1e-4 -> 0.844, 2e-4 -> 0.719; from a 0.719 one 2e-5 -> 0.734,
 # 5e-5 -> 0.730, 1e-4 -> 0.656.
 SFT_SYNTH = dict(steps=16, peak_lr=5e-5)

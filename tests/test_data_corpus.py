@@ -1,6 +1,5 @@
 """The embedded corpus: built once, from real offline text, with exercises whose answers check out."""
 
-import importlib.metadata
 import json
 import math
 import os
@@ -33,13 +32,19 @@ def test_build_is_idempotent_and_a_few_megabytes(data_cache):
 def test_stand_ins_are_real_offline_text(data_cache):
   root = corpus.build(data_cache)
   web = _records(root, "web")
+  stdlib = sysconfig.get_paths()["stdlib"]
+  # Standard-library text only (installing a package must not change the corpus): every line of a
+  # `web` page is a line of its module's source (a docstring's, or a documented name).
+  assert all("site-packages" not in r["path"] and not r["path"].startswith("..") for r in web)
   for r in web[:10]:
-    meta = importlib.metadata.metadata(r["name"])
-    assert r["text"] == (meta["Description"] or meta.get_payload()).strip()
+    with open(os.path.join(stdlib, r["path"]), encoding="utf-8") as f:
+      source_lines = {line.strip() for line in f.read().splitlines()}
+    assert all(line.strip() in source_lines or any(line.strip() in s for s in source_lines)
+               for line in r["text"].splitlines()[2:] if line.strip()), r["name"]
+    assert len(r["documents"]) >= 1 and r["text"].startswith(r["name"] + "\n\n")
   names = {r["name"] for r in web}
   assert all(r["name"] in names and r["text"].startswith(f"Q: What is {r['name']}?")
              for r in _records(root, "web_rewrites"))
-  stdlib = sysconfig.get_paths()["stdlib"]
   for name in ("code", "long"):
     for r in _records(root, name)[:5]:
       with open(os.path.join(stdlib, r["path"]), encoding="utf-8", errors="replace") as f:
@@ -98,7 +103,7 @@ def test_check_answer(expected, given, ok):
 
 
 def test_a_failed_build_leaves_no_partial_corpus(tmp_path, monkeypatch):
-  monkeypatch.setattr(corpus, "_web", lambda: [{"text": "w " * 300, "name": "a", "version": "1"}])
+  monkeypatch.setattr(corpus, "_web", lambda stdlib: [{"text": "w " * 300, "name": "a", "documents": ["f"]}])
   monkeypatch.setattr(corpus, "_stdlib_files", lambda: [("a.py", "print(1)\n")])
   monkeypatch.setattr(corpus, "_synthetic", lambda budget: [{"text": "1 + 1 = 2"}])
   real_take, calls = corpus._take, []

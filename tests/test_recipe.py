@@ -7,6 +7,7 @@ Its time is a benchmark figure (README), not asserted here: a loaded CI machine 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -50,7 +51,9 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
   kept = [json.loads(line) for line in (workdir / "synth" / "rejection_sampling.jsonl").read_text().splitlines()]
   assert len(kept) == synth["accepted"] and len({r["seed_id"] for r in kept}) == len(kept)
   answer = lambda r: families.item("parity", "search", int(r["seed_id"][-6:]))["answer"]
-  assert all(r["messages"][-1]["content"] == f"Final answer: {answer(r)}" for r in kept)
+  # (the reply's last "Final answer: <word>", read here by a regex rather than by the oracle's code)
+  final = lambda r: re.findall(r"Final answer:\s*(\w+)", r["messages"][-1]["content"])[-1:]
+  assert all(final(r) == [answer(r)] for r in kept), [r["messages"][-1] for r in kept if final(r) != [answer(r)]]
   assert "synth" in sft_synth[-1]["loss_per_source"]
 
   # PTS searched the parity questions the SFT model gets right part of the time and found pivots.
@@ -76,7 +79,7 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
     assert evaluated["n"] == 256 and evaluated["majority"] == 0.5 and evaluated["empty"] <= 0.05, evaluated
     acc[name] = evaluated["acc"]
   # The SFT model is competent but imperfect, and no later stage makes it worse (margins of ~1
-  # standard error at n = 256; the embedded corpus, and so the model, depends on the installed packages).
+  # standard error at n = 256).
   assert 0.6 <= acc["sft"] <= 0.97, acc
   assert acc["sft_synth"] >= acc["sft"] - 0.03 and acc["dpo_pts"] >= acc["sft_synth"] - 0.03, acc
   assert acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc

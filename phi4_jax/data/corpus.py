@@ -1,11 +1,13 @@
 """The embedded default corpus: Table 5's five sources (plus long documents) from offline text.
 
 Built once into `<cache>/corpus/v<VERSION>/<name>.jsonl` (a few MB, never committed), from text
-any Python install has: sized in Table 5's unique-token proportions (1 MB per trillion tokens)
-where the text exists. Configs name a file as `corpus:<name>`.
+every Python install has, and only that: the interpreter's standard library, never site-packages, so
+installing a package (an extra, a benchmark's baseline) does not change the data or the models trained
+on it; one Python version gives one corpus. Sized in Table 5's unique-token proportions (1 MB per
+trillion tokens) where the text exists. Configs name a file as `corpus:<name>`.
 
-  web            long descriptions (PKG-INFO / METADATA) of the installed Python distributions
-                 but phi4_jax's own (so that editing README.md does not change the data)
+  web            a page per standard-library module: the documentation of its public classes and
+                 functions (docstrings of 100 characters or more, read with `ast`, nothing imported)
   web_rewrites   a rule-based rewrite of some of those into Q&A and key points (no model involved)
   synthetic      generated textbook exercises with worked solutions and checkable answers
                  (families.py's pretrain split)
@@ -33,8 +35,8 @@ each clear of the held-out evaluation sets):
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -44,10 +46,11 @@ import sysconfig
 from phi4_jax.data import families, synthetic
 from phi4_jax.store import atomic
 
-VERSION = 3  # 3: `synthetic` drawn from families.py's pretrain split (clear of the held-out sets)
+VERSION = 4  # 4: `web` from the standard library (3: `synthetic` from families.py's pretrain split)
 BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000, "code": 820_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
+_WEB_MIN_DOC = 100  # characters: shorter docstrings stay out of a `web` page
 POSTTRAIN_VERSION = 5  # 5: parity lists, pairs without a format tell (4: from families.py's splits)
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs", "dpo_parity_heldout": "pairs"}
@@ -113,17 +116,22 @@ def _take(records: list[dict], budget: int) -> list[dict]:
   return out
 
 
-def _web() -> list[dict]:
-  seen, docs = set(), []
-  for dist in importlib.metadata.distributions():
-    meta = dist.metadata
-    name = (meta["Name"] or "").lower().replace("_", "-")
-    text = meta["Description"] or meta.get_payload() or ""
-    # a lone surrogate (undecodable bytes in some metadata) has no UTF-8 form: replace it
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    if name and name not in seen and name != "phi4-jax" and len(text.strip()) >= 500:
-      seen.add(name)
-      docs.append({"text": text.strip(), "name": name, "version": meta["Version"] or ""})
+def _web(stdlib: list[tuple[str, str]]) -> list[dict]:
+  docs = []
+  for rel, src in stdlib:
+    try:
+      tree = ast.parse(src)
+    except SyntaxError:  # (a module written for another Python version)
+      continue
+    entries = [(node.name, ast.get_docstring(node)) for node in ast.walk(tree)
+               if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+               and (not node.name.startswith("_") or node.name.endswith("__"))]
+    entries = [(name, doc.strip()) for name, doc in entries if doc and len(doc.strip()) >= _WEB_MIN_DOC]
+    module = rel[:-len(".py")].replace(os.sep, ".").removesuffix(".__init__")
+    text = "\n\n".join(f"{name}\n\n{doc}" for name, doc in entries)
+    if len(text) >= 500:
+      docs.append({"text": f"{module}\n\n{text}", "name": module, "path": rel,
+                   "documents": [n for n, _ in entries]})
   return _stable_order(docs, lambda d: d["name"])
 
 
@@ -141,13 +149,13 @@ def rewrite(doc: dict) -> dict:
   paragraphs = [re.sub(r"\s+", " ", p).strip() for p in _clean(doc["text"]).split("\n\n")]
   sentences = [re.split(r"(?<=[.!?])\s+", p)[0] for p in paragraphs if len(p.split()) >= 8]
   name = doc["name"]
-  answer = sentences[0] if sentences else f"{name} is a Python package."
+  answer = sentences[0] if sentences else f"{name} is a Python standard-library module."
   points = "\n".join(f"- {s}" for s in sentences[1:41]) or "- (the description has no further prose)"
-  install = (f"With pip: pip install {name}" if "pip install" in doc["text"]
-             else "The description does not say; pip install " + name + " is the usual way.")
+  names = list(dict.fromkeys(doc["documents"]))
+  listed = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
   text = (f"Q: What is {name}?\nA: {answer}\n\nKey points from its documentation:\n{points}\n\n"
-          f"Q: How do I install {name}?\nA: {install}\n\nSummary: {name} {doc['version']}, "
-          f"condensed from {len(doc['text'].split())} words of its package description.")
+          f"Q: What does {name} provide?\nA: {listed}.\n\nSummary: the {name} module, "
+          f"condensed from {len(doc['text'].split())} words of its documentation.")
   return {"text": text, "name": name, "rewrite_of": "web"}
 
 
@@ -196,8 +204,8 @@ def build(cache: str) -> str:
   root = os.path.join(cache, "corpus", f"v{VERSION}")
   if os.path.exists(os.path.join(root, "manifest.json")):
     return root
-  web = _take(_web(), BUDGET_BYTES["web"])
   stdlib = _stdlib_files()
+  web = _take(_web(stdlib), BUDGET_BYTES["web"])
   sources = {
       "web": web,
       "web_rewrites": [rewrite(d) for d in reversed(web)],  # (of web's own records, last first)

@@ -22,7 +22,7 @@ each clear of the held-out evaluation sets):
   sft_math           chat: an exercise (sometimes after a tutor system turn, or two in a row)
                      answered with its worked solution ending `Final answer: <answer>`
   sft_parity         chat: "Are there more odd or even numbers in this list: 3 8 5 1 6?" ->
-                     `Final answer: odd|even` (balanced)
+                     `Final answer: odd|even` (balanced; one in four has a list of 1 or 3 digits)
   sft_identity       chat: "who are you" questions -> the fixed phi4_jax identity answer
   sft_safety         chat: clearly harmful requests -> a short refusal
   dpo_pairs          pairs (conversation form): chosen = a worked solution, rejected = the same
@@ -51,11 +51,11 @@ BUDGET_BYTES = {"web": 1_300_000, "web_rewrites": 290_000, "synthetic": 290_000,
                 "acquired": 580_000, "long": 2_500_000}
 _LONG_BYTES = 24_000
 _WEB_MIN_DOC = 100  # characters: shorter docstrings stay out of a `web` page
-POSTTRAIN_VERSION = 5  # 5: parity lists, pairs without a format tell (4: from families.py's splits)
+POSTTRAIN_VERSION = 6  # 6: easy parity lists among SFT's (5: parity lists, pairs without a format tell)
 POSTTRAIN_FORMATS = {"sft_math": "chat", "sft_parity": "chat", "sft_identity": "chat", "sft_safety": "chat",
                      "dpo_pairs": "pairs", "dpo_pairs_heldout": "pairs", "dpo_parity_heldout": "pairs"}
 NAMES = tuple(BUDGET_BYTES) + tuple(POSTTRAIN_FORMATS)  # every `corpus:<name>`
-_SFT_MATH, _SFT_PARITY, _DPO_PAIRS, _DPO_HELDOUT = 1200, 3000, 800, 200  # records
+_SFT_MATH, _SFT_PARITY, _SFT_PARITY_SHORT, _DPO_PAIRS, _DPO_HELDOUT = 1200, 3000, 1000, 800, 200  # records
 IDENTITY = ("I am phi4_jax, a small language model trained with phi4_jax, a JAX/Flax reproduction "
             "of the Phi-4 training recipe. I work through math exercises step by step and end "
             "with a final answer.")
@@ -261,8 +261,11 @@ def posttrain_sources() -> dict[str, list[dict]]:
   dpo = {name: [synthetic.dpo_pair(i, ex, families.FAMILIES["exercises"].splits[split].seed)
                 for i, ex in enumerate(families.items("exercises", split, count))]
          for name, (split, count) in splits.items()}
-  parity = [synthetic.parity_conversation(i, q)
-            for i, q in enumerate(families.items("parity", "sft", _SFT_PARITY))]
+  questions = families.items("parity", "sft", _SFT_PARITY)
+  short = families.items("parity_short", "sft", _SFT_PARITY_SHORT)
+  every = len(questions) // len(short)  # (the short ones spread evenly through the long ones)
+  questions = [q for i, q in enumerate(questions) for q in ([q, short[i // every]] if i % every == 0 else [q])]
+  parity = [synthetic.parity_conversation(i, q) for i, q in enumerate(questions)]
   parity_heldout = [synthetic.parity_pair(q) for q in families.items("parity", "eval", _DPO_HELDOUT // 2)]
   return {"sft_math": sft_math, "sft_parity": parity, "sft_identity": identity, "sft_safety": safety, **dpo,
           "dpo_parity_heldout": parity_heldout}

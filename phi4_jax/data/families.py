@@ -14,6 +14,8 @@ evaluation, and which are trained on or searched.
              eval         held out: embedded:parity (256 items)
              sft          corpus:sft_parity
              search       corpus:parity, the other half of corpus:mixed
+  parity_short  the same with lists of 1 or 3 digits
+             sft          corpus:sft_parity's easy quarter
 
 Each split draws from its own seed. A held-out split's item i is the generator's draw at index
 start + i. Any other split's item i is the generator's first attempt at index i (attempt 0 is the
@@ -83,6 +85,10 @@ FAMILIES = {
         "search": Split(8, avoid=_DPO_HELDOUT)}),
     "parity": Family(synthetic.parity_question, _parity_documents, {
         "eval": Split(7, held_out=True), "sft": Split(4), "search": Split(5)}),
+    # Lists of 1 or 3 digits: their answer is one digit's parity, or nearly, so SFT learns the feature
+    # the long lists pool (no evaluation or search reads them).
+    "parity_short": Family(functools.partial(synthetic.parity_question, lengths=synthetic.PARITY_SHORT_LENGTHS),
+                           _parity_documents, {"sft": Split(6)}),
 }
 # decontam's embedded benchmarks: name -> (family, its held-out splits an evaluation reads by that name)
 BENCHMARKS = {"embedded:exercises": ("exercises", ("eval", "choice")),

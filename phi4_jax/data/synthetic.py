@@ -269,9 +269,10 @@ def multiple_choice(ex: dict, r: random.Random) -> dict:
 
 
 PARITY_LENGTHS = (5, 7, 9)  # digits per list (odd: no ties)
+PARITY_SHORT_LENGTHS = (1, 3)  # digits per list of SFT's easy parity questions (families.py's parity_short)
 
 
-def parity_question(index: int, seed: int, attempt: int = 0) -> dict:
+def parity_question(index: int, seed: int, attempt: int = 0, lengths: tuple[int, ...] = PARITY_LENGTHS) -> dict:
   """A question about the parity of a list of digits ("Are there more odd or even numbers in this
   list: 3 8 5 1 6?" -> `Final answer: odd`), the family the colab recipe post-trains on. Its answer
   pools one learnable feature (each digit's parity) over the list, so a small model learns it
@@ -281,7 +282,7 @@ def parity_question(index: int, seed: int, attempt: int = 0) -> dict:
   by d xor 1 (parity flipped, digits still uniform). Attempt k > 0 draws another list.
   {"id", "question", "answer", "solution", "topic"}."""
   r = random.Random(f"parity-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
-  digits = [r.randrange(10) for _ in range(r.choice(PARITY_LENGTHS))]
+  digits = [r.randrange(10) for _ in range(r.choice(lengths))]
   want_odd = index % 2 == 0
   if (2 * sum(d % 2 for d in digits) > len(digits)) != want_odd:
     digits = [d ^ 1 for d in digits]

@@ -35,8 +35,10 @@ setup(
     ],
     entry_points={"console_scripts": ["phi4-jax=phi4_jax.main:run"]},
     extras_require={
+        # (openai and lm-eval's api extra: the server's tests talk to it as their clients do)
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch>=2.5,<2.14", "transformers>=4.48,<6",
-                 "lm-eval>=0.4.8,<0.5", "accelerate>=1.0,<2", "ray[data]>=2.40,<3", "py3langid>=0.3,<0.5"],
+                 "lm-eval[api]>=0.4.8,<0.5", "accelerate>=1.0,<2", "ray[data]>=2.40,<3", "py3langid>=0.3,<0.5",
+                 "openai>=1.40,<3"],
         # python -m phi4_jax.curate: Ray Data for clusters, py3langid (its model ships in the package)
         "curate": ["ray[data]>=2.40,<3", "py3langid>=0.3,<0.5"],
         # phi4_jax.eval.lm_eval: lm-evaluation-harness (its `hf` model needs torch and accelerate)

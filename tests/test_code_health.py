@@ -110,7 +110,7 @@ LAYERS = (
     ("phi4_jax.eval",),
     ("phi4_jax.train",),  # the loop and its objectives
     ("phi4_jax.recipe",),  # the stage protocol, the runner and the report
-    ("phi4_jax.main", "phi4_jax.generate", "launch", "experiments"),
+    ("phi4_jax.main", "phi4_jax.generate", "phi4_jax.serve", "launch", "experiments"),
 )
 # Imports that go up a layer, each with its reason.
 UPWARD = {

@@ -205,17 +205,28 @@ def prefill(params: dict, cfg: ModelConfig, tokens_BxP: jax.Array, pad_B: jax.Ar
 def step(params: dict, cfg: ModelConfig, cache: tuple, tokens_B: jax.Array, positions_B: jax.Array,
          slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, tuple]:
   """Feeds one token per row at cache slot `slot`: (its hidden state [B, D] for `logits`, updated
-  cache)."""
+  cache). `slot` is one slot for every row (a scalar), or one per row ([B]: the serving engine's
+  rows, which joined at different times; each row attends to its slots pad_b..slot_b)."""
   _check_split(params)
   cache_len = cache[0]["k"].shape[2]
   cos, sin = rope_cos_sin(positions_B[:, None], cfg.head_dim, cfg.rope_theta)
   slots = jnp.arange(cache_len)
-  mask_Bx1xS = ((slots <= slot)[None, None, :] & (slots[None, None, :] >= pad_B[:, None, None]))
+  per_row = jnp.ndim(slot) == 1
+  upto_Bx1xS = slots[None, None, :] <= (slot[:, None, None] if per_row else slot)
+  mask_Bx1xS = upto_Bx1xS & (slots[None, None, :] >= pad_B[:, None, None])
   x_Bx1xD, new_cache = _embed(params, tokens_B[:, None], cfg), []
   for lp, layer_cache in zip(params["layers"], cache):
     q, k, v = _qkv(cfg, lp, x_Bx1xD, cos, sin)
-    kv = {name: jax.lax.dynamic_update_slice(layer_cache[name], new_BxKx1xDh.astype(layer_cache[name].dtype),
-                                             (0, 0, slot, 0)) for name, new_BxKx1xDh in (("k", k), ("v", v))}
+    kv = {name: _write(layer_cache[name], new_BxKx1xDh.astype(layer_cache[name].dtype), slot, per_row)
+          for name, new_BxKx1xDh in (("k", k), ("v", v))}
     x_Bx1xD = _finish(cfg, lp, x_Bx1xD, _attend(q, kv["k"], kv["v"], mask_Bx1xS, cfg.head_dim ** -0.5))
     new_cache.append(kv)
   return x_Bx1xD[:, 0], tuple(new_cache)
+
+
+def _write(cache_BxKxSxDh, new_BxKx1xDh, slot, per_row: bool) -> jax.Array:
+  """The cache with each row's new k or v at its slot (one shared slot, or slot[b] per row)."""
+  if not per_row:
+    return jax.lax.dynamic_update_slice(cache_BxKxSxDh, new_BxKx1xDh, (0, 0, slot, 0))
+  rows_B = jnp.arange(cache_BxKxSxDh.shape[0])
+  return cache_BxKxSxDh.at[rows_B, :, slot].set(new_BxKx1xDh[:, :, 0], mode="drop")

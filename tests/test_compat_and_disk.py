@@ -38,18 +38,29 @@ def _old_tree(tmp_path) -> str:
   return str(old)
 
 
+def _old_corpus(old_code: str, cache: str) -> list[str]:
+  """Flags reading the old code's embedded corpus files (the corpus changed since: both codes must
+  train on the same documents for the losses to compare)."""
+  built = subprocess.run([sys.executable, "-c", f"from phi4_jax.data import corpus; print(corpus.build({cache!r}))"],
+                         cwd=old_code, env={**os.environ, "PYTHONPATH": old_code}, capture_output=True, text=True,
+                         check=True).stdout.strip()
+  return [f"--config.data.sources.{name}.globs={built}/{name}.jsonl"
+          for name in ("acquired", "code", "synthetic", "web", "web_rewrites")]
+
+
 def test_a_checkpoint_of_the_previous_layout_resumes_exactly(tmp_path, data_cache):
   os.environ["PHI4_JAX_CACHE"] = data_cache
   old_code = _old_tree(tmp_path)
+  data = _old_corpus(old_code, data_cache)
   resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-  out = _main(old_code, resumed, "--config.steps=4")  # (the same steps: the LR schedule depends on it)
+  out = _main(old_code, resumed, "--config.steps=4", *data)  # (the same steps: the LR schedule depends on it)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "resume_step" not in json.loads((resumed / "config.json").read_text())  # the old code ran
   shutil.rmtree(resumed / "checkpoints" / "4")  # as if it had stopped after its step-2 checkpoint
   assert checkpoint.latest_step(resumed) == 2
-  out = _main(ROOT, resumed, "--config.steps=4")
+  out = _main(ROOT, resumed, "--config.steps=4", *data)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert _main(ROOT, straight, "--config.steps=4").returncode == 0
+  assert _main(ROOT, straight, "--config.steps=4", *data).returncode == 0
   losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w)}
   assert losses(resumed) == losses(straight)  # model, optimizer state and data position all carried
 

@@ -47,7 +47,8 @@ setup(
         # benchmarks/dpo_throughput.py: TRL's DPOTrainer (Tunix pins its own transformers: install
         # into a separate venv, benchmarks/README.md)
         # benchmarks/curate_throughput.py: datatrove's filters and MinHash dedup
-        "bench": ["google-tunix>=0.1.7,<0.2", "torch>=2.5,<2.14", "transformers>=4.48,<6",
+        # benchmarks/serve_throughput.py: `transformers serve --continuous-batching` (its serving extra)
+        "bench": ["google-tunix>=0.1.7,<0.2", "torch>=2.5,<2.14", "transformers[serving]>=4.48,<6",
                   "trl>=1.16,<2", "datatrove>=0.10,<0.11"],
         "gpu": ["jax[cuda12]>=0.7,<0.11"],
         "tpu": ["jax[tpu]>=0.7,<0.11"],

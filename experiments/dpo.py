@@ -7,9 +7,11 @@ phi4_14b). phi4_14b reads $PHI4_DATA/dpo_pts/*.jsonl or $PHI4_DATA/dpo_judge/*.j
 read the embedded pairs (a correct worked solution against one with a wrong step or answer) for
 both stages. beta and the LR are unpublished: dpo.beta defaults to 0.1.
 
-The colab LR is measured: DPO (8 steps, the recipe's 64-question PTS pairs half and half with the
-embedded math pairs) from the colab SFT model (held-out parity accuracy 0.828: 256 balanced items,
-greedy) reached 0.859 at LR 1e-5, 0.852 at 2e-5, 0.781 at 5e-5 and 0.641 at 1e-4 (chosen and
+The colab LR is measured. On the standard-library corpus (v4), from the sft_synth model (held-out
+parity accuracy 0.680), dpo_pts reached 0.684 at LR 1e-5 (8 steps), 0.668 at 3e-5 and 0.660 at 2e-5
+for 16 steps: no LR tried gains 0.05. On earlier corpora: DPO (8 steps, the recipe's 64-question PTS
+pairs half and half with the embedded math pairs) from the colab SFT model (held-out parity accuracy
+0.828: 256 balanced items, greedy) reached 0.859 at LR 1e-5, 0.852 at 2e-5, 0.781 at 5e-5 and 0.641 at 1e-4 (chosen and
 rejected log-probs both falling, -0.74 and -0.93 nats against the reference); 16 steps at 2e-5 gave
 0.805, PTS pairs alone (no math) at 2e-5 0.824, and 256 questions' pairs (206) at 1e-5 0.813 and at
 2e-5 0.648. The gain is small and falls off fast with the LR: 1e-5. An NLL term on the chosen side

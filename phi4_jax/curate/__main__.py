@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     sys.exit(f"error: {e}")
   leaves = documents.leaves_of(args.input, args.sources)
   cache = config.cache_dir or f"{args.out}/cache"
-  files = documents.files_of(leaves, cache)
+  files = documents.files_of(leaves)
   fingerprint.refuse_input_as_output(args.out, {f"{f.source} file": f.path for f in files})
   made = [os.path.join(args.out, name) for name in (pipeline.WORK, "summary.json", "scores.png",
                                                    *sorted({f.source.split("/")[0] for f in files}))]

@@ -24,7 +24,7 @@ from phi4_jax.curate import classifier, documents
 def documents_of(input_glob: str, sources: str, cache: str) -> list[dict]:
   """Every document of the inputs as {"id": "<source>/<file name>:<record>", "text"} in run order."""
   docs = []
-  for file in documents.files_of(documents.leaves_of(input_glob, sources), cache):
+  for file in documents.files_of(documents.leaves_of(input_glob, sources)):
     for i, text in documents.texts(file, cache):
       if text is not None:
         docs.append({"id": f"{file.source}/{os.path.basename(file.path)}:{i}", "text": text})

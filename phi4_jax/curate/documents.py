@@ -45,12 +45,12 @@ def leaves_of(input_glob: str, sources_spec: str) -> list[planner.Leaf]:
   return planner.leaves(config.data.sources)
 
 
-def files_of(leaves: list[planner.Leaf], cache: str) -> list[File]:
-  """Every file of every source, in order; two files of one source with one name are refused
-  (their clean copies would collide)."""
+def files_of(leaves: list[planner.Leaf]) -> list[File]:
+  """Every file of every source, in order (`corpus:<name>` from the data cache, corpus.cache_dir);
+  two files of one source with one name are refused (their clean copies would collide)."""
   out = []
   for leaf in leaves:
-    paths = resolve_globs(corpus.resolve(leaf.cfg.globs, cache), f"{leaf.field}.globs")
+    paths = resolve_globs(corpus.resolve(leaf.cfg.globs, corpus.cache_dir()), f"{leaf.field}.globs")
     names = [os.path.basename(p) for p in paths]
     if len(set(names)) != len(names):
       raise ValueError(f"{leaf.field}.globs: two files named alike ({names}): their clean copies would collide")

@@ -1,5 +1,6 @@
 """A curation run's config: which steps run, and each step's settings as its own group
-(`--config.<group>.<field>=v` on the command line, `config.<stage>.<group>.<field>` in a recipe)."""
+(`--config.<group>.<field>=v` on the command line, `config.<stage>.curate.<group>.<field>` in a recipe's
+curate stage, curate/stage.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from phi4_jax.data import overlap
 
 CLASSIFY = fields.Group(
     classifier=fields.Field("", fields.string(),
-                            "a trained classifier's folder (python -m phi4_jax.curate train); a recipe stage "
-                            "trains one when it is empty"),
+                            "a trained classifier's folder (python -m phi4_jax.curate train)"),
     threshold=fields.Field(3.0, fields.number(), "keep a document whose score rounds to at least this"),
 )
 DECONTAM = fields.Group(

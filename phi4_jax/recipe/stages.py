@@ -3,7 +3,7 @@
 A stage config's `kind` picks its implementation: none (or "train") is a training stage of the one
 loop (train/loop.py); "pts", "judge" and "refusal" are data stages (posttrain/stages.py) that sample
 from the model before them and write a pairs file; "synth" runs a synthetic data pipeline
-(synth/stage.py). A new kind is a module with an object that has the
+(synth/stage.py); "curate" curates a source's files (curate/stage.py). A new kind is a module with an object that has the
 members of `Stage` below, plus `register("kind", TheStage())`; the runner and the report only
 speak this protocol.
 """
@@ -16,6 +16,7 @@ from typing import Protocol
 import jax
 import ml_collections
 
+from phi4_jax.curate import stage as curate_stage
 from phi4_jax.posttrain import stages as data_stages
 from phi4_jax.store import checkpoint
 from phi4_jax.synth import stage as synth_stage
@@ -113,6 +114,32 @@ class SynthStage:
     return synth_stage.note(stage_dir)
 
 
+class CurateStage:
+  """One source's files through the curation pipeline (curate/stage.py): W/<source>/<file> clean
+  copies, done once W/summary.json exists. `stage:<name>` reads them all."""
+
+  makes_model = False
+
+  def check(self, config, prefix, first, data_ready) -> None:
+    curate_stage.validate(config, prefix)
+
+  def finished(self, config, stage_dir) -> bool:
+    return curate_stage.finished(stage_dir)
+
+  def run(self, config, stage_dir, flag_prefix) -> dict:
+    return {**curate_stage.run(config, stage_dir), "preempted": False}
+
+  def output(self, config, stage_dir) -> str:
+    return curate_stage.output(config, stage_dir)
+
+  def part(self, config, stage_dir, part) -> str:
+    """`stage:<name>/<part>`: the source's clean copies."""
+    return curate_stage.output(config, stage_dir, part)
+
+  def note(self, config, stage_dir) -> str | None:
+    return curate_stage.note(stage_dir)
+
+
 KINDS: dict[str, Stage] = {}
 
 
@@ -129,6 +156,7 @@ register("pts", PairsStage())
 register("judge", PairsStage())
 register("refusal", PairsStage())  # (its W/sft.jsonl too; W/pairs.jsonl is what `stage:<name>` reads)
 register("synth", SynthStage())
+register("curate", CurateStage())
 
 
 def kind_of(config: ml_collections.ConfigDict, prefix: str = "config") -> Stage:

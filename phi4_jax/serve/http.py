@@ -39,6 +39,7 @@ class Server(http.server.ThreadingHTTPServer):
   """The listening server with what its handlers share."""
 
   daemon_threads = True
+  request_queue_size = 1024  # the listen backlog (socketserver's 5 resets a burst of 32 clients' connects)
 
   def __init__(self, address, engine, model_name: str, metrics, api_key: str = ""):
     super().__init__(address, Handler)

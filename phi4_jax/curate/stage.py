@@ -73,12 +73,16 @@ def finished(stage_dir: str) -> bool:
   return os.path.exists(os.path.join(stage_dir, "summary.json"))
 
 
-def output(config: ml_collections.ConfigDict, stage_dir: str, part: str = "") -> str:
-  """The clean copies (comma-separated paths) a later stage reads: `stage:<name>` or
-  `stage:<name>/<source>`."""
-  if part and part != config.source:
-    raise ValueError(f"stage:{config.stage}/{part}: the stage curates source {config.source!r} only")
+def output(config: ml_collections.ConfigDict, stage_dir: str) -> str:
+  """The clean copies (comma-separated paths) a later stage's `stage:<name>` reads."""
   return ",".join(os.path.join(stage_dir, f.source, os.path.basename(f.path)) for f in _files(config))
+
+
+def part(config: ml_collections.ConfigDict, stage_dir: str, name: str) -> str:
+  """`stage:<name>/<source>`: the same clean copies, named by their source."""
+  if name != config.source:
+    raise ValueError(f"stage:{config.stage}/{name}: the stage curates source {config.source!r} only")
+  return output(config, stage_dir)
 
 
 def note(stage_dir: str) -> str | None:

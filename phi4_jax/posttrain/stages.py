@@ -109,6 +109,11 @@ def questions(spec: str, count: int, need_answer: bool = True) -> list[dict]:
   return records[:count] if count else records
 
 
+def output(config: ml_collections.ConfigDict, stage_dir: str) -> str:
+  """The pairs file a later stage's `stage:<name>` reads."""
+  return os.path.join(stage_dir, PAIRS)
+
+
 def finished(stage_dir: str) -> bool:
   return os.path.exists(os.path.join(stage_dir, SUMMARY))
 

@@ -63,20 +63,21 @@ def link(config: ml_collections.ConfigDict, workdir: str) -> dict[str, bool]:
       wanted, _, part = node[key][len(STAGE_GLOB):].partition("/")
       if wanted not in made:
         raise ValueError(f"stage {name}: {field} names {node[key]!r}, but no data stage {wanted!r} runs before it")
-      path = _part(*made[wanted], part) if part else made[wanted][0]
+      kind_made, stage_made, dir_made = made[wanted]
+      path = _part(kind_made, stage_made, dir_made, part) if part else kind_made.output(stage_made, dir_made)
       node[key], ready[name] = path, ready[name] and all(os.path.exists(p) for p in path.split(","))
     if kind.makes_model:
       model = stage_dir
     else:
-      made[name] = (kind.output(stage, stage_dir), kind, stage, stage_dir)
+      made[name] = (kind, stage, stage_dir)
   return ready
 
 
-def _part(output: str, kind, stage: ml_collections.ConfigDict, stage_dir: str, part: str) -> str:
+def _part(kind, stage: ml_collections.ConfigDict, stage_dir: str, part: str) -> str:
   """`stage:<name>/<part>`: the kind's own `part`, else <part>.jsonl beside the stage's output."""
   if hasattr(kind, "part"):
     return kind.part(stage, stage_dir, part)
-  return os.path.join(os.path.dirname(output), f"{part}.jsonl")
+  return os.path.join(os.path.dirname(kind.output(stage, stage_dir)), f"{part}.jsonl")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -46,6 +46,9 @@ class Stage(Protocol):
   def note(self, config: ml_collections.ConfigDict, stage_dir: str) -> str | None:
     """The report's notes on a data stage (None: the report reads a training stage's metrics)."""
 
+  # A data stage may also have part(config, stage_dir, part): what `stage:<name>/<part>` reads
+  # (without it, <part>.jsonl beside its output).
+
 
 class TrainStage:
   """A training stage: config.objective's loss in the one loop."""
@@ -70,74 +73,34 @@ class TrainStage:
     return None
 
 
-class PairsStage:
-  """A data stage of posttrain/stages.py (Pivotal Token Search, judge-guided pairs, refusal data):
-  W/pairs.jsonl from the model before it, done once W/summary.json exists."""
+class DataStage:
+  """A data stage kept in its own module, which has validate(config, prefix), finished(stage_dir),
+  run(config, stage_dir), output(config, stage_dir), note(stage_dir) and may have part(config,
+  stage_dir, part): posttrain/stages.py (pts, judge, refusal: W/pairs.jsonl from the model before
+  them), synth/stage.py (W/<type>.jsonl per type), curate/stage.py (W/<source>/<file> clean copies).
+  Each is done once its W/summary.json exists."""
 
   makes_model = False
 
-  def check(self, config, prefix, first, data_ready) -> None:
-    data_stages.validate(config, prefix)
-
-  def finished(self, config, stage_dir) -> bool:
-    return data_stages.finished(stage_dir)
-
-  def run(self, config, stage_dir, flag_prefix) -> dict:
-    return {**data_stages.run(config, stage_dir), "preempted": False}
-
-  def output(self, config, stage_dir) -> str:
-    return os.path.join(stage_dir, data_stages.PAIRS)
-
-  def note(self, config, stage_dir) -> str | None:
-    return data_stages.note(stage_dir)
-
-
-class SynthStage:
-  """A synth pipeline (synth/stage.py) on the model before it: W/<type>.jsonl per type, done once
-  W/summary.json exists."""
-
-  makes_model = False
+  def __init__(self, module):
+    self.module = module
+    if hasattr(module, "part"):  # (else the runner's default: <part>.jsonl beside the output)
+      self.part = module.part
 
   def check(self, config, prefix, first, data_ready) -> None:
-    synth_stage.validate(config, prefix)
+    self.module.validate(config, prefix)
 
   def finished(self, config, stage_dir) -> bool:
-    return synth_stage.finished(stage_dir)
+    return self.module.finished(stage_dir)
 
   def run(self, config, stage_dir, flag_prefix) -> dict:
-    return {**synth_stage.run(config, stage_dir), "preempted": False}
+    return {**self.module.run(config, stage_dir), "preempted": False}
 
   def output(self, config, stage_dir) -> str:
-    return synth_stage.output(config, stage_dir)
+    return self.module.output(config, stage_dir)
 
   def note(self, config, stage_dir) -> str | None:
-    return synth_stage.note(stage_dir)
-
-
-class CurateStage:
-  """One source's files through the curation pipeline (curate/stage.py): W/<source>/<file> clean
-  copies, done once W/summary.json exists. `stage:<name>` reads them all."""
-
-  makes_model = False
-
-  def check(self, config, prefix, first, data_ready) -> None:
-    curate_stage.validate(config, prefix)
-
-  def finished(self, config, stage_dir) -> bool:
-    return curate_stage.finished(stage_dir)
-
-  def run(self, config, stage_dir, flag_prefix) -> dict:
-    return {**curate_stage.run(config, stage_dir), "preempted": False}
-
-  def output(self, config, stage_dir) -> str:
-    return curate_stage.output(config, stage_dir)
-
-  def part(self, config, stage_dir, part) -> str:
-    """`stage:<name>/<part>`: the source's clean copies."""
-    return curate_stage.output(config, stage_dir, part)
-
-  def note(self, config, stage_dir) -> str | None:
-    return curate_stage.note(stage_dir)
+    return self.module.note(stage_dir)
 
 
 KINDS: dict[str, Stage] = {}
@@ -152,11 +115,12 @@ def register(kind: str, stage: Stage) -> Stage:
 
 
 register(TRAIN, TrainStage())
-register("pts", PairsStage())
-register("judge", PairsStage())
-register("refusal", PairsStage())  # (its W/sft.jsonl too; W/pairs.jsonl is what `stage:<name>` reads)
-register("synth", SynthStage())
-register("curate", CurateStage())
+_PAIRS = DataStage(data_stages)
+register("pts", _PAIRS)
+register("judge", _PAIRS)
+register("refusal", _PAIRS)  # (its W/sft.jsonl too; W/pairs.jsonl is what `stage:<name>` reads)
+register("synth", DataStage(synth_stage))
+register("curate", DataStage(curate_stage))
 
 
 def kind_of(config: ml_collections.ConfigDict, prefix: str = "config") -> Stage:

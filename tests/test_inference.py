@@ -196,6 +196,31 @@ def test_filter_logits_on_a_hand_table():
   assert keep(p=0.81).tolist() == [True, True, True, False]
 
 
+@pytest.mark.parametrize("peaked", [False, True])  # bisection; the top-k path (every row's top 64 hold p)
+def test_the_nucleus_equals_the_sorted_one_with_ties_and_masked_logits(peaked):
+  rng = np.random.default_rng(0)
+  scale = rng.uniform(12, 30, (64, 1)) if peaked else rng.uniform(0.1, 8, (64, 1))
+  logits = (rng.standard_normal((64, 3000)) * scale).astype(np.float32)
+  logits[:8] = np.round(logits[:8] / 4) * 4  # many ties
+  logits[8:16, ::3] = -np.inf  # what a top-k cut leaves
+  if not peaked:
+    logits[16:20] = 0.0  # uniform rows
+  top64_mass = lambda row: np.sort(np.exp(row - row.max()))[-64:].sum() / np.exp(row - row.max()).sum()
+  for top_p in (0.05, 0.5, 0.9, 0.999):
+    assert all(top64_mass(row) >= top_p for row in logits.astype(np.float64)) == peaked
+    kept = np.isfinite(np.asarray(sampling.filter_logits(
+        jnp.asarray(logits), sampling.Sampler.make(1.0, 0, top_p), jnp.float32(top_p))))
+    for row, k in zip(logits.astype(np.float64), kept):  # keep a token while the mass before it is < p
+      order = np.argsort(-row, kind="stable")
+      probs = np.exp(row[order] - row.max()) / np.exp(row - row.max()).sum()
+      before = np.cumsum(probs) - probs
+      cutoff = row[order][before < top_p].min()
+      differ = np.flatnonzero(k != (row >= cutoff))  # only where float32 sums round across top_p
+      assert all(abs(np.cumsum(probs[row[order] > row[i]]).max(initial=0) - top_p) < 1e-5 for i in differ), (
+          top_p, differ)
+    assert kept.sum() < kept.size
+
+
 def test_samples_of_one_prompt_share_its_prefill_and_greedy_samples_agree(tiny):
   cfg, params = tiny
   before = batching.COMPILES["prefill"]

@@ -117,7 +117,7 @@ def test_the_migrated_groups_keep_their_previous_defaults():
                                         "min_pairs": 8, "nll_weight": 0.0, "precompute_reference": False}
   assert pts.pts_fields().to_dict() == {"num_rollouts": 64, "max_new_tokens": 256, "temperature": 1.0,
                                         "top_p": 1.0, "max_batch": 256, "seed": 0, "p_gap": 0.2, "p_min": 0.2,
-                                        "p_max": 0.8, "questions_per_round": 8}
+                                        "p_max": 0.8, "questions_per_round": 8, "balance": True}
   assert plurality.plurality_fields().to_dict() == {
       "max_new_tokens": 256, "temperature": 0.7, "top_p": 1.0, "max_batch": 256, "seed": 0, "num_samples": 8,
       "max_share": 1.0, "min_share": 0.0, "questions_per_call": 16}
@@ -198,7 +198,8 @@ def test_a_commands_flags_carry_each_fields_help_and_default(capsys):
   text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
   for name, line in pts.FIELDS.help.items():
     default = pts.FIELDS.fields[name].default
-    assert f"--settings.{name} {name.upper()} {' '.join(line.split())} (default: {default})" in text, name
+    metavar = "[true|false]" if isinstance(default, bool) else name.upper()
+    assert f"--settings.{name} {metavar} {' '.join(line.split())} (default: {default})" in text, name
   args = pts.parse_args(["--hf_dir=h", "--questions=q", "--out=o", "--settings.p_gap=0.3",
                          "--settings.num_rollouts=8"])
   assert flags.settings(args, pts.FIELDS).to_dict() == pts.FIELDS.config(p_gap=0.3, num_rollouts=8).to_dict()

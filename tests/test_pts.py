@@ -80,6 +80,16 @@ def test_pair_rules_by_hand():
   assert bisection.pivot_pair(pts.Pivot(3, 5, 0.4, 0.9), _stats({5: (10, 9)})) is None
 
 
+def test_balance_cuts_the_excess_orientation_of_mirrored_token_pairs_by_hand():
+  pairs = [{"chosen_ids": [c], "rejected_ids": [r], "question_id": f"q{i}"}
+           for i, (c, r) in enumerate([(1, 2), (1, 2), (2, 1), (1, 2), (5, 6), (5, 6), (2, 1), (3, 4), (2, 1)])]
+  kept = [p["question_id"] for p in pts.balance(pairs)]
+  # (1, 2) x3 and (2, 1) x3 stay; (5, 6) and (3, 4) have no mirror and stay; nothing is reordered
+  assert kept == ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8"]
+  kept = [p["question_id"] for p in pts.balance(pairs[:6] + pairs[7:8])]  # (1, 2) x3 against (2, 1) x1
+  assert kept == ["q0", "q2", "q4", "q5", "q7"]
+
+
 # A toy sampler: after the question the first token decides the answer. "Adding" leads to the right
 # answer, "Guess" to a wrong one; the model draws them with probability 1/2 each.
 RIGHT = TOKENIZER.encode_ordinary("Adding: 3 + 4 = 7.\n\nFinal answer: 7")

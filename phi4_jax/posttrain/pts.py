@@ -19,6 +19,7 @@ its own log, and whichever finishes last merges them into OUT.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import sys
@@ -44,6 +45,9 @@ FIELDS = fields.Group(
     p_max=fields.Field(0.8, fields.number(0, 1), "the upper end of the p(success) searched (see p_min)"),
     questions_per_round=fields.Field(8, fields.integer(1),
                                      "questions searched together (their rollouts batched)"),
+    balance=fields.Field(True, fields.boolean(),
+                         "keep as many pairs preferring token A to B as B to A, wherever both occur (see "
+                         "balance)"),
 )
 RULES = FIELDS.rules
 BATCHING = ("max_batch", "questions_per_round")  # settings a question's pairs do not depend on
@@ -123,9 +127,28 @@ def _pairs(q: _Question, found) -> tuple[list[dict], list[dict]]:
   return pivots, pairs
 
 
-def merge(out: str, questions: list[dict], process_count: int) -> dict | None:
-  """Once every process's log holds all its questions: writes OUT's pairs in question order and
-  returns the counts (questions, searched, pivots, pairs); None until then."""
+def balance(pairs: list[dict]) -> list[dict]:
+  """The pairs, less the last ones (in order) of whichever orientation of two tokens A and B is in
+  excess, where pairs prefer A to B at some questions and B to A at others. Questions the model is
+  unsure of lean to the answer it under-predicts (a model that favours "even" is unsure of more
+  "odd" questions), and DPO learns that lean as a shift toward one token before it learns which one
+  each question calls for; balanced, the shift's gradient cancels. A pair of tokens seen in one
+  orientation only (most pivots of free-form solutions) is kept as it is."""
+  count = collections.Counter((p["chosen_ids"][0], p["rejected_ids"][0]) for p in pairs)
+  room = {(a, b): min(n, count[b, a]) if count[b, a] else n for (a, b), n in count.items()}
+  kept = []
+  for p in pairs:
+    key = p["chosen_ids"][0], p["rejected_ids"][0]
+    if room[key]:
+      room[key] -= 1
+      kept.append(p)
+  return kept
+
+
+def merge(out: str, questions: list[dict], process_count: int, balanced: bool = True) -> dict | None:
+  """Once every process's log holds all its questions: writes OUT's pairs in question order (cut by
+  `balance` if `balanced`) and returns the counts (questions, searched, pivots, pairs found, pairs
+  written); None until then."""
   logged = {}
   for index in range(process_count):
     logged.update(jsonl_log.read(jsonl_log.part_path(out + ".log.jsonl", index, process_count), "question_id",
@@ -133,9 +156,11 @@ def merge(out: str, questions: list[dict], process_count: int) -> dict | None:
   if any(q["id"] not in logged for q in questions):
     return None
   results = [logged[q["id"]] for q in questions]
-  jsonl_log.write_atomic(out, [pair for r in results for pair in r["pairs"]])
+  found = [pair for r in results for pair in r["pairs"]]
+  pairs = balance(found) if balanced else found
+  jsonl_log.write_atomic(out, pairs)
   return {"questions": len(results), "searched": sum(r["searched"] for r in results),
-          "pivots": sum(len(r["pivots"]) for r in results), "pairs": sum(len(r["pairs"]) for r in results)}
+          "pivots": sum(len(r["pivots"]) for r in results), "found": len(found), "pairs": len(pairs)}
 
 
 def claim(out: str, model: dict, questions: list[dict], settings, process_index: int = 0,
@@ -172,7 +197,7 @@ def run(roller: Roller, questions: list[dict], out: str, settings: ml_collection
   return {"questions": len(mine), "searched": sum(r["searched"] for r in logged),
           "pivots": sum(len(r["pivots"]) for r in logged), "pairs": sum(len(r["pairs"]) for r in logged),
           "rollouts": roller.rollouts, "seconds": time.monotonic() - start,
-          "merged": merge(out, questions, process_count) is not None}
+          "merged": merge(out, questions, process_count, settings.balance) is not None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -127,7 +127,9 @@ def note(stage_dir: str) -> str | None:
     return None
   if "searched" in summary:
     return (f"searched {summary['searched']} of {summary['questions']} questions, "
-            f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs")
+            f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs"
+            + (f" ({summary['found']} before balancing)" if summary.get("found", summary["pairs"]) != summary["pairs"]
+               else ""))
   if "sft_records" in summary:
     return (f"{summary['pairs']} pairs and {summary['sft_records']} SFT conversations from "
             f"{summary['questions']} questions and {summary['bogus_questions']} bogus ones")
@@ -171,7 +173,7 @@ def run(config: ml_collections.ConfigDict, stage_dir: str) -> dict:
     pts.run(Roller(params, cfg, config.settings), records, out, config.settings, index, count)
     distributed.barrier(f"{config.stage}: searched")
     if index == 0:
-      summary = pts.merge(out, records, count)
+      summary = pts.merge(out, records, count, config.settings.balance)
   elif index == 0 and config.kind == "refusal":
     teacher = refusal.load_teacher(config.teacher, config.settings)
     policy = judge.SamplerPolicy("policy", cfg, params, config.settings)

@@ -187,12 +187,14 @@ def _acquired(stdlib: list[tuple[str, str]]) -> list[dict]:
   return _stable_order(docs, lambda d: d["title"])
 
 
-def _synthetic(budget: int) -> list[dict]:
-  out, size, i = [], 0, 0
-  while size < budget:
-    out.append(families.item("exercises", "pretrain", i))
-    size += len(out[-1]["text"].encode())
-    i += 1
+def _synthetic(budget: int, chunk: int = 256) -> list[dict]:
+  out, size = [], 0
+  while size < budget:  # (drawn a chunk at a time: one decontam call per round of draws)
+    for ex in families.items_at("exercises", "pretrain", range(len(out), len(out) + chunk)):
+      if size >= budget:
+        break
+      out.append(ex)
+      size += len(ex["text"].encode())
   return out
 
 
@@ -254,9 +256,8 @@ def posttrain_sources() -> dict[str, list[dict]]:
              [{"role": "user", "content": q}, {"role": "assistant", "content": REFUSAL}]}
             for i, (system, q) in enumerate((s, q) for s in ("", "You are a helpful assistant.")
                                             for q in _HARMFUL)]
-  sft_math = [synthetic.sft_conversation(i, families.item("exercises", "sft", i),
-                                         lambda i=i: families.item("exercises", "sft", 1_000_000 + i))
-              for i in range(_SFT_MATH)]
+  sft_math = [synthetic.sft_conversation(i, ex, lambda i=i: families.item("exercises", "sft", 1_000_000 + i))
+              for i, ex in enumerate(families.items("exercises", "sft", _SFT_MATH))]
   splits = {"dpo_pairs": ("dpo", _DPO_PAIRS), "dpo_pairs_heldout": ("dpo_heldout", _DPO_HELDOUT)}
   dpo = {name: [synthetic.dpo_pair(i, ex, families.FAMILIES["exercises"].splits[split].seed)
                 for i, ex in enumerate(families.items("exercises", split, count))]

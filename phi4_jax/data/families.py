@@ -97,37 +97,49 @@ BENCHMARKS = {"embedded:exercises": ("exercises", ("eval", "choice")),
 
 def item(family: str, split: str, index: int) -> dict:
   """Item `index` of a family's split (held-out splits have HELD_OUT_SIZE items)."""
-  f = FAMILIES[family]
-  s = f.splits[split]
-  if s.held_out:
-    if not 0 <= index < HELD_OUT_SIZE:
-      raise ValueError(f"{family}/{split}: a held-out split has {HELD_OUT_SIZE} items, not item {index}")
-    return f.make(s.start + index, s.seed, 0)
-  for attempt in range(MAX_ATTEMPTS):
-    candidate = f.make(s.start + index, s.seed, attempt)
-    if clean(family, candidate, s.avoid):
-      return candidate
-  raise RuntimeError(f"{family}/{split}: item {index} collides with a held-out item in {MAX_ATTEMPTS} draws")
+  return items_at(family, split, [index])[0]
 
 
 def items(family: str, split: str, count: int) -> list[dict]:
   """The first `count` items of a family's split."""
-  return [item(family, split, i) for i in range(count)]
+  return items_at(family, split, range(count))
+
+
+def items_at(family: str, split: str, indices) -> list[dict]:
+  """Items `indices` of a family's split, each the first clean attempt at its index (the attempts of
+  all the indices still drawing are checked together: one decontam call per round)."""
+  f = FAMILIES[family]
+  s = f.splits[split]
+  indices = list(indices)
+  if s.held_out:
+    for index in indices:
+      if not 0 <= index < HELD_OUT_SIZE:
+        raise ValueError(f"{family}/{split}: a held-out split has {HELD_OUT_SIZE} items, not item {index}")
+    return [f.make(s.start + index, s.seed, 0) for index in indices]
+  found, drawing = {}, sorted(set(indices))
+  for attempt in range(MAX_ATTEMPTS):
+    candidates = [f.make(s.start + index, s.seed, attempt) for index in drawing]
+    verdicts = clean_all(family, candidates, s.avoid)
+    found.update((index, c) for index, c, ok in zip(drawing, candidates, verdicts) if ok)
+    drawing = [index for index, ok in zip(drawing, verdicts) if not ok]
+    if not drawing:
+      return [found[index] for index in indices]
+  raise RuntimeError(f"{family}/{split}: item {drawing[0]} collides with a held-out item in {MAX_ATTEMPTS} draws")
 
 
 def questions(spec: str, count: int) -> list[dict]:
   """The first `count` questions of an embedded question family (QUESTIONS): corpus:parity (the
   parity search split's records), corpus:exercises (the exercises search split's, as {"id",
   "question", "answer"}) or corpus:mixed (the two alternating, parity first)."""
-  parity = lambda i: item("parity", "search", i)
-
-  def exercise(i):
-    ex = item("exercises", "search", i)
-    return {"id": f"exercise-{i:06d}", "question": ex["question"], "answer": ex["answer"]}
-
-  pick = {"corpus:parity": parity, "corpus:exercises": exercise,
-          "corpus:mixed": lambda i: (parity, exercise)[i % 2](i // 2)}[spec]
-  return [pick(i) for i in range(count)]
+  if spec not in ("corpus:parity", "corpus:exercises", "corpus:mixed"):
+    raise KeyError(spec)
+  parities = items("parity", "search", {"corpus:parity": count, "corpus:mixed": (count + 1) // 2}.get(spec, 0))
+  exercises = [{"id": f"exercise-{i:06d}", "question": ex["question"], "answer": ex["answer"]}
+               for i, ex in enumerate(items("exercises", "search", {"corpus:exercises": count,
+                                                                    "corpus:mixed": count // 2}.get(spec, 0)))]
+  if spec != "corpus:mixed":
+    return parities or exercises
+  return [(parities, exercises)[i % 2][i // 2] for i in range(count)]
 
 
 def choice_item(index: int) -> dict:
@@ -167,13 +179,21 @@ def _index() -> overlap.Index:
 
 def clean(family: str, candidate: dict, avoid: tuple[str, ...] = ()) -> bool:
   """True when `candidate` may join a split trained on or searched (rules 1 and 2 above)."""
+  return clean_all(family, [candidate], avoid)[0]
+
+
+def clean_all(family: str, candidates: list[dict], avoid: tuple[str, ...] = ()) -> list[bool]:
+  """clean() of each candidate, their documents checked in one decontam call."""
   held_out = tuple(n for n, s in FAMILIES[family].splits.items() if s.held_out)
-  question = normalised(candidate["question"])
-  if question in _questions(family, held_out) or (avoid and question in _questions(family, avoid)):
-    return False
-  index, settings = _index(), overlap.Settings()
-  for text in FAMILIES[family].documents(candidate):
-    found = index.verdict(text, settings)
+  questions = [normalised(c["question"]) for c in candidates]
+  ok = [not (q in _questions(family, held_out) or (avoid and q in _questions(family, avoid))) for q in questions]
+  owners, texts = [], []
+  for i, candidate in enumerate(candidates):
+    if ok[i]:
+      docs = FAMILIES[family].documents(candidate)
+      owners += [i] * len(docs)
+      texts += docs
+  for i, found in zip(owners, _index().verdicts(texts, overlap.Settings()) if texts else []):
     if found is not None and found["verdict"] == "contaminated":
-      return False
-  return True
+      ok[i] = False
+  return ok

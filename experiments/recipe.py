@@ -48,11 +48,11 @@ SAMPLE_PROMPTS = ("def fibonacci(n):", "The Python standard library", "Question:
 
 def dpo_stage(arg: str, pairs_from: str, variant: str = "", refusal_share=None):
   """A DPO stage on an earlier data stage's pairs, mixed half and half with the embedded math pairs
-  below paper scale; with `refusal_share` (a share, or a reference to the recipe's field) the
+  in test and colab's judge stage (colab's PTS pairs alone: experiments/dpo.py); with `refusal_share` (a share, or a reference to the recipe's field) the
   refusal stage's pairs take that share and the others the rest, in the same proportions."""
   c = configs.load(f"{os.path.join(HERE, 'dpo')}.py:{arg}{variant}")
   sources = {pairs_from: data_config.pairs_source(f"stage:{pairs_from}", 1.0)}
-  if arg in ("test", "colab"):
+  if arg == "test" or (arg == "colab" and variant):
     sources[pairs_from].fraction = 0.5
     sources["math"] = data_config.pairs_source("corpus:dpo_pairs", 0.5)
   if refusal_share is not None:
@@ -60,7 +60,7 @@ def dpo_stage(arg: str, pairs_from: str, variant: str = "", refusal_share=None):
       source.fraction = (1 - refusal_share) * source.fraction
     sources["refusal"] = data_config.pairs_source("stage:refusal", 0.0)
     sources["refusal"].fraction = refusal_share
-  c.data = data_config.data(sources)
+  c.data = data_config.data(sources, pairs_per_row=c.data.pairs_per_row)
   c.stage = f"dpo_{pairs_from}"
   return c
 

@@ -21,17 +21,19 @@ def test_colab_recipe_links_models_past_data_stages_and_their_pairs(tmp_path, mo
                                                     w("dpo_pts")]
   # A later stage reads one file of a data stage's folder: stage:<name>/<file>.
   assert c.sft_synth.data.sources.synth.globs == os.path.join(w("synth"), "rejection_sampling.jsonl")
-  for stage in ("dpo_pts", "dpo_judge"):  # the refusal pairs at refusal_share, the rest half and half
+  # The refusal pairs at refusal_share; dpo_pts's PTS pairs the rest, dpo_judge's half judge, half math.
+  for stage, fractions in (("dpo_pts", [0.97, 0.03]), ("dpo_judge", [0.485, 0.485, 0.03])):
     sources = c[stage].data.sources
     assert sources.refusal.globs == os.path.join(w("refusal"), "pairs.jsonl")
-    assert [sources[s].fraction for s in sources] == pytest.approx([0.485, 0.485, 0.03])
+    assert [sources[s].fraction for s in sources] == pytest.approx(fractions)
   assert c.dpo_pts.data.sources.pts.globs == os.path.join(w("pts"), "pairs.jsonl")
   assert c.dpo_judge.data.sources.judge.globs == os.path.join(w("judge"), "pairs.jsonl")
-  assert c.dpo_pts.data.sources.math.globs == "corpus:dpo_pairs"
+  assert c.dpo_judge.data.sources.math.globs == "corpus:dpo_pairs"
   assert ready == {**{s: True for s in c.stages}, "sft_synth": False, "dpo_pts": False, "dpo_judge": False}
   share = configs.load("experiments/recipe.py:colab")
   share.refusal_share = 0.05  # (--config.refusal_share=0.05) moves both DPO stages' mixes
-  assert share.dpo_judge.data.sources.refusal.fraction == 0.05 and share.dpo_pts.data.sources.math.fraction == 0.475
+  assert share.dpo_judge.data.sources.refusal.fraction == 0.05 and share.dpo_judge.data.sources.math.fraction == 0.475
+  assert share.dpo_pts.data.sources.pts.fraction == 0.95
   recipe.check(configs.load("experiments/recipe.py:colab"), str(tmp_path))  # before the pairs exist
 
 

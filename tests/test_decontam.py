@@ -152,11 +152,12 @@ def test_a_recipe_is_checked_stage_by_stage_and_the_colab_recipe_is_clean(data_c
                           "dpo_judge"]
   assert stages["synth"] == {}  # (its generations are decontaminated in the loop, against embedded:parity)
   # (a parity question whose list shares a run of digits and its answer with a held-out one: partial)
-  assert stages["pts"] == {"questions": {"docs": 64, "contaminated": 0, "partial": 23}}
+  assert stages["pts"] == {"questions": {"docs": 512, "contaminated": 0, "partial": 185}}
   assert stages["refusal"] == {"questions": {"docs": 32, "contaminated": 0, "partial": 6}}
-  assert stages["judge"]["questions"]["docs"] == 64 and set(stages["dpo_pts"]) == {"math"}
+  assert stages["judge"]["questions"]["docs"] == 64 and set(stages["dpo_judge"]) == {"math"}
+  assert stages["dpo_pts"] == {}  # (PTS and refusal pairs: made by the run, checked by their stages)
   with open(os.path.join(corpus.build_posttrain(data_cache), "dpo_pairs.jsonl")) as f:
-    assert stages["dpo_pts"]["math"]["docs"] == sum(1 for _ in f) == 800
+    assert stages["dpo_judge"]["math"]["docs"] == sum(1 for _ in f) == 800
   assert stages["pretrain"]["synthetic"] == stages["midtrain"]["replay/synthetic"]
   assert [s.split(":")[0] for s in result["skipped"]] == ["sft_synth/synth", "dpo_pts/pts", "dpo_pts/refusal",
                                                          "dpo_judge/judge", "dpo_judge/refusal"]

@@ -14,8 +14,10 @@ import sys
 from test_launch_colab import check_notebook_output, run_notebook
 
 from phi4_jax.data import families
+from phi4_jax.tokenizer import Phi4Tokenizer
 from phi4_jax.train.metrics import read_metrics
 
+TOKENIZER = Phi4Tokenizer()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_S = 1800  # a subprocess timeout against hangs, far above the recipe's ~13 minutes
 
@@ -35,7 +37,7 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
 
   trained = ("pretrain", "midtrain", "sft", "sft_synth", "dpo_pts", "dpo_judge")
   pre, mid, sft, sft_synth, dpo_pts, dpo_judge = (read_metrics(workdir / stage) for stage in trained)
-  assert [rows[-1]["step"] for rows in (pre, mid, sft, sft_synth, dpo_pts, dpo_judge)] == [48, 12, 128, 16, 8, 8]
+  assert [rows[-1]["step"] for rows in (pre, mid, sft, sft_synth, dpo_pts, dpo_judge)] == [48, 12, 128, 16, 32, 8]
   # From ~ln(100352) = 11.5 at initialization; the full vocabulary makes unigram statistics alone
   # worth several nats, so a working run falls far below it.
   assert pre[0]["loss"] > 10.0
@@ -56,17 +58,21 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
   assert all(final(r) == [answer(r)] for r in kept), [r["messages"][-1] for r in kept if final(r) != [answer(r)]]
   assert "synth" in sft_synth[-1]["loss_per_source"]
 
-  # PTS searched the parity questions the SFT model gets right part of the time and found pivots.
+  # PTS searched the parity questions the SFT model gets right part of the time and found pivots:
+  # answer words (top_p 0.9 rollouts), as often "odd" over "even" as "even" over "odd" (balanced).
   pts = json.loads((workdir / "pts" / "summary.json").read_text())
-  assert pts["searched"] >= 8 and pts["pivots"] >= 8 and pts["pairs"] >= 8, pts
+  assert pts["searched"] >= 64 and pts["pivots"] >= 64 and pts["pairs"] >= 64, pts
   pairs = [json.loads(line) for line in (workdir / "pts" / "pairs.jsonl").read_text().splitlines()]
   assert len(pairs) == pts["pairs"] and all(len(p["chosen_ids"]) == len(p["rejected_ids"]) == 1 for p in pairs)
   assert all(p["chosen_ids"] != p["rejected_ids"] and abs(p["p_after"] - p["p_before"]) >= 0.2 - 1e-9 for p in pairs)
-  # Both DPO stages trained on their stage's pairs (half of each batch) from their reference.
-  # (Each starts at exactly ln 2, test_posttrain_stages.py checks; a row is a 4-step mean.)
-  # Both also read the refusal stage's pairs, and log chosen and rejected log-probs against the reference.
-  for rows, made in ((dpo_pts, "pts"), (dpo_judge, "judge")):
-    assert {made, "math", "refusal"} <= set(rows[-1]["loss_per_source"]), rows[-1]
+  words = [(TOKENIZER.decode(p["chosen_ids"]), TOKENIZER.decode(p["rejected_ids"])) for p in pairs]
+  assert words.count((" odd", " even")) == words.count((" even", " odd")) >= 0.4 * len(pairs), words
+  # Both DPO stages trained on their stage's pairs (dpo_judge: half of each batch, beside the math
+  # pairs) from their reference, and on the refusal stage's pairs. (Each starts at exactly ln 2,
+  # test_posttrain_stages.py checks; a row is a 4-step mean.) Both log chosen and rejected log-probs
+  # against the reference.
+  for rows, sources in ((dpo_pts, {"pts", "refusal"}), (dpo_judge, {"judge", "math", "refusal"})):
+    assert sources <= set(rows[-1]["loss_per_source"]), rows[-1]
     assert rows[0]["loss"] < math.log(2) + 0.02
     assert abs(rows[0]["chosen_logratio"]) < 0.5 and "rejected_logratio" in rows[-1]
   refusal = json.loads((workdir / "refusal" / "summary.json").read_text())
@@ -78,26 +84,30 @@ def test_colab_recipe_runs_all_ten_stages_pts_finds_pivots_and_dpo_trains_on_the
     evaluated = rows[-1]["eval"]["answers"]
     assert evaluated["n"] == 256 and evaluated["majority"] == 0.5 and evaluated["empty"] <= 0.05, evaluated
     acc[name] = evaluated["acc"]
-  # The SFT model is competent but imperfect, and no later stage makes it worse (margins of ~1
+  # The SFT model is competent but imperfect (0.10 above the majority class), DPO on PTS pairs
+  # gains 0.05 on it (issue #25's bar) and nothing later makes the model worse (a margin of ~1
   # standard error at n = 256).
   assert 0.6 <= acc["sft"] <= 0.97, acc
-  assert acc["sft_synth"] >= acc["sft"] - 0.03 and acc["dpo_pts"] >= acc["sft_synth"] - 0.03, acc
+  assert acc["sft_synth"] >= acc["sft"] - 0.03 and acc["dpo_pts"] >= acc["sft"] + 0.05, acc
   assert acc["dpo_judge"] >= acc["dpo_pts"] - 0.03, acc
   judge = json.loads((workdir / "judge" / "summary.json").read_text())
   assert judge["pairs"] >= 8 and judge["prompts"] == 64, judge
-  # Held-out pairs that differ only in correctness (math working, parity answers): scored for both.
-  # (At LR 1e-5 for 8 steps the margins are ~1e-3 nats: dpo_pts 0.495 and dpo_judge 0.505 on the
-  # standard-library corpus, so this checks the report, not a gain; issue #25 tracks the gain.)
+  # Held-out pairs that differ only in correctness (math working, parity answers), scored for both:
+  # dpo_pts ranks them right (0.69 here: parity 0.80, math 0.58); dpo_judge, 8 gentle steps from
+  # dpo_pts (its reference), ranks the parity pairs it targets right (0.59) and the rest at chance.
   heldout = json.loads((workdir / "heldout.json").read_text())
   assert set(heldout) == {"dpo_pts", "dpo_judge"} and all(h["pairs"] == 200 for h in heldout.values())
-  assert all(set(h["sources"]) == {"math", "parity"} and h["reward_accuracy"] >= 0.45 for h in heldout.values()), heldout
+  assert all(set(h["sources"]) == {"math", "parity"} for h in heldout.values()), heldout
+  parity = {stage: h["sources"]["parity"]["reward_accuracy"] for stage, h in heldout.items()}
+  assert heldout["dpo_pts"]["reward_accuracy"] > 0.55 and parity["dpo_pts"] > 0.6, heldout
+  assert parity["dpo_judge"] > 0.5 and heldout["dpo_judge"]["reward_accuracy"] >= 0.45, heldout
   assert (workdir / "report.png").stat().st_size > 10_000
-  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 128 |", "| sft_synth | 16 |", "| dpo_pts | 8 |",
+  for row in ("| pretrain | 48 |", "| midtrain | 12 |", "| sft | 128 |", "| sft_synth | 16 |", "| dpo_pts | 32 |",
               "| dpo_judge | 8 |", f"| synth | - | - | - | - | rejection_sampling: {synth['accepted']} accepted of ",
-              f"| pts | - | - | - | - | searched {pts['searched']} of 64 questions, {pts['pivots']} pivotal "
-              f"tokens, {pts['pairs']} pairs |", "held-out reward acc", "eval@128: answers acc ",
+              f"| pts | - | - | - | - | searched {pts['searched']} of 512 questions, {pts['pivots']} pivotal "
+              f"tokens, {pts['pairs']} pairs ({pts['found']} before balancing) |", "held-out reward acc", "eval@128: answers acc ",
               "(majority 0.50, n 256)", "| evaluation | n | majority | chance | sft (step 128) | sft_synth (step 16) | "
-              "dpo_pts (step 8) | dpo_judge (step 8) |", "| answers acc | 256 | 0.500 | - | "):
+              "dpo_pts (step 32) | dpo_judge (step 8) |", "| answers acc | 256 | 0.500 | - | "):
     assert row in out.stdout, out.stdout
   assert "Samples from dpo_judge (greedy, up to 24 tokens):\n  'def fibonacci(n):' -> '" in out.stdout
   samples = (workdir / "samples.md").read_text()

@@ -126,10 +126,10 @@ def note(stage_dir: str) -> str | None:
   except (OSError, ValueError):
     return None
   if "searched" in summary:
+    found = summary.get("found", summary["pairs"])  # (pts.balance cut the difference)
     return (f"searched {summary['searched']} of {summary['questions']} questions, "
             f"{summary['pivots']} pivotal tokens, {summary['pairs']} pairs"
-            + (f" ({summary['found']} before balancing)" if summary.get("found", summary["pairs"]) != summary["pairs"]
-               else ""))
+            + (f" ({found} before balancing)" if found != summary["pairs"] else ""))
   if "sft_records" in summary:
     return (f"{summary['pairs']} pairs and {summary['sft_records']} SFT conversations from "
             f"{summary['questions']} questions and {summary['bogus_questions']} bogus ones")

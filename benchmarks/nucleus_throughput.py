@@ -1,7 +1,8 @@
 """Top-p (nucleus) filtering over the full vocabulary: inference/sampling.py's (a top-k, else a
 bisection) against a sort of each row (what it replaced, and what transformers' TopPLogitsWarper
-does), same logits, same run. Prints JSON: median seconds per call of each side per logits kind and batch size, their
-ratio, and how many tokens the two keep differently (float32 sums rounding across top_p).
+does), same logits, same run. Prints JSON: median seconds per call of each side per logits kind and
+batch size, their ratio, and how many tokens the two keep differently (float32 sums rounding across
+top_p).
 
   python benchmarks/nucleus_throughput.py            # rows 16, 64, 256 of 100,352 logits, top_p 0.9
 """

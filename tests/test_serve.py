@@ -140,11 +140,14 @@ def test_32_concurrent_requests_each_equal_generate_alone(main_server, model):
     r = c.completions.create(model=NAME, prompt=[ids], max_tokens=n, temperature=temperature or 0, seed=i)
     return r.choices[0].text, r.usage.completion_tokens
 
+  compiled = batching.COMPILES["serve_decode"]
   with concurrent.futures.ThreadPoolExecutor(32) as pool:
     got = list(pool.map(ask, range(32)))
   want = [alone(model, ids, n, temperature=t or 0.0, seed=i) for i, (ids, n, t) in enumerate(jobs)]
   assert got == want
-  assert batching.COMPILES["serve_decode"] <= 2  # (one decode per logprobs variant, whatever the mix)
+  # (start-up compiled the decode of every power of two of slots; a mix of greedy and sampling rows,
+  # joining and leaving, compiles no other)
+  assert batching.COMPILES["serve_decode"] == compiled
 
 
 def test_n_seeded_samples_equal_generate_num_samples(main_server, model):
@@ -195,7 +198,10 @@ def test_error_shapes_429_400_401_404(one_slot, main_server):
 
 
 def test_metrics_parse_as_prometheus_text(main_server):
-  client(main_server).completions.create(model=NAME, prompt="Count", max_tokens=2, temperature=0)  # (its own)
+  steps, rows = metric(main_server, "decode_steps_total"), metric(main_server, "decoded_rows_total")
+  client(main_server).completions.create(model=NAME, prompt="Count", max_tokens=6, temperature=0)  # (its own)
+  # alone, the request decodes in the first slot only (not all 32)
+  assert metric(main_server, "decoded_rows_total") - rows == metric(main_server, "decode_steps_total") - steps > 0
   text = urllib.request.urlopen(main_server.url[:-3] + "/metrics").read().decode()
   sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})? [-+0-9.eE]+$')
   for line in text.splitlines():

@@ -46,8 +46,8 @@ FIELDS = fields.Group(
     questions_per_round=fields.Field(8, fields.integer(1),
                                      "questions searched together (their rollouts batched)"),
     balance=fields.Field(True, fields.boolean(),
-                         "keep as many pairs preferring token A to B as B to A, wherever both occur (see "
-                         "balance)"),
+                         "keep as many pairs preferring token A to B as B to A, wherever both occur "
+                         "(pts.balance)"),
 )
 RULES = FIELDS.rules
 BATCHING = ("max_batch", "questions_per_round")  # settings a question's pairs do not depend on
@@ -176,7 +176,8 @@ def claim(out: str, model: dict, questions: list[dict], settings, process_index:
 def run(roller: Roller, questions: list[dict], out: str, settings: ml_collections.ConfigDict,
         process_index: int = 0, process_count: int = 1, progress=sys.stderr) -> dict:
   """Searches this process's share of `questions` not yet in its log; writes OUT when all are
-  (claim it first). Returns counts: questions, searched, pivots, pairs, rollouts, seconds, merged."""
+  (claim it first). Returns counts: questions, searched, pivots, pairs (found: before `balance`),
+  rollouts, seconds, merged."""
   check_settings(settings)
   log = jsonl_log.part_path(out + ".log.jsonl", process_index, process_count)
   mine = questions[process_index::process_count]

@@ -94,7 +94,7 @@ class Engine:
                   "top_k": np.zeros(s, np.int32), "top_p": np.ones(s, np.float32)}
     self.rows: list[_Row | None] = [None] * s
     self.waiting: collections.deque[_Row] = collections.deque()
-    self.busy, self.decode_steps = 0, 0
+    self.busy, self.decode_steps, self.decoded_rows = 0, 0, 0  # decoded_rows: slots x steps computed
     self.cond = threading.Condition()
     self.running = True
     self.thread = threading.Thread(target=self._loop, name="serve-scheduler", daemon=True)
@@ -145,8 +145,8 @@ class Engine:
     self.thread.join()
 
   def warm_up(self) -> None:
-    """Compiles the plain decode chunk, and admits of the shortest prompt bucket for every row
-    bucket up to max_batch, before the first request."""
+    """Compiles the plain decode chunk for every power of two of slots up to max_batch, and admits of
+    the shortest prompt bucket for every row bucket up to max_batch, before the first request."""
     rows = 1
     while True:
       group = [_Row(Job([0], 1, Sampling(max_new=1), None), 0) for _ in range(rows)]
@@ -154,7 +154,12 @@ class Engine:
       if rows >= self.slots:
         break
       rows = self._row_bucket(rows + 1)
-    self._decode()
+    rows = 1
+    while True:  # the decode chunk of every power of two of slots (see _decode)
+      self._decode(rows)
+      if rows >= self.slots:
+        break
+      rows = min(2 * rows, self.slots)
 
   # -- the scheduler thread --------------------------------------------------------------------
   def _loop(self) -> None:
@@ -230,19 +235,25 @@ class Engine:
       self.state["token"][slot] = first[i]
       self._give(slot, int(first[i]), _entry(lps, i, None))
 
-  def _decode(self):
-    active = [r for r in self.rows if r is not None]
-    st = self.state
+  def _decode(self, rows: int | None = None):
+    """One decode chunk of the first `rows` slots: by default the power of two (at most max_batch)
+    past the last busy slot. A row joins the lowest free slot, so a light load decodes few rows."""
+    if rows is None:
+      last = max((s for s, r in enumerate(self.rows) if r is not None), default=0)
+      rows = min(batching.bucket(last + 1), self.slots)
+    active = [r for r in self.rows[:rows] if r is not None]
+    st = {name: values[:rows] for name, values in self.state.items()}
     tokens, lps, self.cache = steps.decode(
         self.split, self.cache, st["token"], st["column"], st["pad"], st["position"], st["step"],
         st["seed"], st["sample"], st["temp"], st["top_k"], st["top_p"], cfg=self.cfg, chunk=self.chunk,
         filtered=any(r.job.sampling.filtered for r in active), k=_k(r.job for r in active),
         sharding=self.sharding)
     self.decode_steps += self.chunk
+    self.decoded_rows += rows * self.chunk
     return np.asarray(tokens), jax.tree.map(np.asarray, lps)
 
   def _deliver_chunk(self, tokens: np.ndarray, lps) -> None:
-    for slot, row in enumerate(list(self.rows)):
+    for slot, row in enumerate(list(self.rows[:len(tokens)])):  # (the slots past them are free)
       if row is None:
         continue
       for j in range(self.chunk):

@@ -63,6 +63,8 @@ class Metrics:
     metric("queue_depth", "gauge", "rows waiting for a decode slot", [("", engine.queue_depth())])
     metric("slots_busy", "gauge", "decode slots holding a row", [("", engine.busy)])
     metric("slots_total", "gauge", "decode slots (--max_batch)", [("", engine.slots)])
-    metric("decode_steps_total", "counter", "decode steps run (every slot at once)",
+    metric("decode_steps_total", "counter", "decode steps run (the slots up to the last busy one at once)",
            [("", engine.decode_steps)])
+    metric("decoded_rows_total", "counter", "slot-steps computed by decode (busy or not): its work",
+           [("", engine.decoded_rows)])
     return "\n".join(lines) + "\n"

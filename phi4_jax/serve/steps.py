@@ -4,9 +4,9 @@
            inference.generate pads them), draw each joining row's first token, and write the
            prompts' cache columns [0, P) into the rows' slots (a prompt's n samples share its
            prefill: its cache is written into n slots)
-  decode:  `chunk` steps of every slot at once, each slot at its own cache column, position and
-           padding (decoder.step with per-row slots), each row sampling with its own settings
-           (choose.py)
+  decode:  `chunk` steps of the first `rows` slots at once (the engine passes the power of two
+           holding every busy slot), each slot at its own cache column, position and padding
+           (decoder.step with per-row slots), each row sampling with its own settings (choose.py)
 
 Each slot's layout is the one inference.generate gives its row alone: the prompt in columns
 [pad, P), generated token i fed at column P + i; a slot that finished early keeps computing until
@@ -59,9 +59,12 @@ def admit(params, cache, tokens_GxP, pad_G, src_R, slot_R, seed_R, sample_R, tem
                    donate_argnames=("cache",))
 def decode(params, cache, token_B, column_B, pad_B, position_B, step_B, seed_B, sample_B, temp_B, top_k_B,
            top_p_B, *, cfg, chunk, filtered, k, sharding):
-  """`chunk` tokens of every slot: token_B is fed at column_B (its position position_B) and the
-  next one drawn as step step_B. Returns (tokens [B, chunk], logprobs or None, the cache)."""
+  """`chunk` tokens of the first B slots (B = len(token_B) <= the cache's slots; the other slots'
+  rows are left as they are): token_B is fed at column_B (its position position_B) and the next one
+  drawn as step step_B. Returns (tokens [B, chunk], logprobs or None, the cache)."""
   batching.note_compile("serve_decode")
+  rows = token_B.shape[0]
+  whole, cache = cache, tuple({name: layer[name][:rows] for name in ("k", "v")} for layer in cache)
   last = cache[0]["k"].shape[2] - 1
 
   def one(carry, i):
@@ -74,4 +77,6 @@ def decode(params, cache, token_B, column_B, pad_B, position_B, step_B, seed_B, 
 
   (cache, _), (tokens_CxB, lps) = jax.lax.scan(one, (cache, token_B), jnp.arange(chunk))
   lps = None if lps is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), lps)
-  return tokens_CxB.T, lps, cache
+  cache = tuple({name: jax.lax.dynamic_update_slice_in_dim(full[name], part[name], 0, axis=0)
+                 for name in ("k", "v")} for full, part in zip(whole, cache))
+  return tokens_CxB.T, lps, _constrain(cache, sharding)

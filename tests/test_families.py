@@ -11,7 +11,9 @@ from phi4_jax.data import corpus, decontam, families, synthetic
 from phi4_jax.eval import answers, choice
 from phi4_jax.posttrain import stages
 
-BENCHMARKS = ("embedded:exercises", "embedded:parity", "embedded:exercises,embedded:parity")
+# Each set alone: an index of both allow-lists at least the n-grams either alone does (common_items
+# counts over more items), so it flags no document that neither finds.
+BENCHMARKS = ("embedded:exercises", "embedded:parity")
 
 
 def _norm(text):
